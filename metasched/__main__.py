@@ -1,0 +1,3 @@
+from metasched.cli import main
+
+main()

@@ -1,0 +1,12 @@
+"""`metasched collect`."""
+
+from __future__ import annotations
+
+import typer
+
+from metasched.cli.common import ConfigOpt, DatabaseOpt, VerboseOpt
+
+
+def collect(config: ConfigOpt = None, database: DatabaseOpt = None, verbose: VerboseOpt = 0) -> None:
+    """Not implemented yet."""
+    raise typer.Exit(1)

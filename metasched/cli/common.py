@@ -1,0 +1,56 @@
+"""Options and helpers shared by every command. Nothing heavy is imported here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from metasched.errors import ConfigError, ExitCode, MetaschedError
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="METASCHED_CONFIG",
+        help="YAML config (or seed-2 JSON cluster file). Default: $CONFIGURATION_DIRECTORY/config.yml, "
+        "/etc/metasched/config.yml, else one local node.",
+        show_default=False,
+    ),
+]
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        envvar="METASCHED_DATABASE",
+        help="State store: a path, sqlite:///path or postgresql://user@host/db. Overrides the config.",
+        show_default=False,
+    ),
+]
+VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def setup_logging(verbose: int) -> None:
+    """Log lines go to stderr, one per event (journald-friendly)."""
+    level = logging.WARNING - 10 * min(verbose, 2) if verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def fail(exc: BaseException, verbose: int = 0) -> NoReturn:
+    """End the command with a one-line message on stderr and the documented exit code."""
+    if isinstance(exc, ConfigError):
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        raise typer.Exit(int(exc.exit_code))
+    if isinstance(exc, MetaschedError):
+        print(f"metasched: {exc}", file=sys.stderr)
+        raise typer.Exit(int(exc.exit_code))
+    if verbose:
+        logging.getLogger("metasched").exception("unexpected error")
+    print(f"metasched: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    raise typer.Exit(int(ExitCode.UNEXPECTED))

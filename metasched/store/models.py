@@ -1,0 +1,181 @@
+"""peewee models of the state store. Unbound: ``metasched.store.Store`` binds them to its database.
+
+Units: memory in MB, times naive UTC (peewee/SQLite have no zones; the Store API converts).
+Bump SCHEMA_VERSION and add a step to ``metasched.store.migrations`` for every change.
+"""
+
+from __future__ import annotations
+
+from peewee import (
+    AutoField,
+    BooleanField,
+    CharField,
+    DateTimeField,
+    FloatField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+SCHEMA_VERSION = 1
+
+
+class BaseModel(Model):
+    class Meta:
+        legacy_table_names = False
+
+
+class Setting(BaseModel):
+    """Key/value rows: schema_version, runtime policy overrides, ..."""
+
+    key = CharField(primary_key=True)
+    value = TextField()
+
+
+class Destination(BaseModel):
+    """One row per destination, with the summary of its last good snapshot (what rank/status read)."""
+
+    id = CharField(primary_key=True)
+    scheduler = CharField()
+    host = CharField(default="")
+    last_attempt = DateTimeField(null=True)
+    last_success = DateTimeField(null=True)
+    last_error = TextField(null=True)  # error of the last attempt, None when it succeeded
+    reachable = BooleanField(default=False)  # last attempt succeeded
+    cores_total = IntegerField(default=0)  # of available nodes
+    cores_free = IntegerField(default=0)
+    mem_total_mb = IntegerField(default=0)
+    mem_free_mb = IntegerField(default=0)
+    gpus_total = IntegerField(default=0)
+    gpus_free = IntegerField(default=0)
+    nodes_total = IntegerField(default=0)
+    nodes_unavailable = IntegerField(default=0)
+    jobs_running = IntegerField(default=0)
+    jobs_queued = IntegerField(default=0)  # pending, not held
+    jobs_held = IntegerField(default=0)
+    queued_cores = IntegerField(default=0)  # cores requested by pending jobs: work ahead of a new job
+    running_cores = IntegerField(default=0)
+    disabled_reason = TextField(null=True)  # operator disable (serve/status issue)
+    disabled_until = DateTimeField(null=True)
+
+
+class Node(BaseModel):
+    id = AutoField()
+    destination = ForeignKeyField(Destination, backref="nodes", on_delete="CASCADE")
+    name = CharField()
+    state = CharField()
+    available = BooleanField()
+    cores_total = IntegerField()
+    cores_alloc = IntegerField(default=0)
+    mem_total_mb = IntegerField(default=0)
+    mem_alloc_mb = IntegerField(default=0)
+    mem_free_mb = IntegerField(null=True)
+    gpus_total = IntegerField(default=0)
+    gpus_alloc = IntegerField(default=0)
+    load_1 = FloatField(null=True)
+    load_5 = FloatField(null=True)
+    load_15 = FloatField(null=True)
+    partitions = TextField(default="")  # comma-separated
+    reason = TextField(default="")
+
+    class Meta:
+        indexes = ((("destination", "name"), True),)
+
+
+class Partition(BaseModel):
+    id = AutoField()
+    destination = ForeignKeyField(Destination, backref="partitions", on_delete="CASCADE")
+    name = CharField()
+    is_default = BooleanField(default=False)
+    state = CharField(default="up")
+    available = BooleanField(default=True)
+    nodes_total = IntegerField(default=0)
+    cores_total = IntegerField(default=0)
+    limits = TextField(default="{}")  # JSON object
+
+    class Meta:
+        indexes = ((("destination", "name"), True),)
+
+
+class Job(BaseModel):
+    """Jobs pending/running/held at the destination as of its last good snapshot."""
+
+    id = AutoField()
+    destination = ForeignKeyField(Destination, backref="jobs", on_delete="CASCADE")
+    job_id = CharField()
+    state = CharField()  # pending | running | held | other
+    raw_state = CharField(default="")
+    partition = CharField(default="")
+    name = TextField(default="")
+    user = CharField(default="")
+    reason = TextField(default="")
+    cores = IntegerField(default=1)
+    mem_mb = IntegerField(default=0)
+    gpus = IntegerField(default=0)
+    submit_time = DateTimeField(null=True)
+    start_time = DateTimeField(null=True)
+    nodes = TextField(default="")
+    galaxy_job_id = IntegerField(null=True)
+    tool_key = CharField(null=True)  # see metasched.store.galaxy
+
+    class Meta:
+        indexes = ((("destination", "job_id"), True),)
+
+
+class CollectRun(BaseModel):
+    """One row per destination per collect run: the audit trail operators read."""
+
+    id = AutoField()
+    run_id = CharField(index=True)  # shared by all destinations of one run
+    destination_id = CharField(index=True)  # not a FK: failures of unknown/removed destinations are kept
+    started = DateTimeField()
+    finished = DateTimeField()
+    ok = BooleanField()
+    error = TextField(null=True)
+    duration_s = FloatField()
+
+
+class FinishedJob(BaseModel):
+    """A job seen pending/running earlier and gone now: what metasched learns queue/run times from."""
+
+    id = AutoField()
+    destination_id = CharField()
+    job_id = CharField()
+    name = TextField(default="")
+    user = CharField(default="")
+    galaxy_job_id = IntegerField(null=True)
+    tool_key = CharField(null=True, index=True)
+    cores = IntegerField(default=1)
+    mem_mb = IntegerField(default=0)
+    submit_time = DateTimeField(null=True)
+    start_time = DateTimeField(null=True)
+    end_time = DateTimeField()  # the collect that first missed it (upper bound, within one interval)
+    queue_s = FloatField(null=True)  # start - submit; None when never seen running
+    run_s = FloatField(null=True)  # end - start
+
+    class Meta:
+        indexes = (
+            (("destination_id", "job_id", "submit_time"), True),
+            (("tool_key", "destination_id", "end_time"), False),
+        )
+
+
+class Metric(BaseModel):
+    """Values pulled from external metric sources (InfluxDB), cached so rank never waits on the network."""
+
+    id = AutoField()
+    source = CharField()  # measurement name
+    destination_id = CharField(index=True)  # TPV destination id (mapped from runner/vhost names)
+    tool_id = CharField(default="")  # "" when not per tool
+    name = CharField()  # e.g. queued, running, free_cores, free_mem_mb, median_queue_s, status
+    value = FloatField(null=True)
+    text = TextField(null=True)
+    observed_at = DateTimeField(null=True)  # time of the point in the source
+    fetched_at = DateTimeField()
+
+    class Meta:
+        indexes = ((("source", "destination_id", "tool_id", "name"), True),)
+
+
+MODELS: list[type[BaseModel]] = [Setting, Destination, Node, Partition, Job, CollectRun, FinishedJob, Metric]
