@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from metasched.errors import ConfigError, ExitCode, MetaschedError
+
+if TYPE_CHECKING:
+    from metasched.config import Config
+    from metasched.store import Store
 
 ConfigOpt = Annotated[
     Path | None,
@@ -54,3 +58,15 @@ def fail(exc: BaseException, verbose: int = 0) -> NoReturn:
         logging.getLogger("metasched").exception("unexpected error")
     print(f"metasched: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
     raise typer.Exit(int(ExitCode.UNEXPECTED))
+
+
+def open_context(config_path: Path | None, database: str | None) -> tuple[Config, Store]:
+    """Load the config (explicit, env, systemd, /etc, or the built-in local default) and open its store."""
+    import os
+
+    from metasched.config import database_url, load_config, resolve_config_path
+    from metasched.store import Store
+
+    env = dict(os.environ)
+    cfg = load_config(resolve_config_path(config_path, env), env)
+    return cfg, Store.open(database_url(cfg, database, env))
