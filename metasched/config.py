@@ -219,13 +219,55 @@ def load_config(
     return config
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigReport:
+    """What ``config check`` shows: the file checked, the config when usable, every problem."""
+
+    label: str  # the file, or "built-in default"
+    config: Config | None
+    problems: list[str]
+
+
+def inspect_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> ConfigReport:
+    """``load_config`` plus the checks only the consumers can make (rank weight names, metric overrides).
+
+    Those modules are imported here, lazily, because only ``config check`` needs them; the other
+    commands report such problems when they use the values.
+    """
+    label = str(path) if path is not None else "built-in default"
+    try:
+        config = load_config(path, env)
+    except ConfigError as exc:
+        return ConfigReport(label, None, list(exc.problems))
+    return ConfigReport(label, config, [f"{label}: {p}" for p in _consumer_problems(config)])
+
+
+def _consumer_problems(config: Config) -> list[str]:
+    from metasched.errors import InputError
+
+    problems: list[str] = []
+    try:
+        from metasched.rank.model import make_weights
+    except ModuleNotFoundError:  # rank not installed in this build: nothing to ask
+        pass
+    else:
+        try:
+            make_weights(("rank.weights", config.rank.weights))
+        except InputError as exc:
+            problems.append(str(exc))
+    if config.influxdb is not None:
+        try:
+            from metasched.metrics.measurements import specs_from_overrides
+        except ModuleNotFoundError:
+            pass
+        else:
+            problems.extend(specs_from_overrides(config.influxdb.measurements)[1])
+    return problems
+
+
 def check_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> list[str]:
     """Every problem of a config file as ``FILE: key.path: message`` lines (empty when valid)."""
-    try:
-        load_config(path, env)
-    except ConfigError as exc:
-        return list(exc.problems)
-    return []
+    return inspect_config(path, env).problems
 
 
 def default_database_url(env: Mapping[str, str] | None = None) -> str:
@@ -401,7 +443,7 @@ class _Checker:
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_WINDOW = re.compile(r"[1-9][0-9]*(ns|us|µs|ms|s|m|h|d|w)")
+_WINDOW = re.compile(r"[1-9][0-9]*[smhdw]")
 
 
 def _join(path: str, key: str | int) -> str:
@@ -953,7 +995,7 @@ def _influx(
             )
     window = c.string(m, "window", p, "15m")
     if window is not None and not _WINDOW.fullmatch(window):
-        c.add(f"{p}.window", f"must be a duration like 15m, 2h or 1d, got {window!r}")
+        c.add(f"{p}.window", f"must be a duration like 90s, 15m, 2h, 2d or 1w, got {window!r}")
         window = "15m"
     measurements = _measurements(c, m.get("measurements"), f"{p}.measurements")
     d = InfluxSettings(url="")  # for its defaults
@@ -978,6 +1020,8 @@ def _influx(
 
 
 def _measurements(c: _Checker, raw: Any, path: str) -> dict[str, dict[str, Any]]:
+    """Shape only (name -> mapping of single values or of name mappings such as ``columns``); the metrics
+    package knows the meaning and ``config check`` asks it (see ``inspect_config``)."""
     out: dict[str, dict[str, Any]] = {}
     if raw is None:
         return out
@@ -988,12 +1032,23 @@ def _measurements(c: _Checker, raw: Any, path: str) -> dict[str, dict[str, Any]]
             continue
         ok = True
         for key, value in om.items():
-            if value is not None and not isinstance(value, str | int | float | bool):
-                c.add(f"{path}.{name}.{key}", f"must be a single value, got {_describe(value)}")
+            vp = f"{path}.{name}.{key}"
+            if isinstance(value, dict):
+                vm = c.mapping(value, vp)
+                bad = [k for k, v in (vm or {}).items() if not _is_scalar(v)]
+                for k in bad:
+                    c.add(f"{vp}.{k}", f"must be a single value, got {_describe(vm[k] if vm else None)}")
+                ok = ok and vm is not None and not bad
+            elif not _is_scalar(value):
+                c.add(vp, f"must be a single value or a mapping, got {_describe(value)}")
                 ok = False
         if ok:
             out[name] = dict(om)
     return out
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
 
 
 def _env_bool(c: _Checker, env: Mapping[str, str], name: str, default: bool) -> bool:

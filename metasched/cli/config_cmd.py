@@ -9,7 +9,7 @@ import sys
 import typer
 
 from metasched.cli.common import ConfigOpt, DatabaseOpt, JsonOpt, VerboseOpt, fail, setup_logging
-from metasched.errors import ConfigError, ExitCode
+from metasched.errors import ExitCode
 
 app = typer.Typer(help="Inspect and validate the configuration.", no_args_is_help=True)
 
@@ -23,28 +23,24 @@ def check(
     Exit 0 when the file is usable, 2 when it is not. Without --config the same file the other
     commands would use is checked (or the built-in default when there is none).
     """
-    from metasched.config import database_url, load_config, resolve_config_path
+    from metasched.config import database_url, inspect_config, resolve_config_path
 
     setup_logging(verbose)
     env = dict(os.environ)
     try:
-        path = resolve_config_path(config, env)
-        label = str(path) if path is not None else "built-in default"
-        try:
-            cfg = load_config(path, env)
-        except ConfigError as exc:
-            if as_json:
-                print(json.dumps({"ok": False, "problems": exc.problems, "destinations": []}, indent=2))
-            for line in exc.problems:
-                print(line, file=sys.stderr)
-            raise typer.Exit(int(ExitCode.USAGE)) from None
-        ids = [d.id for d in cfg.destinations]
-        if as_json:
-            db = database_url(cfg, database, env)
-            print(json.dumps({"ok": True, "problems": [], "destinations": ids, "database": db}, indent=2))
-        else:
-            print(f"{label}: ok ({len(ids)} destination{'' if len(ids) == 1 else 's'})")
-    except typer.Exit:
-        raise
+        report = inspect_config(resolve_config_path(config, env), env)
     except Exception as exc:
         fail(exc, verbose)
+    cfg = report.config
+    ids = [d.id for d in cfg.destinations] if cfg is not None else []
+    if as_json:
+        out = {"ok": not report.problems, "problems": report.problems, "destinations": ids}
+        if cfg is not None:
+            out["database"] = database_url(cfg, database, env)
+        print(json.dumps(out, indent=2))
+    if report.problems:
+        for line in report.problems:
+            print(line, file=sys.stderr)
+        raise typer.Exit(int(ExitCode.USAGE))
+    if not as_json:
+        print(f"{report.label}: ok ({len(ids)} destination{'' if len(ids) == 1 else 's'})")
