@@ -1,0 +1,163 @@
+"""Rank TPV candidate destinations by expected turnaround seconds (staging + queue wait + run time).
+
+``rank()`` is the one entry point for the CLI and ``serve``: it validates the request, reads the store
+(if any) in a few queries, runs the pure model and returns the response object. See docs/rank.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from metasched.errors import ConfigError, InputError
+from metasched.rank.model import Candidate, Location, Outcome, Ranked, Weights, make_weights, rank_candidates
+from metasched.rank.request import RankRequest, parse_request
+from metasched.rank.state import StoredState, load_state, observe
+
+if TYPE_CHECKING:
+    from metasched.config import Config
+    from metasched.store import Store
+
+__all__ = ["SCHEMA_VERSION", "rank", "rank_outcome", "response"]
+
+SCHEMA_VERSION = 1
+DEFAULT_MAX_METRIC_AGE = 900.0
+
+log = logging.getLogger(__name__)
+
+
+def _weights(config: Config, req: RankRequest) -> Weights:
+    try:
+        make_weights(("rank.weights", config.rank.weights))
+    except InputError as exc:
+        where = str(config.path) if config.path is not None else "config"
+        raise ConfigError([f"{where}: {exc}"]) from None
+    return make_weights(("rank.weights", config.rank.weights), ("options.weights", req.options.weights))
+
+
+def rank_outcome(
+    req: RankRequest, config: Config, store: Store | None, now: datetime, warnings: Sequence[str] = ()
+) -> tuple[Outcome, list[str]]:
+    """The model's ordered result plus every warning (request, store, staleness, model)."""
+    weights = _weights(config, req)
+    warn = [*warnings, *req.warnings]
+    max_state_age = req.options.max_state_age
+    if max_state_age is None:
+        max_state_age = config.rank.max_state_age
+    max_metric_age = req.options.max_metric_age
+    if max_metric_age is None:
+        max_metric_age = config.influxdb.max_age if config.influxdb is not None else DEFAULT_MAX_METRIC_AGE
+
+    ids = [d.id for d in req.destinations]
+    state = StoredState()
+    if store is not None:
+        try:
+            state = load_state(store, ids, req.job.tool_id)
+        except Exception as exc:  # a locked or broken store degrades the answer, it never fails the job
+            log.debug("reading the store failed", exc_info=True)
+            warn.append(f"state store unreadable ({type(exc).__name__}: {exc}): ranking from the request")
+
+    objectstores = {k: Location(lat, lon) for k, (lat, lon) in config.objectstores.items()}
+    objectstores.update(req.objectstores)
+    stale_state = stale_metrics = 0
+    candidates: list[Candidate] = []
+    for dest in req.destinations:
+        conf = config.destination(dest.id)
+        observed, s_stale, m_stale = observe(
+            dest,
+            state.summaries.get(dest.id),
+            state.tool_times.get(dest.id),
+            state.metrics.get(dest.id, ()),
+            conf,
+            tool_id=req.job.tool_id,
+            now=now,
+            max_state_age=max_state_age,
+            max_metric_age=max_metric_age,
+        )
+        stale_state += s_stale
+        stale_metrics += m_stale
+        location = dest.location
+        if location is None and conf is not None and conf.latitude is not None and conf.longitude is not None:
+            location = Location(conf.latitude, conf.longitude)
+        store_id = dest.object_store_id
+        if store_id is None and conf is not None:
+            store_id = conf.object_store
+        candidates.append(
+            Candidate(
+                id=dest.id,
+                index=dest.index,
+                tpv_score=dest.tpv_score,
+                location=location,
+                object_store_id=store_id,
+                max_cores=dest.max_cores,
+                max_mem_mb=dest.max_mem_mb,
+                max_gpus=dest.max_gpus,
+                observed=observed,
+            )
+        )
+    if stale_state:
+        warn.append(
+            f"collected state older than {max_state_age:,.0f} s for {stale_state} destination(s): "
+            "is metasched collect running?"
+        )
+    if stale_metrics:
+        warn.append(
+            f"cached metrics older than {max_metric_age:,.0f} s for {stale_metrics} destination(s): "
+            "is InfluxDB reachable?"
+        )
+    outcome = rank_candidates(req.job, req.datasets, objectstores, candidates, weights)
+    warn.extend(outcome.warnings)
+    return outcome, warn
+
+
+def _entry(r: Ranked) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "rank": r.rank,
+        "score": round(r.score, 3),
+        "feasible": r.feasible,
+        "components": {
+            "staging_s": round(r.staging_s, 3),
+            "queue_s": round(r.queue_s, 3),
+            "run_s": round(r.run_s, 3),
+            "total_s": round(r.total_s, 3),
+            "tpv_score": r.tpv_score,
+            "staged_bytes": r.staged_bytes,
+            "local_bytes": r.local_bytes,
+        },
+        "reasons": list(r.reasons),
+    }
+
+
+def response(outcome: Outcome, warnings: Sequence[str], *, drop_infeasible: bool = False) -> dict[str, Any]:
+    """The JSON response (metasched/schemas/rank-response.json)."""
+    order = [r.id for r in outcome.ranked if r.feasible or not drop_infeasible]
+    warn = list(warnings)
+    dropped = len(outcome.ranked) - len(order)
+    if dropped:
+        warn.append(f"{dropped} infeasible destination(s) left out of sorted_destinations (drop_infeasible)")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "sorted_destinations": order,
+        "ranked": [_entry(r) for r in outcome.ranked],
+        "warnings": warn,
+    }
+
+
+def rank(
+    request_obj: object,
+    config: Config,
+    store: Store | None,
+    now: datetime,
+    warnings: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Validate ``request_obj`` (decoded JSON) and rank it; InputError/ConfigError for bad input or config.
+
+    ``store`` None ranks from the request and the config alone; ``warnings`` (e.g. why there is no
+    store) are carried into the response.
+    """
+    req = parse_request(request_obj)
+    outcome, warn = rank_outcome(req, config, store, now, warnings)
+    return response(outcome, warn, drop_infeasible=req.options.drop_infeasible)

@@ -1,0 +1,362 @@
+"""The turnaround model: plain dataclasses in, plain dataclasses out. No I/O, no clock, no database.
+
+Every factor is expressed in seconds of the job's expected turnaround at a destination, so the
+factors add up without arbitrary weights between unlike units::
+
+    total_s = staging_s + queue_s + run_s
+    score   = total_s * exp(-tpv_weight * tpv_score)
+
+The formulas, defaults and a worked example are in docs/rank.md.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from types import MappingProxyType
+
+from metasched.errors import InputError
+from metasched.rank.geo import haversine_km, transfer_s
+
+MB_PER_GB = 1024.0  # job memory is in GB (TPV, Galaxy), stores report MB (MiB): converted once, at parse time
+TPV_EXPONENT_CAP = 50.0  # keeps exp() finite for absurd tpv_score values
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """Model parameters; ``config.rank.weights`` and request ``options.weights`` override the defaults."""
+
+    bandwidth_mb_s: float = 100.0  # MB/s (10^6 bytes) of a transfer over zero distance
+    halving_km: float = 2000.0  # distance at which the throughput is half of bandwidth_mb_s
+    unknown_distance_km: float = 3000.0  # assumed when a dataset's or destination's location is unknown
+    colocated_km: float = 10.0  # an object store this close to a destination is its own: no staging
+    dispatch_s: float = 5.0  # submit-to-start latency when resources are free now
+    default_run_s: float = 1800.0  # run time of a tool nobody has history for
+    unknown_queue_s: float = 600.0  # queue wait when nothing at all is known about a destination
+    history_weight: float = 0.25  # share of the historical median queue time in the queue estimate
+    queued_job_cores: float = 1.0  # cores assumed per queued job when only job counts are known
+    min_history: float = 3.0  # own finished jobs needed before they beat InfluxDB medians
+    tpv_weight: float = 0.1  # relative discount per TPV score point (0.1: ~10 % per point)
+
+
+DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType({k: float(v) for k, v in asdict(Weights()).items()})
+
+_POSITIVE = frozenset({"bandwidth_mb_s", "halving_km"})
+_FRACTION = frozenset({"history_weight"})
+
+
+def make_weights(*layers: tuple[str, Mapping[str, object]]) -> Weights:
+    """Defaults overridden by each ``(path, mapping)`` layer in turn; bad keys or values raise InputError."""
+    values: dict[str, float] = dict(DEFAULT_WEIGHTS)
+    for path, layer in layers:
+        for key, raw in layer.items():
+            where = f"{path}.{key}"
+            if key not in DEFAULT_WEIGHTS:
+                raise InputError(f"{where}: unknown weight (known: {', '.join(sorted(DEFAULT_WEIGHTS))})")
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise InputError(f"{where}: must be a number")
+            val = float(raw)
+            if not math.isfinite(val) or val < 0:
+                raise InputError(f"{where}: must be a finite number >= 0")
+            if key in _POSITIVE and val == 0:
+                raise InputError(f"{where}: must be > 0")
+            if key in _FRACTION and val > 1:
+                raise InputError(f"{where}: must be between 0 and 1")
+            values[key] = val
+    return Weights(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    latitude: float
+    longitude: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    tool_id: str
+    cores: float = 1.0
+    mem_mb: float = 0.0
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    id: str
+    object_store_id: str | None
+    size_bytes: float
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What is known about a destination right now, merged from the request, the store and metrics.
+
+    ``None`` means unknown (never "free"). Memory in MB. ``reasons`` explain where values came from
+    or why they are missing.
+    """
+
+    free_cores: float | None = None
+    free_mem_mb: float | None = None
+    free_gpus: float | None = None
+    total_cores: float | None = None
+    total_mem_mb: float | None = None  # largest single allocation possible, when known
+    total_gpus: float | None = None
+    queued_jobs: float | None = None
+    queued_cores: float | None = None
+    running_jobs: float | None = None
+    running_cores: float | None = None
+    usable: bool | None = None  # False: every node is down/drained
+    status: str | None = None  # "online" / "offline" (metrics or request)
+    disabled: str | None = None  # operator disable reason, when in force
+    history_queue_s: float | None = None  # metasched's own finished jobs of this tool here
+    history_run_s: float | None = None
+    history_count: int = 0
+    metric_queue_s: float | None = None  # InfluxDB (gxadmin) medians of this tool here
+    metric_run_s: float | None = None
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    id: str
+    index: int  # position in the request: the last tie-breaker
+    tpv_score: float = 0.0
+    location: Location | None = None
+    object_store_id: str | None = None  # datasets in this object store need no staging
+    max_cores: float | None = None  # TPV max_accepted_*; memory in MB
+    max_mem_mb: float | None = None
+    max_gpus: float | None = None
+    observed: Observed = field(default_factory=Observed)
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    id: str
+    index: int
+    rank: int
+    feasible: bool
+    score: float
+    staging_s: float
+    queue_s: float
+    run_s: float
+    total_s: float
+    tpv_score: float
+    staged_bytes: float
+    local_bytes: float
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ranked: tuple[Ranked, ...]  # best first: feasible ones, then infeasible ones
+    warnings: tuple[str, ...]
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def fmt_num(x: float) -> str:
+    return f"{x:g}" if x != int(x) else str(int(x))
+
+
+def infeasibility(job: JobSpec, cand: Candidate) -> list[str]:
+    """Why this destination cannot run the job at all (empty: it can)."""
+    out: list[str] = []
+    obs = cand.observed
+    if cand.max_cores is not None and job.cores > cand.max_cores:
+        out.append(f"needs {fmt_num(job.cores)} cores > max_accepted_cores {fmt_num(cand.max_cores)}")
+    if cand.max_mem_mb is not None and job.mem_mb > cand.max_mem_mb:
+        limit = fmt_num(cand.max_mem_mb / MB_PER_GB)
+        out.append(f"needs {fmt_num(job.mem_mb / MB_PER_GB)} GB > max_accepted_mem {limit}")
+    if cand.max_gpus is not None and job.gpus > cand.max_gpus:
+        out.append(f"needs {fmt_num(job.gpus)} GPUs > max_accepted_gpus {fmt_num(cand.max_gpus)}")
+    if obs.disabled is not None:
+        out.append(f"disabled: {obs.disabled}")
+    if obs.status is not None and obs.status.lower() == "offline":
+        out.append("status offline")
+    if obs.usable is False:
+        out.append("no usable node (all down or drained)")
+    else:
+        if obs.total_cores is not None and job.cores > obs.total_cores:
+            out.append(f"needs {fmt_num(job.cores)} cores > {fmt_num(obs.total_cores)} cores in service")
+        if obs.total_mem_mb is not None and job.mem_mb > obs.total_mem_mb:
+            have = obs.total_mem_mb / MB_PER_GB
+            out.append(f"needs {fmt_num(job.mem_mb / MB_PER_GB)} GB > {have:.1f} GB in service")
+        if job.gpus > 0 and obs.total_gpus is not None and job.gpus > obs.total_gpus:
+            out.append(f"needs {fmt_num(job.gpus)} GPUs > {fmt_num(obs.total_gpus)} GPUs in service")
+    return out
+
+
+def staging(
+    datasets: Sequence[Dataset],
+    objectstores: Mapping[str, Location],
+    cand: Candidate,
+    w: Weights,
+) -> tuple[float, float, float, list[str]]:
+    """(seconds, bytes to move, bytes already local, reasons) to bring every input to ``cand``."""
+    seconds = 0.0
+    moved = 0.0
+    local = 0.0
+    far_km = 0.0
+    assumed = 0
+    for ds in datasets:
+        if ds.size_bytes <= 0:
+            continue
+        if ds.object_store_id is not None and ds.object_store_id == cand.object_store_id:
+            local += ds.size_bytes
+            continue
+        src = objectstores.get(ds.object_store_id) if ds.object_store_id is not None else None
+        if src is None or cand.location is None:
+            km = w.unknown_distance_km
+            assumed += 1
+        else:
+            km = haversine_km(src.latitude, src.longitude, cand.location.latitude, cand.location.longitude)
+            if km <= w.colocated_km:
+                local += ds.size_bytes
+                continue
+        far_km = max(far_km, km)
+        moved += ds.size_bytes
+        seconds += transfer_s(ds.size_bytes, km, w.bandwidth_mb_s, w.halving_km)
+    reasons: list[str] = []
+    if moved:
+        reasons.append(f"stage {fmt_bytes(moved)} (farthest {far_km:,.0f} km): {seconds:,.0f} s")
+    if local:
+        reasons.append(f"{fmt_bytes(local)} already local (own or co-located object store)")
+    if assumed and cand.location is None:
+        reasons.append(f"no coordinates: assumed {w.unknown_distance_km:,.0f} km for staging")
+    elif assumed:
+        reasons.append(f"{assumed} dataset(s) of unknown location: assumed {w.unknown_distance_km:,.0f} km")
+    return seconds, moved, local, reasons
+
+
+def run_time(cand: Candidate, tool_median: float | None, w: Weights) -> tuple[float, str]:
+    """This tool's median run time here, else across destinations, else the default; never infinite."""
+    obs = cand.observed
+    if obs.history_run_s is not None and obs.history_count >= w.min_history:
+        return obs.history_run_s, f"run {obs.history_run_s:,.0f} s: median of {obs.history_count} own jobs"
+    if obs.metric_run_s is not None:
+        return obs.metric_run_s, f"run {obs.metric_run_s:,.0f} s: metrics median"
+    if obs.history_run_s is not None:
+        return obs.history_run_s, f"run {obs.history_run_s:,.0f} s: median of {obs.history_count} own jobs"
+    if tool_median is not None:
+        return tool_median, f"run {tool_median:,.0f} s: median of other destinations"
+    return w.default_run_s, f"run {w.default_run_s:,.0f} s: default (no history for this tool)"
+
+
+def _known_run_s(obs: Observed, w: Weights) -> float | None:
+    """The run time this destination itself knows, with the same precedence as ``run_time``."""
+    if obs.history_run_s is not None and obs.history_count >= w.min_history:
+        return obs.history_run_s
+    if obs.metric_run_s is not None:
+        return obs.metric_run_s
+    return obs.history_run_s
+
+
+def state_wait(job: JobSpec, obs: Observed, typical_s: float, w: Weights) -> tuple[float | None, str]:
+    """Queue wait from the current state: dispatch latency if the job fits now, else work ahead / capacity."""
+    dims = (
+        (job.cores, obs.free_cores, obs.total_cores),
+        (job.mem_mb, obs.free_mem_mb, obs.total_mem_mb),
+        (job.gpus, obs.free_gpus, obs.total_gpus),
+    )
+    wanted = [(need, free, total) for need, free, total in dims if need > 0]
+    if wanted and all(free is not None and free >= need for need, free, _ in wanted):
+        return w.dispatch_s, "fits in free resources now"
+    queued_cores = obs.queued_cores
+    if queued_cores is None and obs.queued_jobs is not None:
+        queued_cores = obs.queued_jobs * w.queued_job_cores
+    capacity = obs.total_cores
+    if not capacity:
+        capacity = obs.running_cores
+    if not capacity and obs.running_jobs:
+        capacity = obs.running_jobs * w.queued_job_cores
+    if not capacity:
+        return None, ""
+    if queued_cores is None and obs.free_cores is None:
+        return None, ""
+    short_cores = max(0.0, job.cores - (obs.free_cores or 0.0)) if obs.free_cores is not None else 0.0
+    pressure = ((queued_cores or 0.0) + short_cores) / capacity
+    if job.mem_mb > 0 and obs.free_mem_mb is not None and obs.total_mem_mb:
+        pressure = max(pressure, (job.mem_mb - obs.free_mem_mb) / obs.total_mem_mb)
+    if job.gpus > 0 and obs.free_gpus is not None and obs.total_gpus:
+        pressure = max(pressure, (job.gpus - obs.free_gpus) / obs.total_gpus)
+    pressure = max(pressure, 0.0)
+    seconds = w.dispatch_s + pressure * typical_s
+    ahead = f"{fmt_num(queued_cores)} queued cores" if queued_cores is not None else "no queue data"
+    return seconds, f"{ahead} on {fmt_num(capacity)} cores x {typical_s:,.0f} s"
+
+
+def queue_time(job: JobSpec, obs: Observed, typical_s: float, w: Weights) -> tuple[float, list[str]]:
+    """Blend of the state-based wait and the historical median queue time of this tool here."""
+    state_s, why = state_wait(job, obs, typical_s, w)
+    if obs.history_queue_s is not None and (obs.history_count >= w.min_history or obs.metric_queue_s is None):
+        hist: float | None = obs.history_queue_s
+        hist_why = f"own median queue {obs.history_queue_s:,.0f} s ({obs.history_count} jobs)"
+    elif obs.metric_queue_s is not None:
+        hist = obs.metric_queue_s
+        hist_why = f"metrics median queue {obs.metric_queue_s:,.0f} s"
+    else:
+        hist, hist_why = None, ""
+    if state_s is not None and hist is not None:
+        h = w.history_weight
+        total = (1 - h) * state_s + h * hist
+        return total, [f"queue {total:,.0f} s: {why}; blended with {hist_why}"]
+    if state_s is not None:
+        return state_s, [f"queue {state_s:,.0f} s: {why}"]
+    if hist is not None:
+        return hist, [f"queue {hist:,.0f} s: no current state; {hist_why}"]
+    return w.unknown_queue_s, [f"queue {w.unknown_queue_s:,.0f} s: unknown (no current state or history)"]
+
+
+def rank_candidates(
+    job: JobSpec,
+    datasets: Sequence[Dataset],
+    objectstores: Mapping[str, Location],
+    candidates: Sequence[Candidate],
+    w: Weights,
+) -> Outcome:
+    """Score every candidate and order them: feasible first, by score, then TPV score, then input order."""
+    warnings: list[str] = []
+    missing = sorted(
+        {ds.object_store_id for ds in datasets if ds.object_store_id is not None} - set(objectstores)
+    )
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5])
+        warnings.append(f"object store(s) without a known location: {shown}")
+    known = [r for r in (_known_run_s(c.observed, w) for c in candidates) if r is not None]
+    tool_median = statistics.median(known) if known else None
+    scored: list[tuple[bool, float, float, int, Ranked]] = []
+    for cand in candidates:
+        why_not = infeasibility(job, cand)
+        stage_s, moved, local, stage_why = staging(datasets, objectstores, cand, w)
+        run_s, run_why = run_time(cand, tool_median, w)
+        queue_s, queue_why = queue_time(job, cand.observed, run_s, w)
+        total = stage_s + queue_s + run_s
+        exponent = max(-TPV_EXPONENT_CAP, min(TPV_EXPONENT_CAP, w.tpv_weight * cand.tpv_score))
+        score = total * math.exp(-exponent)
+        reasons = (*why_not, *cand.observed.reasons, *stage_why, *queue_why, run_why)
+        ranked = Ranked(
+            id=cand.id,
+            index=cand.index,
+            rank=0,
+            feasible=not why_not,
+            score=score,
+            staging_s=stage_s,
+            queue_s=queue_s,
+            run_s=run_s,
+            total_s=total,
+            tpv_score=cand.tpv_score,
+            staged_bytes=moved,
+            local_bytes=local,
+            reasons=reasons,
+        )
+        scored.append((bool(why_not), round(score, 6), -cand.tpv_score, cand.index, ranked))
+    scored.sort(key=lambda t: t[:4])
+    out = tuple(replace(t[4], rank=i) for i, t in enumerate(scored, start=1))
+    return Outcome(ranked=out, warnings=tuple(warnings))

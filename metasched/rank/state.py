@@ -1,0 +1,273 @@
+"""What rank knows about each destination: the store read in a few queries, merged into ``Observed``.
+
+Reading is I/O (``load_state``, ``open_existing_store``); merging (``observe``) is pure so it can be
+tested with constructed rows. Precedence per value: the request's inline metrics, then the collected
+summary if fresh, then cached InfluxDB metrics if fresh. Stale or missing values stay ``None``
+(unknown), never "free".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from metasched.rank.model import MB_PER_GB, Observed
+from metasched.rank.request import DestinationRequest
+
+if TYPE_CHECKING:
+    from metasched.config import DestinationConfig
+    from metasched.store import DestinationSummary, MetricRow, Store, ToolTimes
+
+log = logging.getLogger(__name__)
+
+STATE_METRICS = frozenset(
+    {
+        "queued",
+        "running",
+        "free_cores",
+        "free_mem_mb",
+        "free_gpus",
+        "total_cores",
+        "total_mem_mb",
+        "total_gpus",
+    }
+    | {"status"}
+)
+HISTORY_METRICS = frozenset({"median_queue_s", "median_run_s"})
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """Everything read from the store for one request, keyed by destination id."""
+
+    summaries: Mapping[str, DestinationSummary] = field(default_factory=dict)
+    tool_times: Mapping[str, ToolTimes] = field(default_factory=dict)
+    metrics: Mapping[str, Sequence[MetricRow]] = field(default_factory=dict)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL or plain path; None for PostgreSQL or in-memory URLs."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return None
+    if url.startswith("sqlite:///"):
+        url = url[len("sqlite:///") :]
+    elif url.startswith("sqlite://"):
+        url = url[len("sqlite://") :]
+    if url in ("", ":memory:"):
+        return None
+    return Path(url)
+
+
+def open_existing_store(url: str) -> tuple[Store | None, str | None]:
+    """Open the store only if it exists already: rank must not create an empty database as a side effect.
+
+    Returns (store, None) or (None, warning). Any failure to open degrades to ranking from the request.
+    """
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        return (
+            None,
+            f"state store {path} does not exist yet (run metasched collect): ranking from the request",
+        )
+    from metasched.store import Store
+
+    try:
+        return Store.open(url), None
+    except Exception as exc:  # any driver error: rank degrades, it never fails a job over state
+        log.debug("opening the store failed", exc_info=True)
+        return None, f"state store unreadable ({type(exc).__name__}: {exc}): ranking from the request"
+
+
+def load_state(store: Store, dest_ids: Sequence[str], tool_id: str) -> StoredState:
+    """Three queries in total, whatever the number of destinations."""
+    summaries = {s.id: s for s in store.summaries(dest_ids)}
+    times = store.tool_times(tool_id, dest_ids)
+    by_dest: dict[str, list[MetricRow]] = {}
+    for row in store.metrics(dest_ids, tool_id):
+        by_dest.setdefault(row.destination_id, []).append(row)
+    return StoredState(summaries=summaries, tool_times=times, metrics=by_dest)
+
+
+def _age_s(now: datetime, then: datetime | None) -> float | None:
+    return None if then is None else (now - then).total_seconds()
+
+
+def _latest(rows: Sequence[MetricRow], tool_id: str) -> dict[str, MetricRow]:
+    """Newest row per metric name; a row for this tool beats a destination-wide one."""
+    best: dict[str, MetricRow] = {}
+    for row in rows:
+        if row.tool_id and row.tool_id != tool_id:
+            continue
+        cur = best.get(row.name)
+        if cur is None:
+            best[row.name] = row
+            continue
+        if bool(row.tool_id) != bool(cur.tool_id):
+            if row.tool_id:
+                best[row.name] = row
+            continue
+        row_t = row.observed_at or row.fetched_at
+        cur_t = cur.observed_at or cur.fetched_at
+        if row_t is not None and (cur_t is None or row_t > cur_t):
+            best[row.name] = row
+    return best
+
+
+def _positive(value: float) -> float | None:
+    return value if value > 0 else None
+
+
+def observe(
+    dest: DestinationRequest,
+    summary: DestinationSummary | None,
+    history: ToolTimes | None,
+    metric_rows: Sequence[MetricRow],
+    configured: DestinationConfig | None,
+    *,
+    tool_id: str,
+    now: datetime,
+    max_state_age: float,
+    max_metric_age: float,
+) -> tuple[Observed, bool, bool]:
+    """Merge every source into one ``Observed``; also (state was stale, metrics were stale) for warnings."""
+    reasons: list[str] = []
+    vals: dict[str, float | None] = dict.fromkeys(
+        (
+            "free_cores",
+            "free_mem_mb",
+            "free_gpus",
+            "total_cores",
+            "total_mem_mb",
+            "total_gpus",
+            "queued_jobs",
+            "queued_cores",
+            "running_jobs",
+            "running_cores",
+        )
+    )
+    usable: bool | None = None
+    disabled: str | None = None
+    state_stale = False
+
+    if configured is not None and not configured.enabled:
+        disabled = "disabled in the config"
+    if summary is not None:
+        if summary.disabled_reason is not None and (
+            summary.disabled_until is None or summary.disabled_until > now
+        ):
+            until = f" until {summary.disabled_until.isoformat()}" if summary.disabled_until else ""
+            disabled = f"{summary.disabled_reason}{until}"
+        age = _age_s(now, summary.last_success)
+        if age is None:
+            last = f" (last error: {summary.error})" if summary.error else ""
+            reasons.append(f"never collected successfully{last}")
+        elif age > max_state_age:
+            state_stale = True
+            reasons.append(f"collected state is stale ({age:,.0f} s old > {max_state_age:,.0f} s): unknown")
+        else:
+            if summary.nodes_total > 0:
+                usable = summary.nodes_unavailable < summary.nodes_total
+                vals["total_cores"] = float(summary.cores_total)
+                vals["total_mem_mb"] = _positive(float(summary.mem_total_mb))
+                vals["total_gpus"] = float(summary.gpus_total)
+            vals["free_cores"] = float(summary.cores_free)
+            vals["free_mem_mb"] = float(summary.mem_free_mb)
+            vals["free_gpus"] = float(summary.gpus_free)
+            vals["queued_jobs"] = float(summary.jobs_queued)
+            vals["queued_cores"] = float(summary.queued_cores)
+            vals["running_jobs"] = float(summary.jobs_running)
+            vals["running_cores"] = float(summary.running_cores)
+            failed = "; last collect failed" if not summary.reachable else ""
+            reasons.append(
+                f"collected {age:,.0f} s ago{failed}: {summary.cores_free}/{summary.cores_total} cores, "
+                f"{summary.mem_free_mb / MB_PER_GB:.1f}/{summary.mem_total_mb / MB_PER_GB:.1f} GB, "
+                f"{summary.gpus_free}/{summary.gpus_total} GPUs free; {summary.jobs_queued} jobs "
+                f"({summary.queued_cores} cores) queued"
+            )
+    else:
+        reasons.append("no collected state")
+
+    status: str | None = None
+    metric_queue: float | None = None
+    metric_run: float | None = None
+    metrics_stale: list[str] = []
+    used: list[str] = []
+    metric_to_val = {"queued": "queued_jobs", "running": "running_jobs"}
+    for name, row in _latest(metric_rows, tool_id).items():
+        if name in HISTORY_METRICS:
+            if row.value is not None and row.value >= 0:
+                if name == "median_queue_s":
+                    metric_queue = row.value
+                else:
+                    metric_run = row.value
+            continue
+        if name not in STATE_METRICS:
+            continue
+        age = _age_s(now, row.observed_at or row.fetched_at)
+        if age is None or age > max_metric_age:
+            metrics_stale.append(name)
+            continue
+        if name == "status":
+            status = row.text
+            continue
+        key = metric_to_val.get(name, name)
+        if vals.get(key) is None and row.value is not None and row.value >= 0:
+            vals[key] = row.value
+            used.append(name)
+    if metrics_stale:
+        reasons.append(
+            f"metrics older than {max_metric_age:,.0f} s ignored: {', '.join(sorted(metrics_stale))}"
+        )
+    if used:
+        reasons.append(f"from metrics: {', '.join(sorted(used))}")
+
+    inline = dest.metrics
+    overrides = {
+        "queued_jobs": inline.queued,
+        "running_jobs": inline.running,
+        "free_cores": inline.free_cores,
+        "free_mem_mb": inline.free_mem_mb,
+        "free_gpus": inline.free_gpus,
+    }
+    given = [k for k, v in overrides.items() if v is not None]
+    for key in given:
+        vals[key] = overrides[key]
+    if inline.queued is not None:
+        vals["queued_cores"] = None  # the request's count is newer than the stored cores behind it
+    if inline.running is not None:
+        vals["running_cores"] = None
+    if given:
+        reasons.append(f"from request: {', '.join(given)}")
+    if inline.status is not None:
+        status = inline.status
+    if inline.median_queue_s is not None:
+        metric_queue = inline.median_queue_s
+    if inline.median_run_s is not None:
+        metric_run = inline.median_run_s
+
+    observed = Observed(
+        free_cores=vals["free_cores"],
+        free_mem_mb=vals["free_mem_mb"],
+        free_gpus=vals["free_gpus"],
+        total_cores=vals["total_cores"],
+        total_mem_mb=vals["total_mem_mb"],
+        total_gpus=vals["total_gpus"],
+        queued_jobs=vals["queued_jobs"],
+        queued_cores=vals["queued_cores"],
+        running_jobs=vals["running_jobs"],
+        running_cores=vals["running_cores"],
+        usable=usable,
+        status=status,
+        disabled=disabled,
+        history_queue_s=history.median_queue_s if history is not None and history.count else None,
+        history_run_s=history.median_run_s if history is not None and history.count else None,
+        history_count=history.count if history is not None else 0,
+        metric_queue_s=metric_queue,
+        metric_run_s=metric_run,
+        reasons=tuple(reasons),
+    )
+    return observed, state_stale, bool(metrics_stale)
