@@ -6,6 +6,9 @@ function, so ``metasched rank`` never pays for fabric or the web framework.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from metasched.cli import collect, config_cmd, rank, serve, status
@@ -25,4 +28,9 @@ app.add_typer(config_cmd.app, name="config")
 
 
 def main() -> None:
+    # `rank` runs once per Galaxy job: skip Typer's pydantic-based parameter coercion on that path.
+    if sys.argv[1:2] == ["rank"]:
+        code = rank.fast_path(sys.argv[2:], dict(os.environ))
+        if code is not None:
+            sys.exit(code)
     app()
