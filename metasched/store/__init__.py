@@ -1,15 +1,58 @@
 """The state store: what collect writes and rank/status/serve read. See ``store.models`` for tables.
 
 Callers use ``Store`` only; models stay an implementation detail of this package.
+
+Threads: one ``Store`` may be shared by every thread of a process (collect's fan-out workers,
+serve's request handlers). peewee keeps one connection per thread, and every query here is bound
+to this Store's own database object, never to a global one: models are not bound at module level,
+so several Stores (different files or servers) can be open in one process at once.
+
+Concurrency between processes: SQLite runs in WAL mode, so rank and status read the last committed
+state while collect writes; writers wait up to ``BUSY_TIMEOUT_S`` for each other. A snapshot write
+is one short transaction per destination; everything that can be computed before it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+import logging
+import statistics
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
 
-from metasched.collect.types import Job, Node, Partition, Snapshot
+from peewee import (
+    Database,
+    Model,
+    PeeweeException,
+    PostgresqlDatabase,
+    SchemaManager,
+    SqliteDatabase,
+    fn,
+)
+
+from metasched.collect.types import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
+from metasched.errors import ConfigError
+from metasched.store import models
+from metasched.store.galaxy import parse_galaxy_job_name, tool_key
+from metasched.store.migrations import postgres_extras, upgrade
+from metasched.store.models import SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 10.0  # how long a SQLite writer waits for another (collect of another destination)
+HISTORY_DAYS = 90  # finished-job history and collect runs older than this are pruned
+MAX_GAP_S = 3600.0  # see write_snapshot: run times across longer collect gaps are not trusted
+_BATCH = 1000  # rows per multi-row INSERT on PostgreSQL
+_IN_CHUNK = 500  # ids per IN (...) list
+_VERSION_KEY = "schema_version"
+_DT_FIELD = models.Job.submit_time  # any DateTimeField: its python_value parses SQLite's text form
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,16 +110,180 @@ class WriteResult:
     finished: int  # jobs recorded into finished-job history by this write
 
 
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One destination's part of one collect run (the audit trail status shows)."""
+
+    run_id: str
+    destination_id: str
+    started: datetime
+    finished: datetime
+    ok: bool
+    error: str | None
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRecord:
+    """One finished-job history row. ``end_time`` is the collect that first missed the job."""
+
+    destination_id: str
+    job_id: str
+    partition: str
+    name: str
+    user: str
+    galaxy_job_id: int | None
+    tool_key: str | None
+    cores: int
+    mem_mb: int
+    submit_time: datetime | None
+    start_time: datetime | None
+    end_time: datetime
+    queue_s: float | None
+    run_s: float | None
+
+
+# Summary columns of Destination, in DestinationSummary order after the identity/status fields.
+_SUMMARY_FIELDS = (
+    "cores_total",
+    "cores_free",
+    "mem_total_mb",
+    "mem_free_mb",
+    "gpus_total",
+    "gpus_free",
+    "nodes_total",
+    "nodes_unavailable",
+    "jobs_running",
+    "jobs_queued",
+    "jobs_held",
+    "queued_cores",
+    "running_cores",
+)
+_NODE_COLUMNS = (
+    "destination",
+    "name",
+    "state",
+    "available",
+    "cores_total",
+    "cores_alloc",
+    "mem_total_mb",
+    "mem_alloc_mb",
+    "mem_free_mb",
+    "gpus_total",
+    "gpus_alloc",
+    "load_1",
+    "load_5",
+    "load_15",
+    "partitions",
+    "reason",
+)
+_PARTITION_COLUMNS = (
+    "destination",
+    "name",
+    "is_default",
+    "state",
+    "available",
+    "nodes_total",
+    "cores_total",
+    "limits",
+)
+_JOB_COLUMNS = (
+    "destination",
+    "job_id",
+    "state",
+    "raw_state",
+    "partition",
+    "name",
+    "user",
+    "reason",
+    "cores",
+    "mem_mb",
+    "gpus",
+    "submit_time",
+    "start_time",
+    "nodes",
+    "galaxy_job_id",
+    "tool_key",
+)
+# What history needs of a previous job; read with one raw query (the hot part of a big write).
+_TRACKED_COLUMNS = (
+    "job_id",
+    "state",
+    "partition",
+    "name",
+    "user",
+    "cores",
+    "mem_mb",
+    "submit_time",
+    "start_time",
+    "galaxy_job_id",
+    "tool_key",
+)
+_FINISHED_COLUMNS = (
+    "destination_id",
+    "job_id",
+    "partition",
+    "name",
+    "user",
+    "galaxy_job_id",
+    "tool_key",
+    "cores",
+    "mem_mb",
+    "submit_time",
+    "start_time",
+    "end_time",
+    "queue_s",
+    "run_s",
+)
+_METRIC_COLUMNS = (
+    "source",
+    "destination_id",
+    "tool_id",
+    "name",
+    "value",
+    "text",
+    "observed_at",
+    "fetched_at",
+)
+
+
 class Store:
     """Opens (creating or migrating) a SQLite file or PostgreSQL database and reads/writes state."""
 
+    def __init__(self, db: Database, display_url: str) -> None:
+        """Use ``Store.open``; this only wraps an unprepared database."""
+        self._db = db
+        self._url = display_url  # password removed: safe in error messages
+        self._pg = isinstance(db, PostgresqlDatabase)
+        self._sql: Any = db  # for the driver-level calls peewee leaves untyped (cursor, execute)
+
+    # -- opening ----------------------------------------------------------------------------
+
     @classmethod
     def open(cls, url: str) -> Store:
-        """``url``: a path, ``sqlite:///path`` or ``postgresql://user@host/db``."""
-        raise NotImplementedError
+        """``url``: a path, ``sqlite:///relative/path``, ``sqlite:////absolute/path`` or
+        ``postgresql://user[:password]@host[:port]/db[?libpq options]``.
+
+        Creates the schema on first use and migrates an older one. Raises ConfigError naming
+        ``database`` when the URL is unusable, the database cannot be opened, or its schema is newer
+        than this metasched.
+        """
+        db, shown = _make_database(url)
+        store = cls(db, shown)
+        try:
+            store._prepare()
+        except ConfigError:
+            store.close()
+            raise
+        except (PeeweeException, OSError) as exc:
+            store.close()
+            raise ConfigError([f"database: cannot open {shown}: {_one_line(exc)}"]) from exc
+        return store
 
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the calling thread's connection (other threads' close when those threads end)."""
+        if not self._db.is_closed() and not self._db.in_transaction():
+            self._db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -84,12 +291,145 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def url(self) -> str:
+        """The database URL without its password."""
+        return self._url
+
+    @property
+    def is_postgres(self) -> bool:
+        return self._pg
+
     def schema_version(self) -> int:
-        raise NotImplementedError
+        version = self._stored_version()
+        return 0 if version is None else version
+
+    def _prepare(self) -> None:
+        if self._stored_version() == SCHEMA_VERSION:  # the fast path rank takes on every call
+            return
+        self._refuse_newer(self._stored_version())
+        with self._write_tx():
+            # Re-read inside the write lock: another process may have created or migrated meanwhile.
+            version = self._stored_version()
+            self._refuse_newer(version)
+            if version == SCHEMA_VERSION:
+                return
+            if version is None:
+                if self._db.table_exists(models.Destination._meta.table_name):
+                    raise ConfigError(
+                        [f"database: {self._url} has metasched-like tables but no schema version; refusing"]
+                    )
+                for model in models.MODELS:
+                    SchemaManager(model, database=self._db).create_all(safe=True)
+                postgres_extras(self._db)
+                log.info("created store schema v%d in %s", SCHEMA_VERSION, self._url)
+            else:
+                upgrade(self._db, version)
+                log.info("migrated store %s from schema v%d to v%d", self._url, version, SCHEMA_VERSION)
+            self._put_setting(_VERSION_KEY, str(SCHEMA_VERSION))
+
+    def _stored_version(self) -> int | None:
+        if not self._db.table_exists(models.Setting._meta.table_name):
+            return None
+        raw = self.get_setting(_VERSION_KEY)
+        if raw is None:
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError([f"database: {self._url}: unreadable schema version {raw!r}"]) from None
+
+    def _refuse_newer(self, version: int | None) -> None:
+        if version is not None and version > SCHEMA_VERSION:
+            raise ConfigError(
+                [
+                    f"database: {self._url} has schema version {version}, newer than this metasched "
+                    f"understands ({SCHEMA_VERSION}); upgrade metasched"
+                ]
+            )
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _q(self, query: T) -> T:
+        """Bind a query to this Store's database (models are never bound globally)."""
+        handle: Any = query
+        bound: T = handle.bind(self._db)
+        return bound
+
+    def _rows(self, query: Any) -> list[tuple[Any, ...]]:
+        """A select's rows as tuples, values converted by their fields (datetimes, booleans)."""
+        return [tuple(row) for row in query.bind(self._db).tuples()]
+
+    def _scalar(self, query: Any) -> Any:
+        return query.bind(self._db).scalar()
+
+    def _write_tx(self) -> AbstractContextManager[Any]:
+        """A write transaction. SQLite takes the write lock up front (BEGIN IMMEDIATE): a deferred
+        transaction that reads first could not upgrade to a writer after another process committed."""
+        handle: Any = self._db
+        ctx: AbstractContextManager[Any] = handle.atomic() if self._pg else handle.atomic("IMMEDIATE")
+        return ctx
+
+    def _dt_in(self, value: datetime | None) -> Any:
+        """Aware (or naive UTC) datetime -> what the driver stores: naive UTC; text on SQLite, like peewee."""
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value if self._pg else str(value)
+
+    def _insert_many(
+        self,
+        model: type[Model],
+        names: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+        *,
+        ignore: bool = False,
+    ) -> None:
+        """Bulk insert of already-converted tuples: peewee's insert_many builds SQL per value, ~7x slower."""
+        if not rows:
+            return
+        fields = model._meta.fields
+        table = _quote(model._meta.table_name)
+        columns = ", ".join(_quote(fields[n].column_name) for n in names)
+        cursor = self._sql.cursor()
+        if self._pg:
+            conflict = " ON CONFLICT DO NOTHING" if ignore else ""
+            sql = f"INSERT INTO {table} ({columns}) VALUES %s{conflict}"
+            if type(cursor).__module__.startswith("psycopg2"):
+                import importlib
+
+                extras: Any = importlib.import_module("psycopg2.extras")  # untyped: no stubs installed
+                extras.execute_values(cursor, sql, rows, page_size=_BATCH)
+                return
+            group = "(" + ", ".join(["%s"] * len(names)) + ")"
+            cursor.executemany(sql.replace("%s", group, 1), rows)
+            return
+        verb = "INSERT OR IGNORE" if ignore else "INSERT"
+        marks = ", ".join("?" * len(names))
+        cursor.executemany(f"{verb} INTO {table} ({columns}) VALUES ({marks})", rows)
+
+    def _select_raw(self, query: Any) -> list[tuple[Any, ...]]:
+        """Rows as the driver returns them (no per-value conversion): for large reads."""
+        rows: list[tuple[Any, ...]] = self._sql.execute(query).fetchall()
+        return rows
+
+    # -- destinations and snapshots ---------------------------------------------------------
 
     def sync_destinations(self, destinations: Iterable[tuple[str, str, str]]) -> None:
         """Ensure a row per configured (id, scheduler, host); rows of removed destinations stay."""
-        raise NotImplementedError
+        D = models.Destination
+        with self._write_tx():
+            for dest_id, scheduler, host in destinations:
+                self._q(
+                    D.insert(id=dest_id, scheduler=scheduler, host=host).on_conflict(
+                        conflict_target=[D.id], update={D.scheduler: scheduler, D.host: host}
+                    )
+                ).execute()
+
+    def _ensure_destination(self, dest_id: str) -> None:
+        """Writes for a destination sync_destinations has not seen still land (scheduler/host unknown)."""
+        self._q(models.Destination.insert(id=dest_id, scheduler="", host="").on_conflict_ignore()).execute()
 
     def write_snapshot(
         self,
@@ -99,42 +439,586 @@ class Store:
         run_id: str,
         started: datetime,
         finished: datetime,
+        history_days: int = HISTORY_DAYS,
+        max_gap_s: float = MAX_GAP_S,
     ) -> WriteResult:
-        """Replace the destination's nodes/partitions/jobs and summary, record history and the run: one transaction."""
-        raise NotImplementedError
+        """Replace the destination's nodes/partitions/jobs and summary, record history and the run.
+
+        All in one transaction: readers see the old snapshot or the new one, never a mix, and a
+        crash mid-write leaves the old one. History: a job tracked in the previous snapshot
+        (pending, running, or another state with a start time) and absent now finished at
+        ``finished`` (the collect that first missed it, so an upper bound within one interval):
+
+        - last seen running: queue_s = start - submit, run_s = finished - start;
+        - last seen pending: cancelled, or started and ended between two collects; which one is
+          unknowable, so queue_s, run_s and start_time are None (the row still counts);
+        - when the previous good snapshot is older than ``max_gap_s`` (the destination was
+          unreachable for a while), the end is too uncertain: run_s is None, queue_s is kept.
+
+        Negative durations (clock skew between cluster and collector) are clamped to 0. History and
+        run records of this destination older than ``history_days`` are pruned.
+        """
+        end = self._dt_in(finished)
+        nodes = _unique(snapshot.nodes, lambda n: n.name, "node", dest_id)
+        partitions = _unique(snapshot.partitions, lambda p: p.name, "partition", dest_id)
+        jobs = _unique(snapshot.jobs, lambda j: j.job_id, "job", dest_id)
+        summary = _summarize(nodes, jobs)
+        node_rows = [
+            (
+                dest_id,
+                n.name,
+                n.state,
+                n.available,
+                n.cores_total,
+                n.cores_alloc,
+                n.mem_total_mb,
+                n.mem_alloc_mb,
+                n.mem_free_mb,
+                n.gpus_total,
+                n.gpus_alloc,
+                n.load_1,
+                n.load_5,
+                n.load_15,
+                ",".join(n.partitions),
+                n.reason,
+            )
+            for n in nodes
+        ]
+        partition_rows = [
+            (
+                dest_id,
+                p.name,
+                p.is_default,
+                p.state,
+                p.available,
+                p.nodes_total,
+                p.cores_total,
+                json.dumps(dict(p.limits), sort_keys=True),
+            )
+            for p in partitions
+        ]
+        job_rows = []
+        dt_in = self._dt_in
+        for j in jobs:
+            galaxy = parse_galaxy_job_name(j.name)
+            job_rows.append(
+                (
+                    dest_id,
+                    j.job_id,
+                    j.state,
+                    j.raw_state,
+                    j.partition,
+                    j.name,
+                    j.user,
+                    j.reason,
+                    j.cores,
+                    j.mem_mb,
+                    j.gpus,
+                    dt_in(j.submit_time),
+                    dt_in(j.start_time),
+                    j.nodes,
+                    galaxy[0] if galaxy else None,
+                    galaxy[1] if galaxy else None,
+                )
+            )
+        current_ids = {j.job_id for j in jobs}
+        end_naive = _naive(finished)
+        D, N, P, J = models.Destination, models.Node, models.Partition, models.Job
+        with self._write_tx():
+            self._ensure_destination(dest_id)
+            prev_success = _naive_db(self._scalar(D.select(D.last_success).where(D.id == dest_id)))
+            gap_ok = prev_success is not None and (end_naive - prev_success).total_seconds() <= max_gap_s
+            tracked = self._select_raw(
+                J.select(*[getattr(J, c) for c in _TRACKED_COLUMNS]).where(
+                    (J.destination == dest_id) & J.state.in_([PENDING, RUNNING, OTHER])
+                )
+            )
+            finished_rows = [
+                row
+                for prev in tracked
+                if prev[0] not in current_ids
+                and (row := self._history_row(dest_id, prev, end_naive, end, gap_ok)) is not None
+            ]
+            for model in (J, N, P):
+                self._q(model.delete().where(model.destination == dest_id)).execute()
+            self._insert_many(N, _NODE_COLUMNS, node_rows)
+            self._insert_many(P, _PARTITION_COLUMNS, partition_rows)
+            self._insert_many(J, _JOB_COLUMNS, job_rows)
+            self._insert_many(models.FinishedJob, _FINISHED_COLUMNS, finished_rows, ignore=True)
+            self._q(
+                D.update(
+                    last_attempt=end_naive,
+                    last_success=end_naive,
+                    reachable=True,
+                    last_error=None,
+                    **summary,
+                ).where(D.id == dest_id)
+            ).execute()
+            self._add_run(dest_id, run_id, started, finished, ok=True, error=None)
+            self._prune(dest_id, end_naive - timedelta(days=history_days))
+        return WriteResult(jobs=len(job_rows), finished=len(finished_rows))
+
+    def _history_row(
+        self, dest_id: str, prev: tuple[Any, ...], end: datetime, end_db: Any, gap_ok: bool
+    ) -> tuple[Any, ...] | None:
+        """A FinishedJob tuple for a vanished job (``prev`` in _TRACKED_COLUMNS order), or None."""
+        job_id, state, partition, name, user, cores, mem_mb, submit_raw, start_raw, gid, key = prev
+        submit = _naive_db(submit_raw)
+        start = _naive_db(start_raw)
+        if state == PENDING:
+            start = None  # a pending job's start is at most the scheduler's estimate
+        elif start is None:
+            return None  # "other" without a start time (e.g. suspended before start): nothing to learn
+        queue_s = max(0.0, (start - submit).total_seconds()) if start and submit else None
+        run_s = max(0.0, (end - start).total_seconds()) if start and gap_ok else None
+        return (
+            dest_id,
+            job_id,
+            partition,
+            name,
+            user,
+            gid,
+            key,
+            cores,
+            mem_mb,
+            self._dt_in(submit),
+            self._dt_in(start),
+            end_db,
+            queue_s,
+            run_s,
+        )
+
+    def _add_run(
+        self, dest_id: str, run_id: str, started: datetime, finished: datetime, *, ok: bool, error: str | None
+    ) -> None:
+        self._q(
+            models.CollectRun.insert(
+                run_id=run_id,
+                destination_id=dest_id,
+                started=_naive(started),
+                finished=_naive(finished),
+                ok=ok,
+                error=error,
+                duration_s=max(0.0, (finished - started).total_seconds()),
+            )
+        ).execute()
+
+    def _prune(self, dest_id: str, cutoff: datetime) -> None:
+        F, R = models.FinishedJob, models.CollectRun
+        self._q(F.delete().where((F.destination_id == dest_id) & (F.end_time < cutoff))).execute()
+        self._q(R.delete().where((R.destination_id == dest_id) & (R.started < cutoff))).execute()
 
     def record_failure(
         self, dest_id: str, error: str, *, run_id: str, started: datetime, finished: datetime
     ) -> None:
-        """Record a failed attempt; the previous snapshot stays untouched."""
-        raise NotImplementedError
+        """Record a failed attempt; the previous snapshot (nodes, jobs, summary, last_success) stays."""
+        D = models.Destination
+        with self._write_tx():
+            self._ensure_destination(dest_id)
+            self._q(
+                D.update(last_attempt=_naive(finished), reachable=False, last_error=error).where(
+                    D.id == dest_id
+                )
+            ).execute()
+            self._add_run(dest_id, run_id, started, finished, ok=False, error=error)
+
+    # -- readers ------------------------------------------------------------------------------
 
     def summaries(self, ids: Sequence[str] | None = None) -> list[DestinationSummary]:
-        raise NotImplementedError
+        """Every destination (by id), or those of ``ids`` in that order; unknown ids are skipped."""
+        D = models.Destination
+        columns = [
+            D.id,
+            D.scheduler,
+            D.host,
+            D.reachable,
+            D.last_attempt,
+            D.last_success,
+            D.last_error,
+            *[getattr(D, name) for name in _SUMMARY_FIELDS],
+            D.disabled_reason,
+            D.disabled_until,
+        ]
+        if ids is None:
+            rows = self._rows(D.select(*columns).order_by(D.id))
+        else:
+            wanted = list(dict.fromkeys(ids))
+            found: dict[str, tuple[Any, ...]] = {}
+            for chunk in _chunks(wanted):
+                for row in self._rows(D.select(*columns).where(D.id.in_(chunk))):
+                    found[row[0]] = row
+            rows = [found[i] for i in wanted if i in found]
+        return [_summary(row) for row in rows]
 
     def nodes(self, dest_id: str) -> list[Node]:
-        raise NotImplementedError
+        N = models.Node
+        fields = [getattr(N, c) for c in _NODE_COLUMNS[1:]]
+        out = []
+        for row in self._rows(N.select(*fields).where(N.destination == dest_id).order_by(N.id)):
+            values = dict(zip(_NODE_COLUMNS[1:], row, strict=True))
+            values["partitions"] = tuple(p for p in values["partitions"].split(",") if p)
+            out.append(Node(**values))
+        return out
 
     def partitions(self, dest_id: str) -> list[Partition]:
-        raise NotImplementedError
+        P = models.Partition
+        fields = [getattr(P, c) for c in _PARTITION_COLUMNS[1:]]
+        out = []
+        for row in self._rows(P.select(*fields).where(P.destination == dest_id).order_by(P.id)):
+            values = dict(zip(_PARTITION_COLUMNS[1:], row, strict=True))
+            values["limits"] = {str(k): str(v) for k, v in json.loads(values["limits"] or "{}").items()}
+            out.append(Partition(**values))
+        return out
 
     def jobs(self, dest_id: str) -> list[Job]:
-        raise NotImplementedError
+        """The destination's jobs as of its last good snapshot, in snapshot order (fast for 100k jobs)."""
+        J = models.Job
+        names = _JOB_COLUMNS[1:14]  # the collect.types.Job fields; galaxy columns are derived
+        rows = self._select_raw(
+            J.select(*[getattr(J, c) for c in names]).where(J.destination == dest_id).order_by(J.id)
+        )
+        out = []
+        for row in rows:
+            values = dict(zip(names, row, strict=True))
+            values["submit_time"] = _aware(_naive_db(values["submit_time"]))
+            values["start_time"] = _aware(_naive_db(values["start_time"]))
+            out.append(Job(**values))
+        return out
 
     def tool_times(self, tool_id: str, dest_ids: Sequence[str], limit: int = 200) -> dict[str, ToolTimes]:
-        """Median queue/run time of the last ``limit`` finished jobs of this tool, per destination."""
-        raise NotImplementedError
+        """Median queue/run time of the last ``limit`` finished jobs of this tool, per destination.
+
+        Every requested id is in the result (count 0 when there is no history). One query per 500
+        destinations: the tool's rows come from the (tool_key, destination_id, end_time) index by an
+        equality or a byte-order range (``k_`` <= tool_key < ``k` ``, backquote following underscore),
+        and a window function keeps each destination's newest ``limit`` rows.
+        """
+        wanted = list(dict.fromkeys(dest_ids))
+        samples: dict[str, tuple[list[float], list[float], list[int]]] = {d: ([], [], [0]) for d in wanted}
+        key = tool_key(tool_id)
+        if key and limit > 0:
+            F = models.FinishedJob
+            column = F.tool_key.collate('"C"') if self._pg else F.tool_key
+            matches = (F.tool_key == key) | ((column >= key + "_") & (column < key + "`"))
+            rank = (
+                fn.ROW_NUMBER()
+                .over(partition_by=[F.destination_id], order_by=[F.end_time.desc(), F.id.desc()])
+                .alias("rn")
+            )
+            for chunk in _chunks(wanted):
+                inner = F.select(F.destination_id, F.queue_s, F.run_s, rank).where(
+                    F.destination_id.in_(chunk) & matches
+                )
+                sub = inner.alias("recent")
+                query = (
+                    models.FinishedJob.select(sub.c.destination_id, sub.c.queue_s, sub.c.run_s)
+                    .from_(sub)
+                    .where(sub.c.rn <= limit)
+                )
+                for dest, queue_s, run_s in self._select_raw(query):
+                    queues, runs, count = samples[dest]
+                    count[0] += 1
+                    if queue_s is not None:
+                        queues.append(float(queue_s))
+                    if run_s is not None:
+                        runs.append(float(run_s))
+        return {
+            dest: ToolTimes(
+                count=count[0],
+                median_queue_s=statistics.median(queues) if queues else None,
+                median_run_s=statistics.median(runs) if runs else None,
+            )
+            for dest, (queues, runs, count) in samples.items()
+        }
+
+    def history(self, dest_id: str | None = None, limit: int = 100) -> list[FinishedRecord]:
+        """Newest finished-job history rows first (all destinations, or one)."""
+        F = models.FinishedJob
+        names = ("destination_id", *_FINISHED_COLUMNS[1:])
+        query = (
+            F.select(*[getattr(F, c) for c in names]).order_by(F.end_time.desc(), F.id.desc()).limit(limit)
+        )
+        if dest_id is not None:
+            query = query.where(F.destination_id == dest_id)
+        out = []
+        for row in self._rows(query):
+            values = dict(zip(names, row, strict=True))
+            for name in ("submit_time", "start_time", "end_time"):
+                values[name] = _aware(values[name])
+            out.append(FinishedRecord(**values))
+        return out
+
+    def runs(self, limit: int = 50, dest_id: str | None = None) -> list[RunRecord]:
+        """Newest collect-run records first (all destinations, or one)."""
+        R = models.CollectRun
+        query = (
+            R.select(R.run_id, R.destination_id, R.started, R.finished, R.ok, R.error, R.duration_s)
+            .order_by(R.id.desc())
+            .limit(limit)
+        )
+        if dest_id is not None:
+            query = query.where(R.destination_id == dest_id)
+        return [
+            RunRecord(rid, dest, _aware_req(st), _aware_req(fin), bool(ok), err, float(dur))
+            for rid, dest, st, fin, ok, err, dur in self._rows(query)
+        ]
+
+    def last_runs(self, dest_id: str, limit: int = 10) -> list[RunRecord]:
+        return self.runs(limit=limit, dest_id=dest_id)
+
+    # -- metrics ------------------------------------------------------------------------------
 
     def replace_metrics(self, source: str, rows: Sequence[MetricRow], fetched_at: datetime) -> None:
-        """Replace every cached row of ``source`` in one transaction."""
-        raise NotImplementedError
+        """Replace every cached row of ``source`` in one transaction.
+
+        Rows are stored under ``source`` (their own ``source`` field is not consulted) and with
+        ``fetched_at``; of rows with equal (destination_id, tool_id, name) the last one wins.
+        """
+        latest: dict[tuple[str, str, str], MetricRow] = {}
+        for r in rows:
+            latest[(r.destination_id, r.tool_id, r.name)] = r
+        fetched = self._dt_in(fetched_at)
+        values = [
+            (
+                source,
+                r.destination_id,
+                r.tool_id,
+                r.name,
+                r.value,
+                r.text,
+                self._dt_in(r.observed_at),
+                fetched,
+            )
+            for r in latest.values()
+        ]
+        M = models.Metric
+        with self._write_tx():
+            self._q(M.delete().where(M.source == source)).execute()
+            self._insert_many(M, _METRIC_COLUMNS, values)
 
     def metrics(self, dest_ids: Sequence[str], tool_id: str | None = None) -> list[MetricRow]:
         """Cached metric rows for these destinations: per-destination rows plus this tool's rows."""
-        raise NotImplementedError
+        M = models.Metric
+        tools = [""] if not tool_id else ["", tool_id]
+        out = []
+        for chunk in _chunks(list(dict.fromkeys(dest_ids))):
+            query = (
+                M.select(
+                    M.source,
+                    M.destination_id,
+                    M.name,
+                    M.value,
+                    M.text,
+                    M.tool_id,
+                    M.observed_at,
+                    M.fetched_at,
+                )
+                .where(M.destination_id.in_(chunk) & M.tool_id.in_(tools))
+                .order_by(M.source, M.destination_id, M.tool_id, M.name)
+            )
+            for src, dest, name, value, text, tid, observed, fetched in self._rows(query):
+                out.append(MetricRow(src, dest, name, value, text, tid, _aware(observed), _aware(fetched)))
+        return out
+
+    # -- settings -----------------------------------------------------------------------------
 
     def get_setting(self, key: str) -> str | None:
-        raise NotImplementedError
+        S = models.Setting
+        value = self._scalar(S.select(S.value).where(S.key == key))
+        return None if value is None else str(value)
 
     def set_setting(self, key: str, value: str | None) -> None:
-        raise NotImplementedError
+        """``None`` removes the setting."""
+        with self._write_tx():
+            if value is None:
+                self._q(models.Setting.delete().where(models.Setting.key == key)).execute()
+            else:
+                self._put_setting(key, value)
+
+    def _put_setting(self, key: str, value: str) -> None:
+        S = models.Setting
+        self._q(
+            S.insert(key=key, value=value).on_conflict(conflict_target=[S.key], update={S.value: value})
+        ).execute()
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _make_database(url: str) -> tuple[Database, str]:
+    """A peewee database for ``url`` plus a password-free form of it for messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _sqlite(url), url
+    scheme = scheme.lower()
+    if scheme == "sqlite":
+        if not rest.startswith("/") or len(rest) < 2:
+            raise ConfigError(
+                [f"database: {url!r}: use sqlite:///relative/path, sqlite:////absolute/path or a plain path"]
+            )
+        return _sqlite(rest[1:]), url
+    if scheme in ("postgresql", "postgres"):
+        return _postgres(url)
+    raise ConfigError(
+        [
+            f"database: unsupported URL scheme {scheme!r} (use a path, sqlite:///path or postgresql://user@host/db)"
+        ]
+    )
+
+
+def _sqlite(path: str) -> SqliteDatabase:
+    file = Path(path).expanduser()
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            [f"database: cannot create directory {file.parent}: {exc.strerror or exc}"]
+        ) from exc
+    return SqliteDatabase(
+        str(file),
+        timeout=BUSY_TIMEOUT_S,
+        pragmas={
+            "journal_mode": "wal",
+            "busy_timeout": int(BUSY_TIMEOUT_S * 1000),
+            "foreign_keys": 1,
+            "synchronous": "normal",
+        },
+    )
+
+
+def _postgres(url: str) -> tuple[PostgresqlDatabase, str]:
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is None:
+        raise ConfigError(
+            ["database: a postgresql:// URL needs psycopg2 (pip install 'metasched[postgres]')"]
+        )
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError([f"database: invalid port in {_redact(url)}"]) from None
+    dbname = unquote(parts.path.lstrip("/"))
+    if not dbname:
+        raise ConfigError([f"database: {_redact(url)}: no database name (postgresql://user@host/DBNAME)"])
+    params: dict[str, Any] = dict(parse_qsl(parts.query))
+    for key, value in (
+        ("host", parts.hostname),
+        ("port", port),
+        ("user", unquote(parts.username) if parts.username else None),
+        ("password", unquote(parts.password) if parts.password else None),
+    ):
+        if value is not None:
+            params.setdefault(key, value)
+    params.setdefault("connect_timeout", 10)
+    return PostgresqlDatabase(dbname, **params), _redact(url)
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{netloc[1]}").geturl()
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _naive(value: datetime) -> datetime:
+    """Aware -> naive UTC (the stored form); naive values are taken as UTC already."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def _naive_db(value: Any) -> datetime | None:
+    """A datetime column as the driver returned it (text on SQLite) -> naive UTC datetime."""
+    if value is None:
+        return None
+    field: Any = _DT_FIELD
+    parsed = field.python_value(value)
+    return parsed if isinstance(parsed, datetime) else None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _aware_req(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC)
+
+
+def _chunks(items: Sequence[T]) -> list[Sequence[T]]:
+    return [items[i : i + _IN_CHUNK] for i in range(0, len(items), _IN_CHUNK)]
+
+
+def _unique(items: Sequence[T], key: Callable[[T], Hashable], what: str, dest_id: str) -> list[T]:
+    """Drop repeated keys (the first occurrence wins) instead of failing the whole write on a unique index."""
+    seen: dict[Hashable, T] = {}
+    for item in items:
+        seen.setdefault(key(item), item)
+    if len(seen) != len(items):
+        log.warning(
+            "%s: %d duplicate %s entries in the snapshot ignored", dest_id, len(items) - len(seen), what
+        )
+    return list(seen.values())
+
+
+def _node_mem_free(n: Node) -> int:
+    """Scheduler's view (total - allocated) when it tracks allocations; else what the OS reports free.
+
+    A scheduler that allocates memory (Slurm with CR_*_Memory) schedules against total - alloc no
+    matter what the page cache holds. With nothing allocated, either the node is idle or memory is
+    not tracked (plain nodes, Slurm CR_Core): the OS's free memory is then the better bound.
+    """
+    free = max(0, n.mem_total_mb - n.mem_alloc_mb)
+    if n.mem_alloc_mb == 0 and n.mem_free_mb is not None:
+        free = min(free, max(0, n.mem_free_mb))
+    return free
+
+
+def _summarize(nodes: Sequence[Node], jobs: Sequence[Job]) -> dict[str, int]:
+    """Destination summary: capacity over available nodes only; demand from pending (not held) jobs."""
+    available = [n for n in nodes if n.available]
+    pending = [j for j in jobs if j.state == PENDING]
+    running = [j for j in jobs if j.state == RUNNING]
+    return {
+        "cores_total": sum(n.cores_total for n in available),
+        "cores_free": sum(max(0, n.cores_total - n.cores_alloc) for n in available),
+        "mem_total_mb": sum(n.mem_total_mb for n in available),
+        "mem_free_mb": sum(_node_mem_free(n) for n in available),
+        "gpus_total": sum(n.gpus_total for n in available),
+        "gpus_free": sum(max(0, n.gpus_total - n.gpus_alloc) for n in available),
+        "nodes_total": len(nodes),
+        "nodes_unavailable": len(nodes) - len(available),
+        "jobs_running": len(running),
+        "jobs_queued": len(pending),
+        "jobs_held": sum(1 for j in jobs if j.state == HELD),
+        "queued_cores": sum(j.cores for j in pending),
+        "running_cores": sum(j.cores for j in running),
+    }
+
+
+def _summary(row: tuple[Any, ...]) -> DestinationSummary:
+    ident, scheduler, host, reachable, last_attempt, last_success, error = row[:7]
+    n = len(_SUMMARY_FIELDS)
+    counts = dict(zip(_SUMMARY_FIELDS, (int(v or 0) for v in row[7 : 7 + n]), strict=True))
+    disabled_reason, disabled_until = row[7 + n :]
+    return DestinationSummary(
+        id=ident,
+        scheduler=scheduler,
+        host=host,
+        reachable=bool(reachable),
+        last_attempt=_aware(last_attempt),
+        last_success=_aware(last_success),
+        error=error,
+        disabled_reason=disabled_reason,
+        disabled_until=_aware(disabled_until),
+        **counts,
+    )

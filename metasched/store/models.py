@@ -7,6 +7,7 @@ Bump SCHEMA_VERSION and add a step to ``metasched.store.migrations`` for every c
 from __future__ import annotations
 
 from peewee import (
+    SQL,
     AutoField,
     BooleanField,
     CharField,
@@ -18,7 +19,7 @@ from peewee import (
     TextField,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class BaseModel(Model):
@@ -135,6 +136,9 @@ class CollectRun(BaseModel):
     error = TextField(null=True)
     duration_s = FloatField()
 
+    class Meta:
+        indexes = ((("destination_id", "started"), False),)  # pruning and per-destination history
+
 
 class FinishedJob(BaseModel):
     """A job seen pending/running earlier and gone now: what metasched learns queue/run times from."""
@@ -142,6 +146,7 @@ class FinishedJob(BaseModel):
     id = AutoField()
     destination_id = CharField()
     job_id = CharField()
+    partition = CharField(default="", constraints=[SQL("DEFAULT ''")])  # schema v2
     name = TextField(default="")
     user = CharField(default="")
     galaxy_job_id = IntegerField(null=True)
@@ -158,6 +163,7 @@ class FinishedJob(BaseModel):
         indexes = (
             (("destination_id", "job_id", "submit_time"), True),
             (("tool_key", "destination_id", "end_time"), False),
+            (("destination_id", "end_time"), False),  # schema v2: pruning without a scan
         )
 
 

@@ -1,0 +1,85 @@
+"""Schema migrations: one step per version, applied in order when a store opens an older database.
+
+``STEPS[n]`` upgrades a database from version ``n`` to ``n + 1``. Steps name tables and columns
+literally (frozen), instead of reading the current models, so a step still means the same thing
+after the models move on. The Store runs every pending step and the version bump in one
+transaction (SQLite and PostgreSQL both have transactional DDL), so a failed or interrupted
+migration leaves the old schema intact.
+
+To change the schema: edit ``models.py``, bump ``SCHEMA_VERSION``, add ``STEPS[old]`` here, and
+extend the migration test with a database of the old shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from peewee import Database, PostgresqlDatabase
+from playhouse.migrate import PostgresqlMigrator, SchemaMigrator, SqliteMigrator, migrate
+
+from metasched.errors import MetaschedError
+from metasched.store.models import SCHEMA_VERSION
+
+Step = Callable[[Database], None]
+
+
+class MigrationError(MetaschedError):
+    """The database cannot be brought to the schema this metasched knows."""
+
+
+def _execute(db: Database, sql: str) -> None:
+    handle: Any = db  # peewee leaves execute_sql untyped
+    handle.execute_sql(sql)
+
+
+def migrator_for(db: Database) -> SchemaMigrator:
+    return PostgresqlMigrator(db) if isinstance(db, PostgresqlDatabase) else SqliteMigrator(db)
+
+
+def postgres_extras(db: Database) -> None:
+    """Objects the models cannot declare portably: on PostgreSQL, tool_key range lookups need byte order.
+
+    ``Store.tool_times`` matches ``tool_key = k OR k_ <= tool_key < k```, which is only a prefix test
+    under byte-wise ("C") collation; a site's default collation (e.g. en_US) ignores ``_``. The query
+    uses ``COLLATE "C"`` and this index serves it. SQLite compares bytes already.
+    """
+    if isinstance(db, PostgresqlDatabase):
+        _execute(
+            db,
+            'CREATE INDEX IF NOT EXISTS "finished_job_tool_key_c" ON "finished_job" '
+            '("tool_key" COLLATE "C", "destination_id", "end_time")',
+        )
+
+
+def _v1_to_v2(db: Database) -> None:
+    """History keeps the partition; pruning of history and runs uses indexes instead of scans."""
+    # One ALTER with a DDL default (valid on both backends); the migrator's NOT NULL path would
+    # rebuild the whole history table on SQLite.
+    _execute(db, """ALTER TABLE "finished_job" ADD COLUMN "partition" VARCHAR(255) NOT NULL DEFAULT ''""")
+    m = migrator_for(db)
+    migrate(
+        m.add_index("finished_job", ("destination_id", "end_time"), False),
+        m.add_index("collect_run", ("destination_id", "started"), False),
+    )
+    postgres_extras(db)
+
+
+STEPS: dict[int, Step] = {1: _v1_to_v2}
+
+
+def upgrade(db: Database, from_version: int, to_version: int = SCHEMA_VERSION) -> list[int]:
+    """Apply every step from ``from_version`` up to ``to_version``; return the versions reached.
+
+    The caller owns the transaction and records the new version in the same one.
+    """
+    if from_version > to_version:
+        raise MigrationError(f"cannot downgrade schema version {from_version} to {to_version}")
+    reached: list[int] = []
+    for version in range(from_version, to_version):
+        step = STEPS.get(version)
+        if step is None:
+            raise MigrationError(f"no migration from schema version {version} to {version + 1}")
+        step(db)
+        reached.append(version + 1)
+    return reached
