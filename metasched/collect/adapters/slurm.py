@@ -1,0 +1,491 @@
+"""Slurm: ``squeue``, ``sinfo -N`` and ``scontrol show partition``, parsed into the plain collect types.
+
+Why the commands look the way they do:
+
+- Explicit ``-O`` formats, run through ``env -u ...``: SQUEUE_FORMAT/SINFO_FORMAT are overridden by ``-O``,
+  but other user environment (SQUEUE_ARRAY, SQUEUE_USERS, SQUEUE_STATES, SINFO_PARTITION, ... from a
+  head node's ``.bashrc``) silently changes *which* rows come back, so those are unset.
+  ``SLURM_TIME_FORMAT=%FT%T%z`` makes every timestamp carry its UTC offset (Slurm otherwise prints the
+  head node's local time without a zone, or "relative" text if the user asked for it);
+  ``SLURM_BITSTR_LEN=0`` stops Slurm from shortening long array index expressions with "...".
+- Field separator ``\\x1f`` (ASCII unit separator) after *every* field, so a complete line ends with it:
+  a line cut short is detected (ParseError). The only free-text field (job name, node reason) comes
+  last, so a name containing the separator (or ``|``, spaces) is still recovered whole.
+
+Units and conventions (see ``collect.types``):
+
+- Job memory is the job's total: ``mem=`` of ``tres-alloc`` (allocated when running, requested when
+  pending, already multiplied out for --mem-per-cpu); ``MinMemory`` x nodes only when that is missing.
+  Suffixes K/M/G/T/P are converted to MB; a bare number is MB.
+- GPUs: ``gres/gpu`` from tres-alloc when accounting tracks it, else tres-per-job, else tres-per-node x
+  nodes, else tres-per-task x tasks. 22.05 prints ``gres:gpu:2``; newer releases ``gres/gpu:a100=2``;
+  both are read.
+- A pending array range such as ``123_[4-10%2]`` is expanded into one pending job per task
+  (``123_4`` ... ``123_10``), so it counts as N jobs of demand and each task keeps the id it will have
+  when it runs. At most ``ARRAY_EXPAND_LIMIT`` tasks per range are expanded; an expression Slurm cut
+  short (ends in "...") counts as one job with the printed id.
+- Pending jobs waiting on something other than resources or priority (dependency, hold, begin time,
+  reservation, invalid account/QOS) are HELD, not demand. Start time is kept only for jobs that started
+  (a pending job's StartTime is Slurm's estimate).
+- Node availability: down, drained/draining, fail/failing, maint, unknown, not responding, powered
+  off/powering down, pending reboot and invalid registration all count as unavailable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from metasched.collect.types import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Runner, Snapshot
+from metasched.config import DestinationConfig
+from metasched.errors import ParseError
+
+SEP = "\x1f"
+ARRAY_EXPAND_LIMIT = 100_000
+
+# User environment that changes which rows or how they are printed (the explicit -O wins over *_FORMAT
+# anyway, they are unset too so nothing depends on that precedence).
+_UNSET_ENV = (
+    "SQUEUE_ACCOUNT",
+    "SQUEUE_ALL",
+    "SQUEUE_ARRAY",
+    "SQUEUE_ARRAY_UNIQUE",
+    "SQUEUE_FEDERATION",
+    "SQUEUE_FORMAT",
+    "SQUEUE_FORMAT2",
+    "SQUEUE_LICENSES",
+    "SQUEUE_LOCAL",
+    "SQUEUE_NAMES",
+    "SQUEUE_PARTITION",
+    "SQUEUE_PRIORITY",
+    "SQUEUE_QOS",
+    "SQUEUE_SIBLING",
+    "SQUEUE_SORT",
+    "SQUEUE_STATES",
+    "SQUEUE_USERS",
+    "SINFO_ALL",
+    "SINFO_FEDERATION",
+    "SINFO_FORMAT",
+    "SINFO_LOCAL",
+    "SINFO_PARTITION",
+    "SINFO_SORT",
+    "SCONTROL_ALL",
+    "SCONTROL_FEDERATION",
+    "SCONTROL_LOCAL",
+    "SCONTROL_SIBLING",
+)
+_SET_ENV = ("SLURM_TIME_FORMAT=%FT%T%z", "SLURM_BITSTR_LEN=0")
+
+SQUEUE_FIELDS = (
+    "JobArrayID",
+    "Partition",
+    "UserName",
+    "State",
+    "Reason",
+    "NumCPUs",
+    "NumNodes",
+    "NumTasks",
+    "MinMemory",
+    "tres-alloc",
+    "tres-per-job",
+    "tres-per-node",
+    "tres-per-task",
+    "SubmitTime",
+    "StartTime",
+    "NodeList",
+    "Name",  # free text: last
+)
+SINFO_FIELDS = (
+    "NodeList",
+    "PartitionName",
+    "StateLong",
+    "StateComplete",
+    "CPUsState",
+    "Memory",
+    "AllocMem",
+    "FreeMem",
+    "CPUsLoad",
+    "Gres",
+    "GresUsed",
+    "Reason",  # free text: last
+)
+
+# Pending reasons that mean "not waiting for capacity": such jobs are not demand.
+HELD_REASONS = frozenset(
+    {
+        "Dependency",
+        "DependencyNeverSatisfied",
+        "JobHeldUser",
+        "JobHeldAdmin",
+        "BeginTime",
+        "JobHoldMaxRequeue",
+        "Reservation",
+        "InvalidAccount",
+        "InvalidQOS",
+        "BadConstraints",
+        "launch failed requeued held",
+    }
+)
+_RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "RESIZING", "SIGNALING", "STAGE_OUT"})
+_HELD_STATES = frozenset({"REQUEUE_HOLD", "SPECIAL_EXIT", "RESV_DEL_HOLD"})
+_PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED"})
+
+_UNAVAILABLE_NODE_WORDS = frozenset(
+    {
+        "down",
+        "drain",
+        "drained",
+        "draining",
+        "fail",
+        "failing",
+        "maint",
+        "unknown",
+        "unk",
+        "not_responding",
+        "powered_down",
+        "powering_down",
+        "power_down",
+        "reboot_requested",
+        "reboot_issued",
+        "inval",
+        "invalid",
+        "invalid_reg",
+        "future",
+    }
+)
+# sinfo state suffixes: * not responding, ~ powered off, ! pending power down, % powering down,
+# $ maintenance reservation, @ pending reboot, ^ rebooting. (# powering up and - planned stay usable.)
+_UNAVAILABLE_SUFFIXES = frozenset("*~!%$@^")
+_ALL_SUFFIXES = "*~#!%$@^-+"
+
+_MEM_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
+_MEM_RE = re.compile(r"(\d+(?:\.\d+)?)([KMGTP]?)B?\Z", re.IGNORECASE)
+_ARRAY_RE = re.compile(r"(\d+)_\[(.*)\]\Z")
+_PAREN_RE = re.compile(r"\([^)]*\)")
+_MISSING = frozenset({"", "N/A", "n/a", "(null)", "None", "none", "Unknown", "UNLIMITED"})
+
+
+def _command(name: str, *args: str) -> list[str]:
+    unset = [a for var in _UNSET_ENV for a in ("-u", var)]
+    return ["env", *unset, *_SET_ENV, name, *args]
+
+
+def _format(fields: Sequence[str]) -> str:
+    return ",".join(f"{f}:0{SEP}" for f in fields)
+
+
+def squeue_command() -> list[str]:
+    """All jobs of all users in all partitions (``-a``: hidden ones too), array ranges compact."""
+    return _command("squeue", "-h", "-a", "-O", _format(SQUEUE_FIELDS))
+
+
+def sinfo_command() -> list[str]:
+    """One line per node and partition (a node in two partitions comes twice; parse_sinfo merges)."""
+    return _command("sinfo", "-h", "-N", "-a", "-O", _format(SINFO_FIELDS))
+
+
+def partitions_command() -> list[str]:
+    return _command("scontrol", "-a", "-o", "show", "partition")
+
+
+class SlurmAdapter:
+    """Three commands per collect; everything else is pure parsing."""
+
+    def __init__(self, dest: DestinationConfig) -> None:
+        self.dest = dest
+
+    def collect(self, runner: Runner) -> Snapshot:
+        partitions = parse_partitions(runner.run(partitions_command()))
+        nodes = parse_sinfo(runner.run(sinfo_command()))
+        jobs = parse_squeue(runner.run(squeue_command()))
+        return Snapshot(nodes=nodes, partitions=partitions, jobs=jobs)
+
+
+# --- small value parsers --------------------------------------------------------------------------
+
+
+def mem_mb(text: str, where: str = "memory") -> int:
+    """``500M``/``1G``/``1.50G``/``4000``/``0`` -> MB (a bare number is MB, as Slurm means it)."""
+    text = text.strip()
+    if text in _MISSING:
+        return 0
+    m = _MEM_RE.match(text)
+    if m is None:
+        raise ParseError(f"{where}: cannot read memory value {text!r}")
+    return round(float(m.group(1)) * _MEM_UNITS[m.group(2).upper() or "M"])
+
+
+def parse_time(text: str, where: str = "time") -> datetime | None:
+    """Slurm timestamp -> aware UTC. With an offset (our SLURM_TIME_FORMAT) exact; without one the
+    text is the head node's local time, taken as this machine's local zone."""
+    text = text.strip()
+    if text in _MISSING:
+        return None
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ParseError(f"{where}: cannot read timestamp {text!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.astimezone()  # naive: local time of this machine
+    return dt.astimezone(UTC)
+
+
+def gpu_count(spec: str) -> int:
+    """GPUs in a gres/TRES list: ``gres:gpu:2``, ``gres/gpu:a100=2``, ``gpu:a100:1(IDX:0),gpu:v100:0``,
+    ``gres/gpu=4``, ``gpu`` (one). Other gres (mps, shard, nic) are ignored."""
+    spec = _PAREN_RE.sub("", spec.strip())
+    if spec in _MISSING:
+        return 0
+    total = 0
+    for raw in spec.split(","):
+        item = raw.strip()
+        for prefix in ("gres:", "gres/"):
+            if item.startswith(prefix):
+                item = item[len(prefix) :]
+        tokens = re.split(r"[:=]", item)
+        if tokens[0] != "gpu":
+            continue
+        last = tokens[-1] if len(tokens) > 1 else ""
+        total += int(last) if last.isdigit() else 1
+    return total
+
+
+def _tres_value(tres: str, key: str) -> str | None:
+    """``cpu=1,mem=500M,gres/gpu=1`` -> value of ``key`` or None."""
+    for item in tres.split(","):
+        k, eq, v = item.partition("=")
+        if eq and k.strip() == key:
+            return v.strip()
+    return None
+
+
+def expand_array_indices(expr: str, limit: int = ARRAY_EXPAND_LIMIT) -> list[int] | None:
+    """``4-10%2``, ``1,3,5-7``, ``1-9:2`` -> the indices (at most ``limit``); None when unreadable
+    (e.g. Slurm shortened it with "...")."""
+    expr = expr.split("%", 1)[0]
+    out: list[int] = []
+    for part in expr.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part.strip())
+        if m is None:
+            return None
+        start = int(m.group(1))
+        stop = int(m.group(2)) if m.group(2) else start
+        step = int(m.group(3)) if m.group(3) else 1
+        if stop < start or step < 1:
+            return None
+        for i in range(start, stop + 1, step):
+            if len(out) >= limit:
+                return out
+            out.append(i)
+    return out
+
+
+def job_state(raw: str, reason: str) -> str:
+    """Slurm state + pending reason -> PENDING/RUNNING/HELD/OTHER."""
+    state = raw.strip().upper()
+    if state in _RUNNING_STATES:
+        return RUNNING
+    if state in _HELD_STATES:
+        return HELD
+    if state in _PENDING_STATES:
+        return HELD if reason in HELD_REASONS or reason.startswith("Dependency") else PENDING
+    return OTHER
+
+
+def node_available(state_long: str, state_complete: str) -> bool:
+    """False for down/drained/not responding/powered off/... from the base state, ``+FLAGS`` and suffixes."""
+    long_ = state_long.strip().lower()
+    if any(c in _UNAVAILABLE_SUFFIXES for c in long_):
+        return False
+    words = {w for w in re.split(r"[+\s]", state_complete.strip().lower()) if w}
+    words.add(long_.rstrip(_ALL_SUFFIXES))
+    return not (words & _UNAVAILABLE_NODE_WORDS)
+
+
+# --- line splitting --------------------------------------------------------------------------------
+
+
+def _split(line: str, nfields: int, command: str, lineno: int) -> list[str]:
+    """Fields of one ``-O`` line; each field ends in SEP, the last (free text) may contain SEP itself."""
+    if not line.endswith(SEP):
+        raise ParseError(f"{command}: line {lineno}: incomplete line (no final separator): {line[:120]!r}")
+    parts = line[:-1].split(SEP, nfields - 1)
+    if len(parts) != nfields:
+        raise ParseError(
+            f"{command}: line {lineno}: expected {nfields} fields, got {len(parts)}: {line[:120]!r}"
+        )
+    return [p.strip() if i < nfields - 1 else p for i, p in enumerate(parts)]
+
+
+def _int(text: str, command: str, lineno: int, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ParseError(f"{command}: line {lineno}: {what} is not a number: {text!r}") from None
+
+
+def _lines(text: str) -> list[tuple[int, str]]:
+    return [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
+# --- squeue ----------------------------------------------------------------------------------------
+
+
+def parse_squeue(text: str) -> list[Job]:
+    """Output of ``squeue_command()`` -> jobs (pending array ranges expanded, see module docstring)."""
+    jobs: list[Job] = []
+    nf = len(SQUEUE_FIELDS)
+    for n, line in _lines(text):
+        f = dict(zip(SQUEUE_FIELDS, _split(line, nf, "squeue", n), strict=True))
+        where = f"squeue: line {n}"
+        reason = "" if f["Reason"] in ("None", "(null)") else f["Reason"]
+        state = job_state(f["State"], reason)
+        cores = _int(f["NumCPUs"], "squeue", n, "NumCPUs")
+        nnodes = _int(f["NumNodes"], "squeue", n, "NumNodes") if f["NumNodes"].isdigit() else 1
+        ntasks = _int(f["NumTasks"], "squeue", n, "NumTasks") if f["NumTasks"].isdigit() else 1
+        tres = f["tres-alloc"]
+        mem_text = _tres_value(tres, "mem")
+        mem = mem_mb(mem_text, where) if mem_text is not None else mem_mb(f["MinMemory"], where) * nnodes
+        gpus_text = _tres_value(tres, "gres/gpu")
+        if gpus_text is not None and gpus_text.isdigit():
+            gpus = int(gpus_text)
+        else:
+            gpus = (
+                gpu_count(f["tres-per-job"])
+                or gpu_count(f["tres-per-node"]) * nnodes
+                or gpu_count(f["tres-per-task"]) * ntasks
+            )
+        submit = parse_time(f["SubmitTime"], where)
+        start = parse_time(f["StartTime"], where) if state in (RUNNING, OTHER) else None
+        base = Job(
+            job_id=f["JobArrayID"],
+            state=state,
+            partition=f["Partition"],
+            name=f["Name"],
+            user=f["UserName"],
+            raw_state=f["State"],
+            reason=reason,
+            cores=cores,
+            mem_mb=mem,
+            gpus=gpus,
+            submit_time=submit,
+            start_time=start,
+            nodes=f["NodeList"],
+        )
+        m = _ARRAY_RE.match(base.job_id)
+        indices = expand_array_indices(m.group(2)) if m else None
+        if m is None or indices is None:
+            jobs.append(base)
+            continue
+        for i in indices:
+            jobs.append(replace(base, job_id=f"{m.group(1)}_{i}"))
+    return jobs
+
+
+# --- sinfo -----------------------------------------------------------------------------------------
+
+
+def parse_sinfo(text: str) -> list[Node]:
+    """Output of ``sinfo_command()`` -> one Node per node name, partitions merged in output order."""
+    nodes: dict[str, Node] = {}
+    parts: dict[str, list[str]] = {}
+    nf = len(SINFO_FIELDS)
+    for n, line in _lines(text):
+        f = dict(zip(SINFO_FIELDS, _split(line, nf, "sinfo", n), strict=True))
+        name = f["NodeList"]
+        part = f["PartitionName"].rstrip("*")
+        if name in nodes:
+            if part and part not in parts[name]:
+                parts[name].append(part)
+            continue
+        cpu_state = f["CPUsState"].split("/")
+        if len(cpu_state) != 4:
+            raise ParseError(f"sinfo: line {n}: CPUsState is not A/I/O/T: {f['CPUsState']!r}")
+        alloc, _idle, _other, total = (_int(x, "sinfo", n, "CPUsState") for x in cpu_state)
+        where = f"sinfo: line {n}"
+        free = None if f["FreeMem"] in _MISSING else mem_mb(f["FreeMem"], where)
+        load = None if f["CPUsLoad"] in _MISSING else _float(f["CPUsLoad"], n)
+        reason = f["Reason"].strip()
+        nodes[name] = Node(
+            name=name,
+            state=f["StateLong"],
+            available=node_available(f["StateLong"], f["StateComplete"]),
+            cores_total=total,
+            cores_alloc=alloc,
+            mem_total_mb=mem_mb(f["Memory"], where),
+            mem_alloc_mb=mem_mb(f["AllocMem"], where),
+            mem_free_mb=free,
+            gpus_total=gpu_count(f["Gres"]),
+            gpus_alloc=gpu_count(f["GresUsed"]),
+            load_1=load,
+            reason="" if reason == "none" else reason,
+        )
+        parts[name] = [part] if part else []
+    return [replace(node, partitions=tuple(parts[name])) for name, node in nodes.items()]
+
+
+def _float(text: str, lineno: int) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ParseError(f"sinfo: line {lineno}: CPUsLoad is not a number: {text!r}") from None
+
+
+# --- scontrol show partition -------------------------------------------------------------------------
+
+# Kept verbatim in Partition.limits (Slurm's own spelling, e.g. MaxTime=2-00:00:00, MaxMemPerNode=UNLIMITED).
+PARTITION_LIMIT_KEYS = (
+    "MaxTime",
+    "DefaultTime",
+    "MaxNodes",
+    "MinNodes",
+    "MaxCPUsPerNode",
+    "MaxMemPerNode",
+    "MaxMemPerCPU",
+    "DefMemPerNode",
+    "DefMemPerCPU",
+    "PriorityTier",
+    "OverSubscribe",
+    "AllowGroups",
+    "AllowAccounts",
+    "AllowQos",
+    "QoS",
+    "Hidden",
+    "RootOnly",
+    "Nodes",
+)
+_PARTITION_REQUIRED = ("PartitionName", "State", "TotalCPUs", "TotalNodes")
+
+
+def parse_partitions(text: str) -> list[Partition]:
+    """Output of ``scontrol -a -o show partition`` (one ``Key=Value ...`` line per partition)."""
+    if text.strip() == "No partitions in the system":
+        return []
+    out: list[Partition] = []
+    for n, line in _lines(text):
+        kv: dict[str, str] = {}
+        for token in line.split():
+            key, eq, value = token.partition("=")
+            if not eq or not key:
+                raise ParseError(f"scontrol show partition: line {n}: not Key=Value: {token[:60]!r}")
+            kv[key] = value
+        missing = [k for k in _PARTITION_REQUIRED if k not in kv]
+        if missing:
+            raise ParseError(
+                f"scontrol show partition: line {n}: missing {', '.join(missing)} (truncated output?)"
+            )
+        state = kv["State"].upper()
+        out.append(
+            Partition(
+                name=kv["PartitionName"],
+                is_default=kv.get("Default", "NO").upper() == "YES",
+                state=state.lower(),
+                available=state == "UP",
+                nodes_total=_int(kv["TotalNodes"], "scontrol show partition", n, "TotalNodes"),
+                cores_total=_int(kv["TotalCPUs"], "scontrol show partition", n, "TotalCPUs"),
+                limits={k: kv[k] for k in PARTITION_LIMIT_KEYS if k in kv},
+            )
+        )
+    return out
