@@ -286,10 +286,15 @@ def state_wait(job: JobSpec, obs: Observed, typical_s: float, w: Weights) -> tup
         pressure = max(pressure, (job.mem_mb - obs.free_mem_mb) / obs.total_mem_mb)
     if job.gpus > 0 and obs.free_gpus is not None and obs.total_gpus:
         pressure = max(pressure, (job.gpus - obs.free_gpus) / obs.total_gpus)
+    if any(free is not None and free < need and not total for need, free, total in wanted):
+        pressure = max(pressure, 1.0 / capacity)  # short of something we cannot size: one job must end
     pressure = max(pressure, 0.0)
     seconds = w.dispatch_s + pressure * typical_s
-    ahead = f"{fmt_num(queued_cores)} queued cores" if queued_cores is not None else "no queue data"
-    return seconds, f"{ahead} on {fmt_num(capacity)} cores x {typical_s:,.0f} s"
+    ahead = "queue length unknown" if queued_cores is None else f"{fmt_num(queued_cores)} queued cores"
+    short = f", {fmt_num(short_cores)} cores short" if short_cores else ""
+    return seconds, (
+        f"work ahead {pressure:.2f} x {typical_s:,.0f} s ({ahead}{short} on {fmt_num(capacity)} cores)"
+    )
 
 
 def queue_time(job: JobSpec, obs: Observed, typical_s: float, w: Weights) -> tuple[float, list[str]]:

@@ -1,0 +1,208 @@
+"""Rank scenarios (tests/scenarios/rank/*.yml) against a real SQLite store, plus the helpers to build one.
+
+State is written through the Store API as collect would write it: snapshots of nodes and jobs
+(two snapshots when history is wanted, so finished jobs are learned the real way) and cached
+metric rows. Only the operator "disable" flag is set with plain SQL, because its writer (serve)
+is not part of the Store API yet.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from metasched.collect.types import PENDING, RUNNING, Job, Node, Snapshot
+from metasched.config import Config, DestinationConfig, RankSettings, SSHSettings
+from metasched.store import MetricRow, Store
+from metasched.store.galaxy import tool_key
+
+SCENARIO_DIR = Path(__file__).parent / "scenarios" / "rank"
+NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+
+
+def load_scenario(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict), path
+    return data
+
+
+def _node(raw: dict[str, Any], i: int) -> Node:
+    return Node(
+        name=raw.get("name", f"n{i}"),
+        state="idle" if raw.get("available", True) else "down",
+        available=raw.get("available", True),
+        cores_total=raw.get("cores", 0),
+        cores_alloc=raw.get("alloc_cores", 0),
+        mem_total_mb=int(raw.get("mem_gb", 0) * 1024),
+        mem_alloc_mb=int(raw.get("alloc_mem_gb", 0) * 1024),
+        gpus_total=raw.get("gpus", 0),
+        gpus_alloc=raw.get("alloc_gpus", 0),
+    )
+
+
+def _jobs(raw: list[dict[str, Any]], prefix: str) -> list[Job]:
+    out = []
+    for i, j in enumerate(raw):
+        for k in range(j.get("count", 1)):
+            out.append(
+                Job(
+                    job_id=f"{prefix}{i}_{k}",
+                    state=j.get("state", PENDING),
+                    cores=j.get("cores", 1),
+                    mem_mb=int(j.get("mem_gb", 0) * 1024),
+                    gpus=j.get("gpus", 0),
+                    name=j.get("name", ""),
+                )
+            )
+    return out
+
+
+def _history_jobs(raw: list[dict[str, Any]], end: datetime) -> list[Job]:
+    """Running jobs whose disappearance at ``end`` records the wanted queue and run times."""
+    out = []
+    for i, h in enumerate(raw):
+        start = end - timedelta(seconds=h["run_s"])
+        for k in range(h.get("count", 1)):
+            out.append(
+                Job(
+                    job_id=f"h{i}_{k}",
+                    state=RUNNING,
+                    name=f"g{1000 * i + k}_{tool_key(h['tool'])}_alice",
+                    submit_time=start - timedelta(seconds=h.get("queue_s", 0)),
+                    start_time=start,
+                )
+            )
+    return out
+
+
+def build_store(db_path: Path, state: dict[str, Any], now: datetime = NOW) -> None:
+    """Write every destination's snapshot(s), failures, disables and metric rows."""
+    with Store.open(str(db_path)) as store:
+        for dest_id, st in (state.get("destinations") or {}).items():
+            last = now - timedelta(seconds=st.get("age_s", 60))
+            nodes = [_node(n, i) for i, n in enumerate(st.get("nodes", []))]
+            jobs = _jobs(st.get("jobs", []), "j")
+            history = st.get("history") or []
+            if history:
+                first = last - timedelta(seconds=30)
+                store.write_snapshot(
+                    dest_id,
+                    Snapshot(nodes=nodes, jobs=_history_jobs(history, last)),
+                    run_id="r0",
+                    started=first,
+                    finished=first,
+                )
+            store.write_snapshot(
+                dest_id, Snapshot(nodes=nodes, jobs=jobs), run_id="r1", started=last, finished=last
+            )
+            if "failed" in st:
+                store.record_failure(dest_id, st["failed"], run_id="r2", started=now, finished=now)
+        by_source: dict[str, list[MetricRow]] = {}
+        for m in state.get("metrics") or []:
+            observed = now - timedelta(seconds=m.get("age_s", 30))
+            row = MetricRow(
+                source=m.get("source", "test"),
+                destination_id=m["destination_id"],
+                name=m["name"],
+                value=m.get("value"),
+                text=m.get("text"),
+                tool_id=m.get("tool_id", ""),
+                observed_at=observed,
+            )
+            by_source.setdefault(row.source, []).append(row)
+        for source, rows in by_source.items():
+            store.replace_metrics(source, rows, fetched_at=now)
+    disabled = {d: st["disabled"] for d, st in (state.get("destinations") or {}).items() if "disabled" in st}
+    if disabled:
+        with sqlite3.connect(db_path) as conn:
+            for dest_id, (reason, until_s) in (
+                (d, (v, None) if isinstance(v, str) else (v["reason"], v.get("until_s")))
+                for d, v in disabled.items()
+            ):
+                until = None if until_s is None else (now + timedelta(seconds=until_s)).replace(tzinfo=None)
+                conn.execute(
+                    "UPDATE destination SET disabled_reason = ?, disabled_until = ? WHERE id = ?",
+                    (reason, until, dest_id),
+                )
+
+
+def scenario_config(raw: dict[str, Any] | None) -> Config:
+    """A Config from a scenario's small ``config:`` block (destinations, objectstores, rank)."""
+    raw = raw or {}
+    dests = tuple(
+        DestinationConfig(
+            id=d["id"],
+            scheduler="slurm",
+            host="local",
+            ssh=SSHSettings(),
+            latitude=d.get("latitude"),
+            longitude=d.get("longitude"),
+            object_store=d.get("object_store"),
+            enabled=d.get("enabled", True),
+        )
+        for d in raw.get("destinations", [])
+    )
+    rank = raw.get("rank") or {}
+    return Config(
+        path=None,
+        database=None,
+        ssh=SSHSettings(),
+        destinations=dests,
+        rank=RankSettings(
+            max_state_age=rank.get("max_state_age", 300.0), weights=dict(rank.get("weights") or {})
+        ),
+        objectstores={k: (v["latitude"], v["longitude"]) for k, v in (raw.get("objectstores") or {}).items()},
+    )
+
+
+def run_scenario(path: Path, tmp_path: Path) -> dict[str, Any]:
+    from metasched.rank import rank
+
+    sc = load_scenario(path)
+    db = tmp_path / "state.db"
+    build_store(db, sc.get("state") or {})
+    with Store.open(str(db)) as store:
+        return rank(sc["request"], scenario_config(sc.get("config")), store, NOW)
+
+
+def check_expectations(sc: dict[str, Any], result: dict[str, Any]) -> None:
+    exp = sc["expect"]
+    ranked = {r["id"]: r for r in result["ranked"]}
+    if "order" in exp:
+        assert result["sorted_destinations"] == exp["order"]
+    if "first" in exp:
+        assert result["sorted_destinations"][0] == exp["first"]
+    for dest, feasible in (exp.get("feasible") or {}).items():
+        assert ranked[dest]["feasible"] is feasible, ranked[dest]["reasons"]
+    for dest, needles in (exp.get("reasons") or {}).items():
+        text = " | ".join(ranked[dest]["reasons"])
+        for needle in needles:
+            assert needle in text, f"{dest}: {needle!r} not in {text!r}"
+    for dest, comps in (exp.get("components") or {}).items():
+        for name, value in comps.items():
+            assert ranked[dest]["components"][name] == pytest.approx(value, rel=1e-3, abs=1e-3), name
+    for needle in exp.get("warnings") or []:
+        assert any(needle in w for w in result["warnings"]), (needle, result["warnings"])
+    if exp.get("no_warnings"):
+        assert result["warnings"] == []
+
+
+SCENARIOS = sorted(SCENARIO_DIR.glob("*.yml"))
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_scenario(path: Path, tmp_path: Path) -> None:
+    """Each YAML file: a request, stored state, and the expected order, feasibility and reasons."""
+    sc = load_scenario(path)
+    result = run_scenario(path, tmp_path)
+    assert sorted(r["id"] for r in result["ranked"]) == sorted(d["id"] for d in _dests(sc["request"]))
+    check_expectations(sc, result)
+
+
+def _dests(request: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(request.get("destinations") or request.get("current_dest_info") or [])
