@@ -7,6 +7,7 @@ every problem (``FILE: key.path: message``) before raising, so one ``config chec
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -46,6 +47,9 @@ SEED2_SCHEDULERS: Mapping[str, str] = MappingProxyType(
         "condor": "htcondor",
     }
 )
+
+
+SEED2_NAMES = "Apache Hadoop, HTCondor, Hadoop, SGE, Slurm, YARN"  # the spellings the seed's docs use
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,7 +399,7 @@ class _Checker:
         if key not in m or m[key] is None:
             return None
         value = m[key]
-        if isinstance(value, int | float) and not isinstance(value, bool) and value == value:  # not NaN
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             v = float(value)
             if (not positive or v > 0) and (lo is None or v >= lo) and (hi is None or v <= hi):
                 return v
@@ -504,13 +508,14 @@ def _duplicate_checking_loader() -> type[yaml.SafeLoader]:
                     continue
                 key = self.construct_object(key_node, deep=deep)
                 try:
-                    first = seen.setdefault(key, key_node.start_mark.line)
-                except TypeError:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeConstructor reports it itself
                     continue
-                if first != key_node.start_mark.line:
+                if first is not None:
                     raise yaml.constructor.ConstructorError(
                         None, None, f"duplicate key {key!r} (first at line {first + 1})", key_node.start_mark
                     )
+                seen[key] = key_node.start_mark.line
             result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
             return result
 
@@ -580,7 +585,7 @@ _TOP_KEYS = (
     "objectstores",
     "destinations",
     "policies",
-    "cluster",
+    "cluster",  # the seed-2 JSON form
 )
 _SSH_KEYS = (
     "user",
@@ -592,23 +597,37 @@ _SSH_KEYS = (
     "port",
 )
 _DEST_KEYS = (
-    *(
-        "id",
-        "scheduler",
-        "host",
-        *_SSH_KEYS,
-        "env",
-        "latitude",
-        "longitude",
-        "object_store",
-        "runner",
-        "vhost",
-    ),
-    *("sge", "yarn_url", "enabled"),
+    "id",
+    "scheduler",
+    "host",
+    *_SSH_KEYS,
+    "env",
+    "latitude",
+    "longitude",
+    "object_store",
+    "runner",
+    "vhost",
+    "sge",
+    "yarn_url",
+    "enabled",
 )
 _INFLUX_KEYS = (
-    *("url", "version", "database", "username", "password", "password_file", "token", "token_file", "org"),
-    *("bucket", "verify_ssl", "timeout", "max_age", "window", "measurements", "write_summary"),
+    "url",
+    "version",
+    "database",
+    "username",
+    "password",
+    "password_file",
+    "token",
+    "token_file",
+    "org",
+    "bucket",
+    "verify_ssl",
+    "timeout",
+    "max_age",
+    "window",
+    "measurements",
+    "write_summary",
 )
 _POLICY_KEYS = ("name", "destinations", "high_priority", "weights", "enforce", "nice", "nodes")
 
@@ -637,7 +656,10 @@ def _build_config(
     objectstores = _objectstores(c, top.get("objectstores"))
 
     destinations: list[tuple[str, DestinationConfig]] = []  # (problem path of the id, destination)
+    ids: list[tuple[str, str]] = []  # every id given, even of otherwise broken entries: (path, id)
     for _, p, raw in c.items(top.get("destinations"), "destinations"):
+        if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+            ids.append((f"{p}.id", raw["id"]))
         dest = _destination(c, raw, p, ssh, base_dir)
         if dest is not None:
             destinations.append((f"{p}.id", dest))
@@ -645,13 +667,14 @@ def _build_config(
     if top.get("cluster") is not None:
         seed_dests, seed_policy = _seed2_cluster(c, top["cluster"], ssh)
         destinations.extend(seed_dests)
+        ids.extend((p, d.id) for p, d in seed_dests)
 
     first_seen: dict[str, str] = {}
-    for id_path, dest in destinations:
-        if dest.id in first_seen:
-            c.add(id_path, f"duplicate destination id {dest.id!r} (also {first_seen[dest.id]})")
+    for id_path, dest_id in ids:
+        if dest_id in first_seen:
+            c.add(id_path, f"duplicate destination id {dest_id!r} (also {first_seen[dest_id]})")
         else:
-            first_seen[dest.id] = id_path
+            first_seen[dest_id] = id_path
     dests_by_id = {d.id: d for _, d in destinations}
 
     policies: list[tuple[str, PolicyConfig]] = []
@@ -1078,7 +1101,7 @@ def _influx_from_env(c: _Checker, env: Mapping[str, str], read_secrets: bool) ->
     if "://" in host:
         url = host.rstrip("/")
     else:
-        url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+        url = f"{scheme}://[{host}]:{port}" if host.count(":") > 1 else f"{scheme}://{host}:{port}"  # IPv6
     password = env.get("INFLUXDB_PASSWORD") or None
     if password is None and read_secrets:
         password = _credential(env, CREDENTIAL_PASSWORD)
@@ -1155,8 +1178,7 @@ def _seed2_cluster(
         name = c.string(sm, "name", sp)
         scheduler = SEED2_SCHEDULERS.get(name.strip().lower()) if name else None
         if name is not None and scheduler is None:
-            known = ", ".join(sorted({"SGE", "Apache Hadoop", "Hadoop", "YARN", "Slurm", "HTCondor"}))
-            c.add(f"{sp}.name", f"unknown scheduler {name!r} (known: {known})")
+            c.add(f"{sp}.name", f"unknown scheduler {name!r} (known: {SEED2_NAMES})")
         dest_id = slug(name) if name else ""
         if name is not None and not dest_id:
             c.add(f"{sp}.name", f"cannot make a destination id from {name!r}")
