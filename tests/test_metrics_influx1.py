@@ -202,7 +202,7 @@ def test_missing_database_warns_per_measurement(influxdb: InfluxServer) -> None:
 def test_auth_right_password_with_special_characters(influxdb_auth: InfluxServer, store: Store) -> None:
     db = influxdb_auth.fresh()
     db.write(field_lines())
-    assert any(c in db.password for c in "\"':\\ ;") if db.password else False
+    assert db.password is not None and all(c in db.password for c in "\"':\\ ;")
     assert pull_metrics(config(db.settings()), store, NOW) == []
     assert values(store.metrics(["pulsar_de02"]))[("pulsar_de02", "", "queued")] == 7
 
@@ -318,6 +318,16 @@ def test_tls(influxdb_tls: InfluxServer) -> None:
     got = fetch_metrics(config(db.settings(verify_ssl=False)), NOW)
     assert got.warnings == []
     assert values(got.rows["queue_by_destination"])[("pulsar_de02", "", "queued")] == 7
+
+
+def test_tls_verified_with_a_trusted_ca(influxdb_tls: InfluxServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verification stays on and succeeds once the site's CA is trusted (OpenSSL's SSL_CERT_FILE)."""
+    db = influxdb_tls.fresh()
+    db.write(field_lines())
+    monkeypatch.setenv("SSL_CERT_FILE", str(db.cafile))
+    got = fetch_metrics(config(db.settings(verify_ssl=True)), NOW)
+    assert got.warnings == []
+    assert values(got.rows["queue_by_destination"])[("pulsar_de02", "", "running")] == 3
 
 
 # --- write_summary ------------------------------------------------------------------------------

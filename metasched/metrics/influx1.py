@@ -86,6 +86,13 @@ def result_points(body: Mapping[str, Any]) -> list[Point]:
     return points
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """InfluxDB never redirects; following one would send the Basic auth header to wherever it points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class Influx1Client:
     """One server, one database. Credentials go in a Basic auth header, never in the URL."""
 
@@ -106,7 +113,7 @@ class Influx1Client:
         if username is not None:
             token = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
             self._headers["Authorization"] = f"Basic {token}"
-        handlers: list[urllib.request.BaseHandler] = []
+        handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
         if self.url.startswith("https:"):
             handlers.append(urllib.request.HTTPSHandler(context=ssl_context(verify_ssl)))
         self._opener = urllib.request.build_opener(*handlers)
