@@ -300,7 +300,7 @@ def _map_queue(
     rows: list[MetricRow] = []
     for dest in dests:
         for metric in spec.states:
-            count, t = values.get((dest, metric), (0.0, None))
+            count, t = values.get((dest, metric), (0.0, newest))  # absent from the newest batch: 0 then
             rows.append(MetricRow(spec.key, dest, metric, value=count, observed_at=_ts(t)))
     return rows
 
