@@ -4,8 +4,6 @@ SSH as the non-root user ``mstest`` against that live cell."""
 
 from __future__ import annotations
 
-import shlex
-import subprocess
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -23,9 +21,11 @@ from metasched.collect.adapters.sge import (
     parse_qstat_queues,
     parse_utc_offset,
 )
+from metasched.collect.transport import open_transport
 from metasched.collect.types import HELD, OTHER, PENDING, RUNNING, Job
 from metasched.config import DestinationConfig, SGESettings, SSHSettings
-from metasched.errors import ParseError
+from metasched.errors import ParseError, TransportError
+from tests.infra.procs import free_port
 from tests.infra.sge import SGECluster
 from tests.infra.sshd import SSHServer
 
@@ -232,23 +232,6 @@ def test_binaries_and_cell_from_config() -> None:
 # --- end to end: real SGE cell, real sshd, non-root user ---------------------------------------------------
 
 
-class OpenSSHRunner:
-    """Interim runner through the OpenSSH client until metasched.collect.transport is usable."""
-
-    def __init__(self, server: SSHServer, dest: DestinationConfig) -> None:
-        self.server = server
-        self.dest = dest
-
-    def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
-        s = self.server
-        remote = shlex.join(
-            ["env", *(f"{k}={v}" for k, v in {**self.dest.env, **(env or {})}.items()), *argv]
-        )
-        ssh = ["ssh", "-i", str(s.key_file), "-p", str(s.port), "-o", f"UserKnownHostsFile={s.known_hosts}"]
-        ssh += ["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"{s.user}@{s.host}", remote]
-        return subprocess.run(ssh, capture_output=True, text=True, check=True, timeout=30).stdout
-
-
 def test_collect_over_ssh_from_live_cell(sge: SGECluster, sshd: SSHServer) -> None:
     dest = sshd.destination(
         "sge_local",
@@ -258,7 +241,8 @@ def test_collect_over_ssh_from_live_cell(sge: SGECluster, sshd: SSHServer) -> No
     )
     adapter = make_adapter(dest)
     assert isinstance(adapter, SGEAdapter)
-    snap = adapter.collect(OpenSSHRunner(sshd, dest))
+    with open_transport(dest) as transport:
+        snap = adapter.collect(transport)
 
     jobs = by_id(snap.jobs)
     ids = sge.jobs
@@ -279,3 +263,9 @@ def test_collect_over_ssh_from_live_cell(sge: SGECluster, sshd: SSHServer) -> No
     assert node.mem_total_mb > 0 and node.mem_free_mb is not None and node.load_1 is not None
     (part,) = snap.partitions
     assert (part.name, part.cores_total, part.available) == ("all.q", 2, True)
+
+
+def test_unreachable_qmaster_is_a_transport_error_naming_qstat(sge: SGECluster, sshd: SSHServer) -> None:
+    dest = sshd.destination("sge_down", "sge", env={"SGE_QMASTER_PORT": str(free_port())}, sge=sge.settings())
+    with open_transport(dest) as transport, pytest.raises(TransportError, match="qstat"):
+        SGEAdapter(dest).collect(transport)
