@@ -18,11 +18,12 @@ import pytest
 from influxdb_client.client._base import _BaseQueryApi
 from influxdb_client.client.flux_csv_parser import FluxCsvParser, FluxSerializationMode
 
+from metasched.collect.types import Node, Snapshot
 from metasched.config import Config, DestinationConfig, InfluxSettings, SSHSettings
-from metasched.metrics import fetch_metrics
+from metasched.metrics import InfluxError, fetch_metrics, write_summary
 from metasched.metrics.influx2 import build_flux, tables_to_points
 from metasched.metrics.measurements import DEFAULT_SPECS, destination_names, map_points, specs_from_overrides
-from metasched.store import MetricRow
+from metasched.store import MetricRow, Store
 from tests.infra.procs import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures" / "influx"
@@ -68,33 +69,35 @@ def test_flux_text_is_constant_and_values_are_params() -> None:
     default_flux, _ = build_flux(SPECS["queue_by_destination"], "b", NOW)
     assert flux == default_flux  # nothing from the config or the request is in the text
     assert params == {
-        "bucket": 'bucket"; drop',
-        "since": NOW - timedelta(minutes=15),
-        "measurement": 'x") |> drop() //',
-        "fields": ["n"],
+        "_bucket": 'bucket"; drop',
+        "_since": NOW - timedelta(minutes=15),
+        "_measurement_name": 'x") |> drop() //',
+        "_fields": ["n"],
     }
-    assert "params.bucket" in flux and "range(start: params.since)" in flux
-    assert "r._measurement == params.measurement" in flux
-    assert "contains(value: r._field, set: params.fields)" in flux
+    assert "from(bucket: _bucket)" in flux and "range(start: _since)" in flux
+    assert "r._measurement == _measurement_name" in flux
+    assert "contains(value: r._field, set: _fields)" in flux
     assert flux.index("pivot(") < flux.index('last(column: "_time")')
 
 
-def test_flux_params_become_a_flux_extern_the_client_accepts() -> None:
-    _, params = build_flux(SPECS["destination-queue-run-time"], "galaxy", NOW)
+def test_flux_params_become_the_option_statements_the_query_uses() -> None:
+    """influxdb-client turns ``params`` into ``option <name> = <literal>`` in the request's extern."""
+    flux, params = build_flux(SPECS["destination-queue-run-time"], "galaxy", NOW)
     extern = _BaseQueryApi._build_flux_ast(params)
     kinds = {s.assignment.id.name: s.assignment.init.type for s in extern.body}
     assert kinds == {
-        "bucket": "StringLiteral",
-        "since": "DateTimeLiteral",
-        "measurement": "StringLiteral",
-        "fields": "ArrayExpression",
+        "_bucket": "StringLiteral",
+        "_since": "DateTimeLiteral",
+        "_measurement_name": "StringLiteral",
+        "_fields": "ArrayExpression",
     }
+    assert all(name in flux for name in kinds)
 
 
 def test_htcondor_query_keeps_the_whole_window() -> None:
     """Legacy points of every destination share one series: last() per series would drop all but one."""
     flux, params = build_flux(SPECS["htcondor_cluster_usage"], "b", NOW)
-    assert "last(" not in flux and "fields" not in params
+    assert "last(" not in flux and "_fields" not in params
 
 
 def test_queue_from_flux() -> None:
@@ -186,3 +189,16 @@ def test_points_carry_epoch_seconds(csv: str) -> None:
     assert all(
         isinstance(p.time, int) and p.time <= int(NOW.timestamp()) for p in tables_to_points(tables(csv))
     )
+
+
+def test_version2_write_summary_unreachable_raises_influx_error(tmp_path: Path) -> None:
+    settings = InfluxSettings(
+        url=f"http://127.0.0.1:{free_port()}", version=2, token="t", org="o", bucket="b", write_summary=True
+    )
+    cfg = Config(path=None, database=None, ssh=SSHSettings(), destinations=DESTS, influxdb=settings)
+    with Store.open(str(tmp_path / "s.db")) as store:
+        store.sync_destinations([("slurm_main", "slurm", "local")])
+        node = Node("n1", "idle", True, cores_total=4)
+        store.write_snapshot("slurm_main", Snapshot(nodes=[node]), run_id="r", started=NOW, finished=NOW)
+        with pytest.raises(InfluxError, match="unreachable"):
+            write_summary(cfg, store, NOW)

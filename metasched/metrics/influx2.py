@@ -1,7 +1,9 @@
 """InfluxDB 2.x through ``influxdb-client`` (Flux), imported only when a 2.x server is configured.
 
-Every value (bucket, measurement, field names, time bound) is a Flux bind parameter (``params.*``);
-the query text is constant per measurement kind. Answers are turned into the same ``Point``s as 1.x
+Every value (bucket, measurement, field names, time bound) is a bind parameter: influxdb-client sends
+``params=`` as an ``extern`` of ``option _name = value`` statements (works on OSS 2.x, unlike the
+Cloud-only ``params.x`` record), so the query refers to them as ``_bucket``, ``_since``... The query
+text is constant per measurement kind. Answers are turned into the same ``Point``s as 1.x
 so one set of mapping functions serves both.
 """
 
@@ -23,16 +25,16 @@ def build_flux(spec: MeasurementSpec, bucket: str, since: datetime) -> tuple[str
     """Flux text and its ``params``. Pivot first so each record is one point with its fields as columns;
     queue and run-time then keep each series' newest point (HTCondor legacy keeps every destination of
     its single series, so it takes the whole window)."""
-    params: dict[str, Any] = {"bucket": bucket, "since": since, "measurement": spec.name}
+    params: dict[str, Any] = {"_bucket": bucket, "_since": since, "_measurement_name": spec.name}
     lines = [
-        "from(bucket: params.bucket)",
-        "  |> range(start: params.since)",
-        "  |> filter(fn: (r) => r._measurement == params.measurement)",
+        "from(bucket: _bucket)",
+        "  |> range(start: _since)",
+        "  |> filter(fn: (r) => r._measurement == _measurement_name)",
     ]
     if spec.kind in ("queue", "queue_run_time"):
         roles = ("count",) if spec.kind == "queue" else ("count", "median_queue", "median_run")
-        params["fields"] = [spec.col(r) for r in roles]
-        lines.append("  |> filter(fn: (r) => contains(value: r._field, set: params.fields))")
+        params["_fields"] = [spec.col(r) for r in roles]
+        lines.append("  |> filter(fn: (r) => contains(value: r._field, set: _fields))")
     lines.append('  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")')
     if spec.kind in ("queue", "queue_run_time"):
         lines.append('  |> last(column: "_time")')
