@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -83,7 +84,7 @@ class SlurmCluster:
     conf: Path
     env: dict[str, str]  # {"SLURM_CONF": ...}: add to any client command's environment
     dir: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)  # in start order
     jobs: PopulatedJobs | None = None  # set by populate(): the standard job mix
 
     def run(self, argv: Sequence[str], check: bool = True) -> str:
@@ -101,7 +102,7 @@ class SlurmCluster:
         mem: str | None = None,
         partition: str | None = None,
         extra: Sequence[str] = (),
-        command: str = "sleep 300",
+        command: str = "sleep 86400",  # outlives any test session; teardown scancels
     ) -> str:
         """Submit a batch job; returns its id (``--parsable`` output, cluster suffix dropped)."""
         argv = ["sbatch", "--parsable", "-J", name, "-c", str(cpus), "-o", "/dev/null", "-D", str(self.dir)]
@@ -199,6 +200,38 @@ def _write_conf(d: Path) -> Path:
     return conf
 
 
+def _wait_idle(cluster: SlurmCluster, timeout: float) -> None:
+    """Until n1 and n2 are idle; fails at once when a daemon exits (wait_for would keep polling)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for name, p in cluster.procs.items():
+            if p.poll() is not None:
+                raise SlurmError(f"{name} exited with status {p.returncode}")
+        out = cluster.run(["sinfo", "-h", "-N", "-o", "%N %T"], check=False)
+        states = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
+        if all(states.get(n) == "idle" for n in LIVE_NODES):
+            return
+        if time.monotonic() > deadline:
+            raise SlurmError(f"nodes not idle after {timeout}s: {states}")
+        time.sleep(0.05)
+
+
+def _kill_leftovers(conf: Path) -> None:
+    """SIGKILL any process still carrying this cluster's SLURM_CONF (slurmstepd and job steps daemonize,
+    so they outlive slurmd when scancel did not finish). Matches our exact conf path only."""
+    marker = f"SLURM_CONF={conf}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
 def start_slurm(base: Path | None = None) -> SlurmCluster:
     """Start slurmctld and the live slurmds in a fresh world-readable dir; wait until both nodes are idle.
 
@@ -210,23 +243,17 @@ def start_slurm(base: Path | None = None) -> SlurmCluster:
     cluster = SlurmCluster(conf=conf, env={"SLURM_CONF": str(conf)}, dir=d)
     env: Mapping[str, str] = {**os.environ, **cluster.env}
     try:
-        cluster.procs.append(start(["slurmctld", "-D", "-f", str(conf)], d / "slurmctld.out", dict(env)))
+        cluster.procs["slurmctld"] = start(
+            ["slurmctld", "-D", "-f", str(conf)], d / "slurmctld.out", dict(env)
+        )
         for node in LIVE_NODES:
             argv = ["slurmd", "-D", "-N", node, "-f", str(conf)]
-            cluster.procs.append(start(argv, d / f"slurmd-{node}.out", dict(env)))
-
-        def nodes_idle() -> bool:
-            for p in cluster.procs:
-                if p.poll() is not None:
-                    raise SlurmError(f"{p.args[0]} exited with {p.returncode}")
-            out = cluster.run(["sinfo", "-h", "-N", "-o", "%N %T"], check=False)
-            states = dict(line.split() for line in out.splitlines() if line.strip())
-            return all(states.get(n) == "idle" for n in LIVE_NODES)
+            cluster.procs[f"slurmd -N {node}"] = start(argv, d / f"slurmd-{node}.out", dict(env))
 
         try:
-            wait_for(nodes_idle, 30.0, "slurm nodes n1, n2 to be idle")
-        except (TimeoutError, SlurmError) as exc:
-            dead = [p.args[0] for p in cluster.procs if p.poll() is not None]
+            _wait_idle(cluster, timeout=30.0)
+        except SlurmError as exc:
+            dead = [name for name, p in cluster.procs.items() if p.poll() is not None]
             logs = "\n".join(
                 f"--- {name}:\n{_tail(d / name)}"
                 for name in ("slurmctld.log", "slurmctld.out", *(f"slurmd-{n}.log" for n in LIVE_NODES))
@@ -245,11 +272,12 @@ def stop_slurm(cluster: SlurmCluster, cancel: bool = True) -> None:
             # Stopping anyway when this fails; the dir goes with it.
             with contextlib.suppress(TimeoutError, SlurmError, subprocess.TimeoutExpired):
                 cluster.cancel_all()
-        for p in reversed(cluster.procs):  # slurmds were started after slurmctld
+        for p in reversed(cluster.procs.values()):  # slurmds were started after slurmctld
             stop(p)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(p.poll() is None for p in cluster.procs):
+        while time.monotonic() < deadline and any(p.poll() is None for p in cluster.procs.values()):
             time.sleep(0.05)
+        _kill_leftovers(cluster.conf)
     finally:
         shutil.rmtree(cluster.dir, ignore_errors=True)
 
