@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from metasched.config import DestinationConfig, SchedulerName, SSHSettings
-from tests.infra.procs import free_port, start, stop, wait_for
+from tests.infra.procs import free_port, stop, wait_for
 
 SSHD = "/usr/sbin/sshd"
 TEST_USER = "mstest"
@@ -139,7 +139,14 @@ def start_sshd(base: Path, key_file: Path, user: str = TEST_USER, home: Path | N
         dir=d,
         host_key_pub=host_pub,
     )
-    server.proc = start([SSHD, "-D", "-e", "-f", str(cfg)], server.log)
+    with server.log.open("ab") as log:  # the child keeps its own copy of the descriptor
+        server.proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(cfg)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     proc = server.proc
 
     def ready() -> bool:

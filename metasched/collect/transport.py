@@ -1,0 +1,279 @@
+"""Run a destination's commands: over SSH (fabric, one connection per destination) or locally.
+
+Both transports share quoting, environment handling, timeouts and error messages, so ``host: local``
+behaves like a remote head node. Every failure is a one-line ``TransportError`` naming the host.
+fabric/paramiko are imported inside the functions that need them (``rank`` must not pay for them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from metasched.config import DestinationConfig
+from metasched.errors import TransportError
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_STDERR_TAIL = 300
+
+
+def build_command(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """``env K=V ... argv``: values reach the command verbatim, never through shell expansion."""
+    if not argv:
+        raise TransportError("empty command")
+    for name in env:
+        if not _ENV_NAME.match(name):
+            raise TransportError(f"invalid environment variable name {name!r}")
+    if not env:
+        return list(argv)
+    return ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
+
+
+def _tail(text: str) -> str:
+    """The end of stderr on one line: where the real error message usually is."""
+    one_line = " ".join(text.split())
+    return one_line if len(one_line) <= _STDERR_TAIL else "..." + one_line[-_STDERR_TAIL:]
+
+
+def _fmt_seconds(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+class Transport:
+    """Base of both transports: implements ``collect.types.Runner`` and the context-manager protocol."""
+
+    def __init__(self, dest: DestinationConfig) -> None:
+        self.dest = dest
+
+    @property
+    def label(self) -> str:
+        """How errors name the target (``host:port`` or ``local``)."""
+        raise NotImplementedError
+
+    def open(self) -> None:
+        """Connect (a no-op locally). Raises TransportError."""
+
+    def close(self) -> None:
+        """Release the connection; safe to call twice."""
+
+    def _execute(self, argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
+        """Run ``argv`` with ``env`` added: (exit status, stdout, stderr); TransportError on timeout/I/O."""
+        raise NotImplementedError
+
+    def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+        """Run one command with the destination's env plus ``env``; return stdout, raise on non-zero exit."""
+        argv = list(argv)
+        full_env = {**self.dest.env, **(env or {})}
+        build_command(argv, full_env)  # validates before anything runs
+        status, out, err = self._execute(argv, full_env, self.dest.ssh.command_timeout)
+        if status != 0:
+            detail = _tail(err) or "no stderr"
+            raise TransportError(
+                f"{self.label}: command failed (exit {status}): {shlex.join(argv)}: {detail}"
+            )
+        return out
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class LocalTransport(Transport):
+    """``host: local``: run on this machine without a shell, environment merged over ours."""
+
+    @property
+    def label(self) -> str:
+        return "local"
+
+    def _execute(self, argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={**os.environ, **env},
+                start_new_session=True,  # so a timeout kills the whole process group
+            )
+        except OSError as exc:
+            raise TransportError(f"local: cannot run {shlex.join(argv)}: {exc.strerror or exc}") from None
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise TransportError(
+                f"local: command timed out after {_fmt_seconds(timeout)}: {shlex.join(argv)}"
+            ) from None
+        return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+class _HostKeyPolicy:
+    """paramiko missing-host-key policy: refuse (like paramiko's RejectPolicy, with a message naming the
+    known_hosts file) or, for ``accept-new``, trust on first use and append the key to known_hosts.
+
+    A key that differs from a known one never reaches this policy: paramiko raises BadHostKeyException.
+    """
+
+    def __init__(self, label: str, known_hosts: Path, accept_new: bool) -> None:
+        self.label = label
+        self.known_hosts = known_hosts
+        self.accept_new = accept_new
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        if not self.accept_new:
+            raise TransportError(
+                f"{self.label}: unknown host key ({key.get_name()} {key.get_fingerprint().hex()}) not in "
+                f"{self.known_hosts}; add it, or set ssh.host_key_policy: accept-new to trust it on first use"
+            )
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+        try:
+            # Several destinations may learn keys at once: append under a lock, never rewrite the file.
+            with self.known_hosts.open("a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                fh.write(line)
+        except OSError as exc:
+            raise TransportError(
+                f"{self.label}: cannot record new host key in {self.known_hosts}: {exc}"
+            ) from None
+
+
+class SSHTransport(Transport):
+    """One fabric connection per destination, reused for all of its commands."""
+
+    def __init__(self, dest: DestinationConfig) -> None:
+        super().__init__(dest)
+        self._conn: Any = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.dest.host}:{self.dest.ssh.port}"
+
+    def _known_hosts(self) -> Path:
+        path = self.dest.ssh.known_hosts or "~/.ssh/known_hosts"
+        return Path(path).expanduser()
+
+    def open(self) -> None:
+        import fabric
+        import paramiko
+
+        ssh = self.dest.ssh
+        key_file = Path(ssh.key_file).expanduser() if ssh.key_file else None
+        if key_file is not None and not os.access(key_file, os.R_OK):
+            raise TransportError(f"{self.label}: cannot read key file {key_file}")
+        timeout = ssh.connect_timeout
+        connect_kwargs: dict[str, Any] = {
+            "look_for_keys": False,
+            "allow_agent": False,
+            "timeout": timeout,
+            "banner_timeout": timeout,
+            "auth_timeout": timeout,
+        }
+        if key_file is not None:
+            connect_kwargs["key_filename"] = str(key_file)
+        # lazy + an explicit empty SSHConfig: the product's own settings decide, not ~/.ssh/config,
+        # /etc/ssh/ssh_config or ~/.fabric.yml.
+        config = fabric.Config(lazy=True, ssh_config=paramiko.SSHConfig())
+        conn = fabric.Connection(
+            self.dest.host, user=ssh.user, port=ssh.port, config=config, connect_kwargs=connect_kwargs
+        )
+        # Replace fabric's AutoAddPolicy: host keys are verified against known_hosts.
+        known_hosts = self._known_hosts()
+        if known_hosts.exists():
+            try:
+                conn.client.load_host_keys(str(known_hosts))
+            except (OSError, paramiko.SSHException) as exc:
+                raise TransportError(f"{self.label}: cannot read known_hosts {known_hosts}: {exc}") from None
+        accept_new = ssh.host_key_policy == "accept-new"
+        conn.client.set_missing_host_key_policy(_HostKeyPolicy(self.label, known_hosts, accept_new))
+        try:
+            conn.open()
+        except TransportError:
+            conn.close()
+            raise
+        except Exception as exc:
+            conn.close()
+            raise TransportError(self._connect_error(exc, key_file, known_hosts)) from None
+        self._conn = conn
+
+    def _connect_error(self, exc: Exception, key_file: Path | None, known_hosts: Path) -> str:
+        """Turn paramiko/socket errors into one line an operator can act on."""
+        import paramiko
+
+        where = self.label
+        timeout = _fmt_seconds(self.dest.ssh.connect_timeout)
+        if isinstance(exc, paramiko.BadHostKeyException):
+            return (
+                f"{where}: host key CHANGED (got {exc.key.get_name()} {exc.key.get_fingerprint().hex()}, "
+                f"{known_hosts} has {exc.expected_key.get_fingerprint().hex()}); refusing to connect"
+            )
+        if isinstance(exc, paramiko.AuthenticationException):
+            return f"{where}: authentication failed for user {self.dest.ssh.user} with key {key_file}"
+        if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+            errnos = {e.errno for e in exc.errors.values()}
+            if errnos <= {111}:  # ECONNREFUSED
+                return f"{where}: connection refused"
+            return f"{where}: cannot connect: {exc}"
+        if isinstance(exc, socket.gaierror):
+            return f"{where}: cannot resolve host {self.dest.host!r}: {exc.strerror}"
+        if isinstance(exc, TimeoutError):
+            return f"{where}: connect timed out after {timeout}"
+        if isinstance(exc, paramiko.SSHException):
+            if "banner" in str(exc):
+                return f"{where}: connect timed out after {timeout} (no SSH banner)"
+            if "No existing session" in str(exc):  # the handshake outlived start_client's wait
+                return f"{where}: connect timed out after {timeout} (SSH handshake did not complete)"
+            return f"{where}: SSH error: {exc}"
+        if isinstance(exc, OSError):
+            return f"{where}: cannot connect: {exc.strerror or exc}"
+        return f"{where}: cannot connect: {type(exc).__name__}: {exc}"
+
+    def _execute(self, argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
+        from invoke.exceptions import CommandTimedOut
+
+        command = shlex.join(build_command(argv, env))
+        if self._conn is None:
+            self.open()
+        try:
+            result = self._conn.run(
+                command, hide=True, warn=True, pty=False, in_stream=False, timeout=timeout, encoding="utf-8"
+            )
+        except CommandTimedOut:
+            # fabric closed the channel; the connection stays usable for the next command.
+            raise TransportError(
+                f"{self.label}: command timed out after {_fmt_seconds(timeout)}: {shlex.join(argv)}"
+            ) from None
+        except TransportError:
+            raise
+        except Exception as exc:
+            msg = f"{self.label}: {type(exc).__name__} running {shlex.join(argv)}: {exc}"
+            raise TransportError(msg) from None
+        return int(result.exited), str(result.stdout), str(result.stderr)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def open_transport(dest: DestinationConfig) -> Transport:
+    """Connect to ``dest`` (SSH) or prepare local execution; use as a context manager."""
+    transport: Transport = LocalTransport(dest) if dest.is_local else SSHTransport(dest)
+    transport.open()
+    return transport
