@@ -1,0 +1,316 @@
+"""One collect run: every enabled destination concurrently, each stored (or its failure recorded) alone.
+
+A destination that fails never stops the others and never touches its previous snapshot. Worker
+threads only talk to the clusters; the calling thread does every store write, in completion order,
+so the database sees one writer per run. A run holds an exclusive lock for its whole duration, so a
+slow timer tick and the next one cannot interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from metasched.collect.adapters import make_adapter
+from metasched.collect.transport import open_transport
+from metasched.collect.types import Snapshot
+from metasched.config import Config, DestinationConfig
+from metasched.errors import CollectError, ExitCode, MetaschedError
+from metasched.store import Store
+
+log = logging.getLogger("metasched.collect")
+
+LOCK_POLL_S = 0.1
+
+
+class CollectAlreadyRunning(MetaschedError):
+    """Another collect holds the lock; not an error (the running one does the work)."""
+
+    exit_code = ExitCode.OK
+
+
+@dataclass(slots=True)
+class DestinationResult:
+    id: str
+    scheduler: str
+    host: str
+    ok: bool
+    error: str | None
+    duration_s: float
+    jobs: int = 0
+    nodes: int = 0
+    finished_jobs: int = 0  # jobs this run moved into finished-job history
+
+
+@dataclass(slots=True)
+class CollectReport:
+    run_id: str
+    started: datetime
+    finished: datetime
+    results: list[DestinationResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # metrics problems: shown, but not a failure
+
+    @property
+    def ok_count(self) -> int:
+        return sum(1 for r in self.results if r.ok)
+
+    @property
+    def failed_count(self) -> int:
+        return sum(1 for r in self.results if not r.ok)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.PARTIAL if self.failed_count else ExitCode.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``collect --json``): ISO 8601 UTC times, counts, one object per destination."""
+        return {
+            "run_id": self.run_id,
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat(),
+            "duration_s": round((self.finished - self.started).total_seconds(), 3),
+            "ok": self.ok_count,
+            "failed": self.failed_count,
+            "exit_code": int(self.exit_code),
+            "warnings": list(self.warnings),
+            "destinations": [asdict(r) for r in self.results],
+        }
+
+
+def lock_path(db_url: str, env: Mapping[str, str] | None = None) -> Path:
+    """Where the collect lock lives for this database.
+
+    SQLite: ``<db file>.collect.lock`` next to the database, so every process using that file agrees.
+    PostgreSQL (and anything without a local file): ``metasched-collect-<hash of URL>.lock`` in
+    $RUNTIME_DIRECTORY (systemd), else $XDG_RUNTIME_DIR, else /tmp. That only serialises collects on
+    one host; collects from several hosts sharing a PostgreSQL database still cannot corrupt it
+    (each snapshot is one transaction) but may do duplicate work.
+    """
+    env = os.environ if env is None else env
+    scheme, sep, rest = db_url.partition("://")
+    file: str | None = None
+    if not sep:
+        file = db_url
+    elif scheme.lower() == "sqlite" and rest.startswith("/"):
+        file = rest[1:]
+    if file and file != ":memory:" and not file.startswith("file:"):
+        return Path(file).expanduser().with_name(Path(file).name + ".collect.lock")
+    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0] or env.get("XDG_RUNTIME_DIR") or "/tmp"
+    digest = hashlib.sha256(db_url.encode()).hexdigest()[:16]
+    return Path(runtime) / f"metasched-collect-{digest}.lock"
+
+
+class CollectLock:
+    """An exclusive ``flock`` on a lock file, waited for up to ``timeout`` seconds.
+
+    flock (not a PID file) because the kernel drops it when the holder dies, even by kill -9, so a
+    crashed collect never blocks the next one.
+    """
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        fh = self.path.open("a+")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    fh.close()
+                    raise CollectAlreadyRunning(
+                        f"collect already running (lock {self.path} held for more than {self.timeout:g}s)"
+                    ) from None
+                time.sleep(LOCK_POLL_S)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")  # for operators wondering who holds it
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> CollectLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+@dataclass(slots=True)
+class _Outcome:
+    dest: DestinationConfig
+    snapshot: Snapshot | None
+    error: str | None
+    started: float  # time.monotonic()
+    finished: float
+
+
+def _collect_one(dest: DestinationConfig) -> _Outcome:
+    """Connect once, run the adapter's commands over that connection; never raises."""
+    started = time.monotonic()
+    snapshot: Snapshot | None = None
+    error: str | None = None
+    try:
+        adapter = make_adapter(dest)
+        with open_transport(dest) as transport:
+            snapshot = adapter.collect(transport)
+    except CollectError as exc:
+        error = _one_line(str(exc)) or type(exc).__name__
+    except Exception as exc:  # a parser bug on odd output must not take the other destinations down
+        log.debug("destination %s: unexpected error", dest.id, exc_info=True)
+        error = f"unexpected {type(exc).__name__}: {_one_line(str(exc))}"
+    return _Outcome(dest, snapshot, error, started, time.monotonic())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def collect_all(
+    config: Config,
+    store: Store,
+    *,
+    now: datetime | None = None,
+    on_progress: Callable[[DestinationResult], None] | None = None,
+    lock: bool = True,
+) -> CollectReport:
+    """Collect every enabled destination and store what was learned; the report says what happened.
+
+    ``now`` anchors the run's timestamps (default: the current time). ``on_progress`` is called in the
+    calling thread once per destination as it completes. ``lock`` False skips the collect lock for a
+    caller that already holds it. Raises CollectAlreadyRunning when another collect holds the lock
+    past ``config.collect.lock_timeout``.
+    """
+    guard: contextlib.AbstractContextManager[Any] = (
+        CollectLock(lock_path(store.url), config.collect.lock_timeout) if lock else contextlib.nullcontext()
+    )
+    with guard:
+        return _run(config, store, now, on_progress)
+
+
+def _run(
+    config: Config,
+    store: Store,
+    now: datetime | None,
+    on_progress: Callable[[DestinationResult], None] | None,
+) -> CollectReport:
+    base = now or datetime.now(UTC)
+    t0 = time.monotonic()
+
+    def at(mono: float) -> datetime:
+        return base + timedelta(seconds=mono - t0)
+
+    run_id = uuid.uuid4().hex
+    report = CollectReport(run_id=run_id, started=base, finished=base)
+    store.sync_destinations((d.id, d.scheduler, d.host) for d in config.destinations)
+    enabled = [d for d in config.destinations if d.enabled]
+    if enabled:
+        workers = max(1, min(config.collect.fanout, len(enabled)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="collect") as pool:
+            futures = [pool.submit(_collect_one, d) for d in enabled]
+            for future in as_completed(futures):
+                result = _store_outcome(store, config, future.result(), run_id, at)
+                _log_result(result)
+                report.results.append(result)
+                if on_progress is not None:
+                    on_progress(result)
+    order = {d.id: i for i, d in enumerate(enabled)}
+    report.results.sort(key=lambda r: order[r.id])
+    if config.influxdb is not None:
+        report.warnings.extend(_metrics(config, store, base))
+    report.finished = at(time.monotonic())
+    return report
+
+
+def _store_outcome(
+    store: Store,
+    config: Config,
+    outcome: _Outcome,
+    run_id: str,
+    at: Callable[[float], datetime],
+) -> DestinationResult:
+    dest = outcome.dest
+    started, finished = at(outcome.started), at(outcome.finished)
+    result = DestinationResult(
+        id=dest.id,
+        scheduler=dest.scheduler,
+        host=dest.host,
+        ok=False,
+        error=outcome.error,
+        duration_s=round(outcome.finished - outcome.started, 3),
+    )
+    if outcome.snapshot is not None:
+        snap = outcome.snapshot
+        try:
+            written = store.write_snapshot(
+                dest.id,
+                snap,
+                run_id=run_id,
+                started=started,
+                finished=finished,
+                history_days=config.collect.history_days,
+            )
+        except CollectError as exc:  # e.g. the store refused inconsistent output (duplicate ids)
+            result.error = _one_line(str(exc))
+        else:
+            result.ok = True
+            result.jobs = written.jobs
+            result.nodes = len(snap.nodes)
+            result.finished_jobs = written.finished
+            return result
+    store.record_failure(
+        dest.id, result.error or "unknown error", run_id=run_id, started=started, finished=finished
+    )
+    return result
+
+
+def _log_result(r: DestinationResult) -> None:
+    if r.ok:
+        log.info("%s ok %.2fs %d jobs %d nodes", r.id, r.duration_s, r.jobs, r.nodes)
+    else:
+        log.warning("%s FAILED: %s", r.id, r.error)
+
+
+def _metrics(config: Config, store: Store, now: datetime) -> list[str]:
+    """Refresh cached InfluxDB metrics and write the capacity summary; problems become warnings.
+
+    Metrics feed rank as hints; an InfluxDB outage must not turn a good collect into a failed one.
+    """
+    from metasched.metrics import pull_metrics, write_summary
+
+    warnings: list[str] = []
+    try:
+        warnings.extend(pull_metrics(config, store, now))
+    except Exception as exc:
+        log.warning("influxdb: metrics not refreshed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        warnings.append(f"influxdb: metrics not refreshed: {_one_line(str(exc)) or type(exc).__name__}")
+    try:
+        write_summary(config, store, now)
+    except Exception as exc:
+        log.warning("influxdb: summary not written: %s", exc)
+        warnings.append(f"influxdb: summary not written: {_one_line(str(exc)) or type(exc).__name__}")
+    return warnings
