@@ -1,0 +1,200 @@
+"""Rank request validation in-process: aliases, defaults, units and the exact field named by each error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metasched.errors import InputError
+from metasched.rank.request import MAX_DESTINATIONS, MAX_REQUEST_BYTES, decode_request, parse_request
+
+SEED = Path(__file__).parent / "scenarios" / "rank" / "seed_example_request1.json"
+
+
+def base(**extra: Any) -> dict[str, Any]:
+    return {"job": {"tool_id": "bwa"}, "destinations": [{"id": "a"}, {"id": "b"}], **extra}
+
+
+def test_seed_request_parses_unchanged() -> None:
+    req = parse_request(json.loads(SEED.read_text()))
+    assert req.job.tool_id == "trinity"
+    assert req.job.cores == 4
+    assert req.job.mem_mb == 8 * 1024  # GB in the request, MB inside: converted once, here
+    assert [d.id for d in req.destinations] == [
+        "pulsar_italy",
+        "slurm_germany",
+        "pulsar_australia",
+        "condor_belgium",
+    ]
+    assert {d.id: d.size_bytes for d in req.datasets}["5"] == 1e9
+    assert set(req.objectstores) == {
+        "object_store_italy_S3_01",
+        "object_store_belgium_S3_01",
+        "object_store_germany_S3_01",
+        "object_store_australia_S3_01",
+    }
+    assert req.warnings == ()
+
+
+def test_defaults() -> None:
+    req = parse_request(base())
+    assert (req.job.cores, req.job.mem_mb, req.job.gpus) == (1.0, 0.0, 0.0)
+    assert req.options.drop_infeasible is False
+    assert req.datasets == ()
+
+
+@pytest.mark.parametrize("key", ["job", "job_info", "static_job_info"])
+def test_job_aliases(key: str) -> None:
+    req = parse_request({key: {"tool_id": "t", "cores": 2, "mem": 1.5, "gpus": 1}, "destinations": []})
+    assert (req.job.tool_id, req.job.cores, req.job.mem_mb, req.job.gpus) == ("t", 2, 1536, 1)
+
+
+@pytest.mark.parametrize("key", ["destinations", "current_dest_info"])
+def test_destination_aliases(key: str) -> None:
+    req = parse_request({"job": {"tool_id": "t"}, key: [{"id": "x", "queued_job_count": 3}]})
+    assert req.destinations[0].id == "x"
+    assert req.destinations[0].metrics.queued == 3
+
+
+@pytest.mark.parametrize("key", ["datasets", "dataset_attributes", "static_dataset_info"])
+def test_dataset_aliases(key: str) -> None:
+    req = parse_request(base(**{key: {"12": {"object_store_id": None, "size": 5}}}))
+    assert [(d.id, d.object_store_id, d.size_bytes) for d in req.datasets] == [("12", None, 5)]
+
+
+@pytest.mark.parametrize("key", ["objectstores", "static_objectstores_info"])
+def test_objectstore_aliases(key: str) -> None:
+    req = parse_request(base(**{key: {"s3": {"latitude": 1.5, "longitude": -2}}}))
+    assert req.objectstores["s3"].latitude == 1.5
+
+
+def test_location_from_context_and_tpv_fields() -> None:
+    req = parse_request(
+        {
+            "job": {"tool_id": "t", "job_id": 17},
+            "destinations": [
+                {
+                    "id": "x",
+                    "runner": "slurm",
+                    "params": {"a": 1},
+                    "context": {"latitude": 10, "longitude": 20, "object_store_id": "s"},
+                    "tpv_score": -1,
+                    "max_accepted_mem": 2,
+                }
+            ],
+        }
+    )
+    d = req.destinations[0]
+    assert (d.location.latitude, d.location.longitude) == (10, 20)  # type: ignore[union-attr]
+    assert d.object_store_id == "s"
+    assert d.tpv_score == -1
+    assert d.max_mem_mb == 2048
+
+
+def test_unknown_top_level_keys_are_a_warning() -> None:
+    req = parse_request(base(galaxy="x"))
+    assert req.warnings and '"galaxy"' in req.warnings[0]
+
+
+INVALID: list[tuple[str, object, str]] = [
+    ("not an object", [1, 2], "request: must be an object"),
+    ("job missing", {"destinations": []}, "job: missing"),
+    ("tool missing", {"job": {}, "destinations": []}, "job.tool_id: missing"),
+    ("destinations missing", {"job": {"tool_id": "t"}}, "destinations: missing"),
+    ("destinations not list", {"job": {"tool_id": "t"}, "destinations": {}}, "destinations: must be a list"),
+    ("missing id", base(destinations=[{"id": "a"}, {}]), "destinations[1].id: missing"),
+    ("id not string", base(destinations=[{"id": 3}]), "destinations[0].id: must be a string"),
+    ("empty id", base(destinations=[{"id": ""}]), "destinations[0].id: must not be empty"),
+    (
+        "duplicate",
+        base(destinations=[{"id": "a"}, {"id": "b"}, {"id": "a"}]),
+        "destinations[2].id: duplicate",
+    ),
+    ("negative cores", {"job": {"tool_id": "t", "cores": -1}, "destinations": []}, "job.cores: must be >= 0"),
+    (
+        "string number",
+        {"job": {"tool_id": "t", "cores": "4"}, "destinations": []},
+        "job.cores: must be a number",
+    ),
+    ("bool number", {"job": {"tool_id": "t", "mem": True}, "destinations": []}, "job.mem: must be a number"),
+    (
+        "big int",
+        {"job": {"tool_id": "t", "gpus": 10**400}, "destinations": []},
+        "job.gpus: number out of range",
+    ),
+    ("string tpv", base(destinations=[{"id": "a", "tpv_score": "2"}]), "destinations[0].tpv_score: must be"),
+    ("bad lat", base(destinations=[{"id": "a", "latitude": 91, "longitude": 0}]), "destinations[0].latitude"),
+    ("half location", base(destinations=[{"id": "a", "latitude": 1}]), "destinations[0].longitude: missing"),
+    (
+        "bad context",
+        base(destinations=[{"id": "a", "context": []}]),
+        "destinations[0].context: must be an object",
+    ),
+    ("bad metric", base(destinations=[{"id": "a", "metrics": {"nope": 1}}]), "destinations[0].metrics.nope"),
+    ("dataset size", base(datasets={"1": {"size": "9"}}), 'datasets["1"].size: must be a number'),
+    (
+        "dataset store",
+        base(dataset_attributes={"1": {"object_store_id": 4}}),
+        'dataset_attributes["1"].object_',
+    ),
+    ("objectstore", base(objectstores={"s": []}), 'objectstores["s"]: must be an object'),
+    ("unknown option", base(options={"fast": True}), "options.fast: unknown option"),
+    ("drop flag", base(options={"drop_infeasible": "yes"}), "options.drop_infeasible: must be true or false"),
+    (
+        "two aliases",
+        {"job": {"tool_id": "t"}, "job_info": {}, "destinations": []},
+        "job_info: given together",
+    ),
+    ("job id", {"job": {"tool_id": "t", "job_id": [1]}, "destinations": []}, "job.job_id: must be"),
+    (
+        "too many",
+        {"job": {"tool_id": "t"}, "destinations": [{"id": str(i)} for i in range(MAX_DESTINATIONS + 1)]},
+        f"destinations: more than {MAX_DESTINATIONS}",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "value", "message"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_requests_name_the_field(case: str, value: object, message: str) -> None:
+    with pytest.raises(InputError) as err:
+        parse_request(value)
+    assert str(err.value).startswith(message), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"{nope", "request: not JSON"),
+        (b"", "request: empty"),
+        (b"\xff\xfe{}", "request: not UTF-8"),
+        (b'{"job": {"tool_id": "t", "cores": NaN}}', "request: NaN is not a valid JSON number"),
+        (b'{"a": Infinity}', "request: Infinity is not a valid JSON number"),
+        (b"[" * 100_000 + b"]" * 100_000, "request: nested too deeply"),
+        (b" " * (MAX_REQUEST_BYTES + 1), f"request: larger than {MAX_REQUEST_BYTES} bytes"),
+    ],
+    ids=["not-json", "empty", "not-utf8", "nan", "infinity", "deep", "huge"],
+)
+def test_undecodable_requests(data: bytes, message: str) -> None:
+    with pytest.raises(InputError) as err:
+        decode_request(data)
+    assert str(err.value).startswith(message)
+
+
+def test_weights_are_validated() -> None:
+    from metasched.rank.model import DEFAULT_WEIGHTS, make_weights
+
+    assert make_weights(("options.weights", {"tpv_weight": 0.5})).tpv_weight == 0.5
+    assert set(DEFAULT_WEIGHTS) >= {"bandwidth_mb_s", "tpv_weight", "default_run_s"}
+    for bad, msg in [
+        ({"nope": 1}, "options.weights.nope: unknown weight"),
+        ({"tpv_weight": "1"}, "options.weights.tpv_weight: must be a number"),
+        ({"bandwidth_mb_s": 0}, "options.weights.bandwidth_mb_s: must be > 0"),
+        ({"history_weight": 2}, "options.weights.history_weight: must be between 0 and 1"),
+        ({"dispatch_s": -1}, "options.weights.dispatch_s: must be a finite number >= 0"),
+    ]:
+        with pytest.raises(InputError, match=msg.replace(".", r"\.")):
+            make_weights(("options.weights", bad))
