@@ -18,6 +18,14 @@ def base(**extra: Any) -> dict[str, Any]:
     return {"job": {"tool_id": "bwa"}, "destinations": [{"id": "a"}, {"id": "b"}], **extra}
 
 
+def job(**fields: Any) -> dict[str, Any]:
+    return {"job": {"tool_id": "t", **fields}, "destinations": []}
+
+
+def dest(**fields: Any) -> dict[str, Any]:
+    return dest(**fields)
+
+
 def test_seed_request_parses_unchanged() -> None:
     req = parse_request(json.loads(SEED.read_text()))
     assert req.job.tool_id == "trinity"
@@ -113,27 +121,27 @@ INVALID: list[tuple[str, object, str]] = [
         base(destinations=[{"id": "a"}, {"id": "b"}, {"id": "a"}]),
         "destinations[2].id: duplicate",
     ),
-    ("negative cores", {"job": {"tool_id": "t", "cores": -1}, "destinations": []}, "job.cores: must be >= 0"),
+    ("negative cores", job(cores=-1), "job.cores: must be >= 0"),
     (
         "string number",
-        {"job": {"tool_id": "t", "cores": "4"}, "destinations": []},
+        job(cores="4"),
         "job.cores: must be a number",
     ),
-    ("bool number", {"job": {"tool_id": "t", "mem": True}, "destinations": []}, "job.mem: must be a number"),
+    ("bool number", job(mem=True), "job.mem: must be a number"),
     (
         "big int",
-        {"job": {"tool_id": "t", "gpus": 10**400}, "destinations": []},
+        job(gpus=10**400),
         "job.gpus: number out of range",
     ),
-    ("string tpv", base(destinations=[{"id": "a", "tpv_score": "2"}]), "destinations[0].tpv_score: must be"),
-    ("bad lat", base(destinations=[{"id": "a", "latitude": 91, "longitude": 0}]), "destinations[0].latitude"),
-    ("half location", base(destinations=[{"id": "a", "latitude": 1}]), "destinations[0].longitude: missing"),
+    ("string tpv", dest(tpv_score="2"), "destinations[0].tpv_score: must be"),
+    ("bad lat", dest(latitude=91, longitude=0), "destinations[0].latitude"),
+    ("half location", dest(latitude=1), "destinations[0].longitude: missing"),
     (
         "bad context",
         base(destinations=[{"id": "a", "context": []}]),
         "destinations[0].context: must be an object",
     ),
-    ("bad metric", base(destinations=[{"id": "a", "metrics": {"nope": 1}}]), "destinations[0].metrics.nope"),
+    ("bad metric", dest(metrics={"nope": 1}), "destinations[0].metrics.nope"),
     ("dataset size", base(datasets={"1": {"size": "9"}}), 'datasets["1"].size: must be a number'),
     (
         "dataset store",
@@ -148,7 +156,7 @@ INVALID: list[tuple[str, object, str]] = [
         {"job": {"tool_id": "t"}, "job_info": {}, "destinations": []},
         "job_info: given together",
     ),
-    ("job id", {"job": {"tool_id": "t", "job_id": [1]}, "destinations": []}, "job.job_id: must be"),
+    ("job id", job(job_id=[1]), "job.job_id: must be"),
     (
         "too many",
         {"job": {"tool_id": "t"}, "destinations": [{"id": str(i)} for i in range(MAX_DESTINATIONS + 1)]},
