@@ -8,14 +8,16 @@ deterministic and do not depend on the wall clock.
 from __future__ import annotations
 
 import ssl
+import urllib.parse
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from metasched.collect.types import PENDING, RUNNING, Job, Node, Snapshot
-from metasched.config import Config, DestinationConfig, InfluxSettings, SSHSettings
+from metasched.config import Config, DestinationConfig, InfluxSettings, SSHSettings, load_config
 from metasched.metrics import fetch_metrics, pull_metrics, write_summary
 from metasched.metrics.influx1 import Influx1Client, quote_ident, ssl_context
 from metasched.metrics.measurements import escape_key, escape_measurement
@@ -228,15 +230,20 @@ def test_auth_off_server_ignores_credentials(field_db: InfluxServer) -> None:
 # --- hostile ids --------------------------------------------------------------------------------
 
 
-def test_hostile_destination_ids_round_trip(influxdb: InfluxServer, store: Store) -> None:
+def test_hostile_destination_ids_round_trip(influxdb: InfluxServer, store_url: str) -> None:
+    """Hostile ids as tag values -> the batched query -> SQLite and PostgreSQL stores, unchanged."""
+    store = Store.open(store_url)
     db = influxdb.fresh()
     db.write(
         f"queue_by_destination,destination_id={escape_key(d)},state=queued count={i + 1} {T - 30}"
         for i, d in enumerate(HOSTILE_IDS)
     )
     destinations = tuple(dest(d) for d in HOSTILE_IDS)
-    assert pull_metrics(config(db.settings(), destinations), store, NOW) == []
-    v = values(store.metrics(HOSTILE_IDS))
+    try:
+        assert pull_metrics(config(db.settings(), destinations), store, NOW) == []
+        v = values(store.metrics(HOSTILE_IDS))
+    finally:
+        store.close()
     for i, d in enumerate(HOSTILE_IDS):
         assert v[(d, "", "queued")] == i + 1
         assert v[(d, "", "running")] == 0
@@ -405,3 +412,71 @@ def test_write_summary_off_writes_nothing(influxdb: InfluxServer, store: Store) 
     db = influxdb.fresh()
     write_summary(config(db.settings(write_summary=False)), store, NOW)
     assert "series" not in db.admin("SHOW MEASUREMENTS")["results"][0]
+
+
+# --- from a real config ---------------------------------------------------------------------------
+
+
+def test_seed_environment_variables(influxdb_auth: InfluxServer, store: Store) -> None:
+    """A seed user's set_env.sh (INFLUXDB_*) works unchanged, special-character password included."""
+    db = influxdb_auth.fresh()
+    db.write(field_lines())
+    port = urllib.parse.urlsplit(db.url).port
+    env = {
+        "INFLUXDB_HOST": "127.0.0.1",
+        "INFLUXDB_PORT": str(port),
+        "INFLUXDB_SSL": "false",
+        "INFLUXDB_USERNAME": str(db.username),
+        "INFLUXDB_PASSWORD": str(db.password),
+        "INFLUXDB_DATABASE": db.database,
+    }
+    cfg = load_config(None, env)
+    assert pull_metrics(cfg, store, NOW) == []
+    assert values(store.metrics(["pulsar_de02"]))[("pulsar_de02", "", "queued")] == 7
+
+
+def test_seed_environment_over_tls(influxdb_tls: InfluxServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seed always used TLS: INFLUXDB_HOST alone means https with verification."""
+    db = influxdb_tls.fresh()
+    db.write(field_lines())
+    env = {
+        "INFLUXDB_HOST": "127.0.0.1",
+        "INFLUXDB_PORT": str(urllib.parse.urlsplit(db.url).port),
+        "INFLUXDB_DATABASE": db.database,
+    }
+    cfg = load_config(None, env)
+    assert cfg.influxdb is not None and cfg.influxdb.url.startswith("https://")
+    assert "CERTIFICATE_VERIFY_FAILED" in fetch_metrics(cfg, NOW).warnings[0]
+    monkeypatch.setenv("SSL_CERT_FILE", str(db.cafile))
+    assert fetch_metrics(cfg, NOW).warnings == []
+
+
+def test_yaml_config_with_password_file_and_mapping(influxdb_auth: InfluxServer, tmp_path: Path) -> None:
+    db = influxdb_auth.fresh()
+    db.write(field_lines())
+    (tmp_path / "influx-pw").write_text(f"{db.password}\n")
+    conf = tmp_path / "config.yml"
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "database": str(tmp_path / "state.db"),
+                "influxdb": {
+                    "url": db.url,
+                    "database": db.database,
+                    "username": db.username,
+                    "password_file": str(tmp_path / "influx-pw"),
+                    "measurements": {"destination-queue-run-time": {"enabled": False}},
+                },
+                "destinations": [
+                    {"id": "slurm_main", "scheduler": "slurm", "host": "local", "runner": "slurm"},
+                    {"id": "pulsar_it", "scheduler": "htcondor", "host": "local", "vhost": "pulsar_it01"},
+                ],
+            }
+        )
+    )
+    cfg = load_config(conf, {})
+    got = fetch_metrics(cfg, NOW)
+    assert got.warnings == []
+    assert "destination-queue-run-time" not in got.rows
+    assert values(got.rows["queue_by_destination"])[("slurm_main", "", "running")] == 12
+    assert values(got.rows["htcondor_cluster_usage"])[("pulsar_it", "", "free_cores")] == 34
