@@ -4,6 +4,9 @@ SSH as the non-root user ``mstest`` against that live cell."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -269,3 +272,30 @@ def test_unreachable_qmaster_is_a_transport_error_naming_qstat(sge: SGECluster, 
     dest = sshd.destination("sge_down", "sge", env={"SGE_QMASTER_PORT": str(free_port())}, sge=sge.settings())
     with open_transport(dest) as transport, pytest.raises(TransportError, match="qstat"):
         SGEAdapter(dest).collect(transport)
+
+
+def test_cli_collect_and_status_on_live_cell(sge: SGECluster, sshd: SSHServer, tmp_path: Path) -> None:
+    """The whole path an operator uses: config file -> metasched collect over SSH -> store -> status."""
+    config = tmp_path / "metasched.yml"
+    config.write_text(
+        f"database: {tmp_path / 'state.db'}\n"
+        f"ssh: {{user: {sshd.user}, key_file: {sshd.key_file}, known_hosts: {sshd.known_hosts}}}\n"
+        "destinations:\n"
+        "  - id: sge_local\n"
+        "    scheduler: sge\n"
+        f"    host: {sshd.host}\n"
+        f"    port: {sshd.port}\n"
+        f"    env: {{SGE_QMASTER_PORT: '{sge.qmaster_port}'}}\n"
+        f"    sge: {{bin_dir: {sge.bin_dir}, root: {sge.root}, cell: {sge.cell}}}\n"
+    )
+    metasched = [sys.executable, "-m", "metasched"]
+    collect = subprocess.run([*metasched, "collect", "-c", str(config)], capture_output=True, text=True)
+    assert collect.returncode == 0, collect.stderr
+    status = subprocess.run(
+        [*metasched, "status", "--json", "-c", str(config)], capture_output=True, text=True, check=True
+    )
+    (row,) = json.loads(status.stdout)
+    assert row["id"] == "sge_local" and row["reachable"] and row["error"] is None
+    assert (row["cores_total"], row["cores_free"], row["nodes_total"]) == (2, 0, 1)
+    # 1 pending job + 3 pending array tasks are demand; Eqw, hold and -hold_jid jobs are not.
+    assert (row["jobs_running"], row["jobs_queued"]) == (2, 4)
