@@ -23,7 +23,7 @@ def job(**fields: Any) -> dict[str, Any]:
 
 
 def dest(**fields: Any) -> dict[str, Any]:
-    return dest(**fields)
+    return base(destinations=[{"id": "a", **fields}])
 
 
 def test_seed_request_parses_unchanged() -> None:
