@@ -141,6 +141,14 @@ def _squeue_line(job_id: str, state: str = "PENDING", reason: str = "Priority", 
     return SEP.join(fields)
 
 
+def test_squeue_counts_with_unit_suffix() -> None:
+    """Clients without --noconvert print big counts as "2K"; read them anyway."""
+    fields = _squeue_line("30").split(SEP)
+    fields[5] = "2K"  # NumCPUs
+    (job,) = parse_squeue(SEP.join(fields))
+    assert job.cores == 2048
+
+
 def test_squeue_array_ranges() -> None:
     lines = [
         _squeue_line("20_[1,3,5-7]"),
@@ -243,7 +251,7 @@ def test_sinfo_captured() -> None:
     nodes = parse_sinfo(fixture("sinfo.txt"))
     assert [n.name for n in nodes] == ["n1", "n2", "n3"]  # one entry per node, not per partition
     n = by_name(nodes)
-    assert n["n1"].partitions == ("debug", "closed")
+    assert sorted(n["n1"].partitions) == ["closed", "debug"]
     assert set(n["n2"].partitions) == {"debug", "long"}
     assert (n["n1"].state, n["n1"].available, n["n1"].cores_total, n["n1"].cores_alloc) == (
         "mixed",

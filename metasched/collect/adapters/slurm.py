@@ -2,9 +2,10 @@
 
 Why the commands look the way they do:
 
-- Explicit ``-O`` formats, run through ``env -u ...``: SQUEUE_FORMAT/SINFO_FORMAT are overridden by ``-O``,
-  but other user environment (SQUEUE_ARRAY, SQUEUE_USERS, SQUEUE_STATES, SINFO_PARTITION, ... from a
-  head node's ``.bashrc``) silently changes *which* rows come back, so those are unset.
+- Explicit ``-O`` formats (with ``--noconvert``: no "2G"/"1K" rounding), run through ``env -u ...``:
+  SQUEUE_FORMAT/SINFO_FORMAT are overridden by ``-O``, but other user environment (SQUEUE_ARRAY,
+  SQUEUE_USERS, SQUEUE_STATES, SINFO_PARTITION, ... from a head node's ``.bashrc``) silently changes
+  *which* rows come back, so those are unset.
   ``SLURM_TIME_FORMAT=%FT%T%z`` makes every timestamp carry its UTC offset (Slurm otherwise prints the
   head node's local time without a zone, or "relative" text if the user asked for it);
   ``SLURM_BITSTR_LEN=0`` stops Slurm from shortening long array index expressions with "...".
@@ -162,6 +163,8 @@ _ALL_SUFFIXES = "*~#!%$@^-+"
 
 _MEM_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
 _MEM_RE = re.compile(r"(\d+(?:\.\d+)?)([KMGTP]?)B?\Z", re.IGNORECASE)
+_COUNT_RE = re.compile(r"(\d+(?:\.\d+)?)([KM]?)\Z", re.IGNORECASE)
+_COUNT_UNITS = {"": 1, "K": 1024, "M": 1024**2}
 _ARRAY_RE = re.compile(r"(\d+)_\[(.*)\]\Z")
 _PAREN_RE = re.compile(r"\([^)]*\)")
 _MISSING = frozenset({"", "N/A", "n/a", "(null)", "None", "none", "Unknown", "UNLIMITED"})
@@ -178,12 +181,12 @@ def _format(fields: Sequence[str]) -> str:
 
 def squeue_command() -> list[str]:
     """All jobs of all users in all partitions (``-a``: hidden ones too), array ranges compact."""
-    return _command("squeue", "-h", "-a", "-O", _format(SQUEUE_FIELDS))
+    return _command("squeue", "-h", "-a", "--noconvert", "-O", _format(SQUEUE_FIELDS))
 
 
 def sinfo_command() -> list[str]:
     """One line per node and partition (a node in two partitions comes twice; parse_sinfo merges)."""
-    return _command("sinfo", "-h", "-N", "-a", "-O", _format(SINFO_FIELDS))
+    return _command("sinfo", "-h", "-N", "-a", "--noconvert", "-O", _format(SINFO_FIELDS))
 
 
 def partitions_command() -> list[str]:
@@ -320,10 +323,11 @@ def _split(line: str, nfields: int, command: str, lineno: int) -> list[str]:
 
 
 def _int(text: str, command: str, lineno: int, what: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ParseError(f"{command}: line {lineno}: {what} is not a number: {text!r}") from None
+    """A count; ``--noconvert`` keeps Slurm from printing 2048 CPUs as "2K", but older clients may."""
+    m = _COUNT_RE.match(text.strip())
+    if m is None:
+        raise ParseError(f"{command}: line {lineno}: {what} is not a number: {text!r}")
+    return round(float(m.group(1)) * _COUNT_UNITS[m.group(2).upper()])
 
 
 def _lines(text: str) -> list[tuple[int, str]]:
