@@ -47,7 +47,7 @@ def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "15", "m", "1.5h", "15m; DROP", "-5m", " 15m", "15M", "now()"])
+@pytest.mark.parametrize("text", ["", "0m", "15", "m", "1.5h", "15m; DROP", "-5m", " 15m", "15M", "now()"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
@@ -207,3 +207,12 @@ def test_summary_line_exact() -> None:
 def test_unwritable_tag_values(bad: str) -> None:
     with pytest.raises(ValueError):
         escape_key(bad)
+
+
+def test_summary_measurement_override_is_checked() -> None:
+    assert specs_from_overrides({"metasched_destination": {"name": "bad\nname"}})[1] == [
+        "influxdb.measurements.metasched_destination: 'bad\\nname' cannot be written as a measurement name"
+    ]
+    assert specs_from_overrides({"metasched_destination": {"nom": "x"}})[1][0].endswith("(allowed: ['name'])")
+    assert summary_measurement({"metasched_destination": {"name": "bad\nname"}}) == "metasched_destination"
+    assert summary_measurement({}) == "metasched_destination"

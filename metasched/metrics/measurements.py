@@ -112,9 +112,9 @@ _OVERRIDE_KEYS = {"name", "enabled", "window", "columns", "states", "batch_toler
 
 
 def parse_duration(text: str) -> int:
-    """``15m`` -> 900. Only ``<digits><s|m|h|d|w>``: durations end up next to query text, so nothing else."""
+    """``15m`` -> 900. Strictly ``<digits><s|m|h|d|w>`` and > 0: a typo is an error, not another window."""
     m = _DURATION.match(text) if isinstance(text, str) else None
-    if not m:
+    if not m or int(m.group(1)) == 0:
         raise ValueError(f"invalid duration {text!r} (expected e.g. 90s, 15m, 2h, 2d, 1w)")
     return int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
@@ -140,15 +140,35 @@ def specs_from_overrides(
             problems.append(f"influxdb.measurements.{spec.key}: {e}")
             specs.append(spec)
     for key in overrides:
-        if key not in by_key and key != SUMMARY_MEASUREMENT:
-            problems.append(f"influxdb.measurements.{key}: unknown measurement (known: {', '.join(by_key)})")
+        if key == SUMMARY_MEASUREMENT:
+            try:
+                _summary_name(overrides[key])
+            except ValueError as e:
+                problems.append(f"influxdb.measurements.{key}: {e}")
+        elif key not in by_key:
+            known = ", ".join([*by_key, SUMMARY_MEASUREMENT])
+            problems.append(f"influxdb.measurements.{key}: unknown measurement (known: {known})")
     return specs, problems
 
 
 def summary_measurement(overrides: Mapping[str, Mapping[str, Any]]) -> str:
-    ov = overrides.get(SUMMARY_MEASUREMENT) or {}
+    """Where ``write_summary`` writes; the default when the override is invalid (config check says so)."""
+    try:
+        return _summary_name(overrides.get(SUMMARY_MEASUREMENT) or {})
+    except ValueError:
+        return SUMMARY_MEASUREMENT
+
+
+def _summary_name(ov: Any) -> str:
+    if not isinstance(ov, Mapping):
+        raise ValueError("must be a mapping")
+    if set(ov) - {"name"}:
+        raise ValueError(f"unknown keys {sorted(set(ov) - {'name'})} (allowed: ['name'])")
     name = ov.get("name", SUMMARY_MEASUREMENT)
-    return name if isinstance(name, str) and name else SUMMARY_MEASUREMENT
+    if not isinstance(name, str):
+        raise ValueError("name must be a string")
+    escape_measurement(name)
+    return name
 
 
 def _apply_override(spec: MeasurementSpec, ov: Mapping[str, Any]) -> MeasurementSpec:
@@ -451,7 +471,7 @@ def escape_key(text: str) -> str:
 
 
 def escape_measurement(text: str) -> str:
-    if not text or "\n" in text or text.endswith("\\"):
+    if not text or "\n" in text or "\r" in text or text.endswith("\\"):
         raise ValueError(f"{text!r} cannot be written as a measurement name")
     return text.replace(",", "\\,").replace(" ", "\\ ")
 
