@@ -1,0 +1,71 @@
+"""A real TPV command line (total-perspective-vortex[cli], which pulls Galaxy) in its own cached venv.
+
+The venv lives outside the project environment (Galaxy pins would clash with ours) at
+``$METASCHED_TPV_VENV`` or /var/cache/metasched/tpv-venv. CI builds it with .ci/tpv-env.sh before the
+tests; on a fresh developer machine the fixture runs that script itself (a few minutes, once).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+DEFAULT_VENV = Path("/var/cache/metasched/tpv-venv")
+ENV_SCRIPT = Path(__file__).resolve().parents[2] / ".ci" / "tpv-env.sh"
+INSTALL_TIMEOUT_S = 1800
+
+
+@dataclass(frozen=True)
+class TPVEnv:
+    venv: Path
+
+    @property
+    def tpv(self) -> Path:
+        """The `tpv` console script."""
+        return self.venv / "bin" / "tpv"
+
+    @property
+    def python(self) -> Path:
+        """The venv's interpreter, for drivers that import tpv in-process."""
+        return self.venv / "bin" / "python"
+
+
+def _works(venv: Path) -> bool:
+    tpv = venv / "bin" / "tpv"
+    if not tpv.exists():
+        return False
+    done = subprocess.run([str(tpv), "--help"], capture_output=True, timeout=300, check=False)
+    return done.returncode == 0
+
+
+def ensure_tpv_env() -> TPVEnv:
+    """Return a working TPV venv, building it with .ci/tpv-env.sh when it is missing or broken."""
+    venv = Path(os.environ.get("METASCHED_TPV_VENV") or DEFAULT_VENV)
+    if _works(venv):
+        return TPVEnv(venv)
+    done = subprocess.run(
+        ["bash", str(ENV_SCRIPT)],
+        env={**os.environ, "METASCHED_TPV_VENV": str(venv)},
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-20:])
+        pytest.fail(f"{ENV_SCRIPT} failed (exit {done.returncode}):\n{tail}", pytrace=False)
+    lines = done.stdout.strip().splitlines()
+    built = Path(lines[-1]) if lines else venv
+    if not _works(built):
+        pytest.fail(f"{built}/bin/tpv --help fails after {ENV_SCRIPT}", pytrace=False)
+    return TPVEnv(built)
+
+
+@pytest.fixture(scope="session")
+def tpv_env() -> TPVEnv:
+    """Session fixture over ensure_tpv_env (register tests.infra.tpv in conftest to use it by name)."""
+    return ensure_tpv_env()
