@@ -5,22 +5,28 @@ none of these tests is an integration test. The fixtures in tests/fixtures/yarn/
 of the Hadoop 3.x "ResourceManager REST API's" documentation (``/ws/v1/cluster/metrics``, ``/nodes``,
 ``/apps``) field for field, with values for a cluster of two running NodeManagers, one UNHEALTHY (disk
 full) and one LOST, two RUNNING and two ACCEPTED applications (``allocatedMB: -1`` as the RM reports
-for apps without containers), and the RM's ``{"apps":null}`` for an empty list.
+for apps without containers), and the RM's ``{"apps":null}`` for an empty list. The fetch path (curl on
+the head node over real SSH) runs against a loopback HTTP stand-in serving those same bodies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from metasched.collect.adapters import make_adapter
 from metasched.collect.adapters.yarn import YarnAdapter, parse_apps, parse_metrics, parse_nodes
+from metasched.collect.transport import open_transport
 from metasched.collect.types import PENDING, RUNNING
 from metasched.config import DestinationConfig, SSHSettings
-from metasched.errors import ParseError
+from metasched.errors import ParseError, TransportError
+from tests.infra.sshd import SSHServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "yarn"
 
@@ -129,3 +135,76 @@ def test_adapter_fetches_with_curl_from_the_configured_rm() -> None:
     assert part.nodes_total == 4 and len(snap.nodes) == 4 and len(snap.jobs) == 4
     default = YarnAdapter(DestinationConfig(id="h", scheduler="yarn", host="local", ssh=SSHSettings()))
     assert default.base_url == "http://localhost:8088"
+
+
+class RMStandIn(ThreadingHTTPServer):
+    """Loopback HTTP server with the RM's REST paths; records (path, Accept) of every request."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), DocumentedBodies)
+        self.seen: list[tuple[str, str]] = []
+
+
+class DocumentedBodies(BaseHTTPRequestHandler):
+    """Serves the fixture bodies at the RM's REST paths; anything else is a 500 like a failing RM."""
+
+    server: RMStandIn
+    bodies: ClassVar[Mapping[str, str]] = {
+        "/ws/v1/cluster/metrics": "metrics.json",
+        "/ws/v1/cluster/nodes": "nodes.json",
+        "/ws/v1/cluster/apps": "apps.json",
+    }
+
+    def do_GET(self) -> None:
+        self.server.seen.append((self.path, self.headers.get("Accept", "")))
+        name = self.bodies.get(self.path.partition("?")[0])
+        if name is None:
+            self.send_error(500, "ResourceManager is not active")
+            return
+        body = fixture(name).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def rm_stand_in() -> Iterator[RMStandIn]:
+    server = RMStandIn()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def url(server: RMStandIn) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_fetch_with_curl_over_ssh(sshd: SSHServer, rm_stand_in: RMStandIn) -> None:
+    dest = sshd.destination("hadoop", "yarn", yarn_url=url(rm_stand_in))
+    with open_transport(dest) as transport:
+        snap = YarnAdapter(dest).collect(transport)
+    assert len(snap.nodes) == 4 and len(snap.jobs) == 4
+    assert [p for p, _ in rm_stand_in.seen] == [
+        "/ws/v1/cluster/metrics",
+        "/ws/v1/cluster/nodes",
+        "/ws/v1/cluster/apps?states=RUNNING,ACCEPTED,SUBMITTED,NEW,NEW_SAVING",
+    ]
+    assert {accept for _, accept in rm_stand_in.seen} == {"application/json"}
+
+
+def test_http_error_from_the_rm_is_a_transport_error_naming_curl(
+    sshd: SSHServer, rm_stand_in: RMStandIn
+) -> None:
+    dest = sshd.destination("hadoop", "yarn", yarn_url=url(rm_stand_in) + "/standby")
+    with open_transport(dest) as transport, pytest.raises(TransportError, match=r"curl.*500"):
+        YarnAdapter(dest).collect(transport)
