@@ -20,7 +20,7 @@ from metasched.collect.types import PENDING, RUNNING, Job, Node, Snapshot
 from metasched.config import Config, DestinationConfig, InfluxSettings, SSHSettings, load_config
 from metasched.metrics import fetch_metrics, pull_metrics, write_summary
 from metasched.metrics.influx1 import Influx1Client, quote_ident, ssl_context
-from metasched.metrics.measurements import escape_key, escape_measurement
+from metasched.metrics.measurements import DEFAULT_SPECS, escape_key, escape_measurement
 from metasched.store import DestinationSummary, MetricRow, Store
 from tests.infra.influx import InfluxServer
 from tests.infra.procs import free_port
@@ -119,6 +119,13 @@ def test_queue_run_time_newest_per_tool(field_db: InfluxServer) -> None:
     assert v[("pulsar_de02", BWAMETH, "median_run_s")] == 1500
     assert v[("slurm_main", "upload1", "median_run_s")] == 35
     assert len(rows) == 6
+    # The server already keeps only the newest point per (destination, tool).
+    spec = next(s for s in DEFAULT_SPECS if s.key == "destination-queue-run-time")
+    points = Influx1Client(field_db.url, field_db.database).points(spec, NOW - timedelta(days=2))
+    assert sorted((p.tags["destination_id"], p.fields["count"]) for p in points) == [
+        ("pulsar_de02", 12),
+        ("slurm", 300),
+    ]
 
 
 def test_htcondor_both_generations(field_db: InfluxServer) -> None:
