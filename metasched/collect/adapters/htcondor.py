@@ -170,7 +170,8 @@ def _replace_availability(node: Node, state: str, reason: str) -> Node:
     )
 
 
-def _machine_node(machine: str, ads: Sequence[Mapping[str, Any]], now: float | None) -> Node:
+def _machine_node(machine: str, ads: Sequence[Mapping[str, Any]], freshest: float | None) -> Node:
+    """Sum a machine's slots; ``freshest`` is the newest LastHeardFrom of the listing (None: no check)."""
     cores = mem = gpus = 0
     cores_used = mem_used = gpus_used = 0
     states: list[str] = []
@@ -216,8 +217,8 @@ def _machine_node(machine: str, ads: Sequence[Mapping[str, Any]], now: float | N
         usable = True
     if not usable:
         reason = "no slot accepts jobs (" + ", ".join(sorted(set(states))) + ")"
-    elif now is not None and heard and (now - heard) > STALE_AFTER_S:
-        reason = f"startd not heard from for {int(now - heard)} s (others were)"
+    elif freshest is not None and heard and (freshest - heard) > STALE_AFTER_S:
+        reason = f"startd not heard from for {int(freshest - heard)} s (others were)"
         usable = False
     else:
         reason = ""
