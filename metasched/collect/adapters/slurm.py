@@ -319,7 +319,7 @@ def _split(line: str, nfields: int, command: str, lineno: int) -> list[str]:
         raise ParseError(
             f"{command}: line {lineno}: expected {nfields} fields, got {len(parts)}: {line[:120]!r}"
         )
-    return [p.strip() if i < nfields - 1 else p for i, p in enumerate(parts)]
+    return parts  # -O with size 0 pads nothing: fields are exact
 
 
 def _int(text: str, command: str, lineno: int, what: str) -> int:
@@ -338,47 +338,52 @@ def _lines(text: str) -> list[tuple[int, str]]:
 
 
 def parse_squeue(text: str) -> list[Job]:
-    """Output of ``squeue_command()`` -> jobs (pending array ranges expanded, see module docstring)."""
+    """Output of ``squeue_command()`` -> jobs (pending array ranges expanded, see module docstring).
+
+    Written for big queues (100k lines): fields unpacked positionally, and values that repeat across
+    jobs (timestamps of a submission burst, identical resource requests) parsed once per call.
+    """
     jobs: list[Job] = []
     nf = len(SQUEUE_FIELDS)
+    times: dict[str, datetime | None] = {}
+    resources: dict[tuple[str, ...], tuple[int, int]] = {}
     for n, line in _lines(text):
-        f = dict(zip(SQUEUE_FIELDS, _split(line, nf, "squeue", n), strict=True))
-        where = f"squeue: line {n}"
-        reason = "" if f["Reason"] in ("None", "(null)") else f["Reason"]
-        state = job_state(f["State"], reason)
-        cores = _int(f["NumCPUs"], "squeue", n, "NumCPUs")
-        nnodes = _int(f["NumNodes"], "squeue", n, "NumNodes") if f["NumNodes"].isdigit() else 1
-        ntasks = _int(f["NumTasks"], "squeue", n, "NumTasks") if f["NumTasks"].isdigit() else 1
-        tres = f["tres-alloc"]
-        mem_text = _tres_value(tres, "mem")
-        mem = mem_mb(mem_text, where) if mem_text is not None else mem_mb(f["MinMemory"], where) * nnodes
-        gpus_text = _tres_value(tres, "gres/gpu")
-        if gpus_text is not None and gpus_text.isdigit():
-            gpus = int(gpus_text)
-        else:
-            gpus = (
-                gpu_count(f["tres-per-job"])
-                or gpu_count(f["tres-per-node"]) * nnodes
-                or gpu_count(f["tres-per-task"]) * ntasks
-            )
-        submit = parse_time(f["SubmitTime"], where)
-        start = parse_time(f["StartTime"], where) if state in (RUNNING, OTHER) else None
+        (
+            job_id, partition, user, raw_state, reason, cpus, nodes_n, tasks_n, min_mem,
+            tres, per_job, per_node, per_task, submit_text, start_text, nodelist, name,
+        ) = _split(line, nf, "squeue", n)  # fmt: skip
+        if reason in ("None", "(null)"):
+            reason = ""
+        state = job_state(raw_state, reason)
+        cores = int(cpus) if cpus.isdigit() else _int(cpus, "squeue", n, "NumCPUs")
+        key = (tres, per_job, per_node, per_task, min_mem, nodes_n, tasks_n)
+        res = resources.get(key)
+        if res is None:
+            res = resources[key] = _job_resources(key, f"squeue: line {n}")
+        if submit_text not in times:
+            times[submit_text] = parse_time(submit_text, f"squeue: line {n}")
+        submit = times[submit_text]
+        start = None
+        if state in (RUNNING, OTHER):
+            if start_text not in times:
+                times[start_text] = parse_time(start_text, f"squeue: line {n}")
+            start = times[start_text]
         base = Job(
-            job_id=f["JobArrayID"],
+            job_id=job_id,
             state=state,
-            partition=f["Partition"],
-            name=f["Name"],
-            user=f["UserName"],
-            raw_state=f["State"],
+            partition=partition,
+            name=name,
+            user=user,
+            raw_state=raw_state,
             reason=reason,
             cores=cores,
-            mem_mb=mem,
-            gpus=gpus,
+            mem_mb=res[0],
+            gpus=res[1],
             submit_time=submit,
             start_time=start,
-            nodes=f["NodeList"],
+            nodes=nodelist,
         )
-        m = _ARRAY_RE.match(base.job_id)
+        m = _ARRAY_RE.match(job_id) if job_id.endswith("]") else None
         indices = expand_array_indices(m.group(2)) if m else None
         if m is None or indices is None:
             jobs.append(base)
@@ -386,6 +391,20 @@ def parse_squeue(text: str) -> list[Job]:
         for i in indices:
             jobs.append(replace(base, job_id=f"{m.group(1)}_{i}"))
     return jobs
+
+
+def _job_resources(key: tuple[str, ...], where: str) -> tuple[int, int]:
+    """(total memory MB, GPUs) of one job from its TRES/gres fields (see module docstring)."""
+    tres, per_job, per_node, per_task, min_mem, nodes_n, tasks_n = key
+    nnodes = int(nodes_n) if nodes_n.isdigit() else 1
+    ntasks = int(tasks_n) if tasks_n.isdigit() else 1
+    mem_text = _tres_value(tres, "mem")
+    mem = mem_mb(mem_text, where) if mem_text is not None else mem_mb(min_mem, where) * nnodes
+    gpus_text = _tres_value(tres, "gres/gpu")
+    if gpus_text is not None and gpus_text.isdigit():
+        return mem, int(gpus_text)
+    gpus = gpu_count(per_job) or gpu_count(per_node) * nnodes or gpu_count(per_task) * ntasks
+    return mem, gpus
 
 
 # --- sinfo -----------------------------------------------------------------------------------------
