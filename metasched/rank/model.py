@@ -22,6 +22,7 @@ from metasched.rank.geo import haversine_km, transfer_s
 
 MB_PER_GB = 1024.0  # job memory is in GB (TPV, Galaxy), stores report MB (MiB): converted once, at parse time
 TPV_EXPONENT_CAP = 50.0  # keeps exp() finite for absurd tpv_score values
+MAX_SECONDS = 1e12  # ~30,000 years: any component beyond this is "never", kept finite for JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +279,7 @@ def state_wait(job: JobSpec, obs: Observed, typical_s: float, w: Weights) -> tup
         capacity = obs.running_jobs * w.queued_job_cores
     if not capacity:
         return None, ""
+    capacity = max(capacity, 1.0)  # fractional "capacity" from odd metrics must not blow up the ratio
     if queued_cores is None and obs.free_cores is None:
         return None, ""
     short_cores = max(0.0, job.cores - (obs.free_cores or 0.0)) if obs.free_cores is not None else 0.0
@@ -342,6 +344,7 @@ def rank_candidates(
         stage_s, moved, local, stage_why = staging(datasets, objectstores, cand, w)
         run_s, run_why = run_time(cand, tool_median, w)
         queue_s, queue_why = queue_time(job, cand.observed, run_s, w)
+        stage_s, queue_s, run_s = (min(x, MAX_SECONDS) for x in (stage_s, queue_s, run_s))
         total = stage_s + queue_s + run_s
         exponent = max(-TPV_EXPONENT_CAP, min(TPV_EXPONENT_CAP, w.tpv_weight * cand.tpv_score))
         score = total * math.exp(-exponent)

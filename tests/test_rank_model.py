@@ -1,0 +1,162 @@
+"""The pure model (no store, no CLI) and property tests over arbitrary valid requests."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metasched.config import Config, SSHSettings
+from metasched.rank import rank
+from metasched.rank.geo import haversine_km, transfer_s
+from metasched.rank.model import (
+    Candidate,
+    Dataset,
+    JobSpec,
+    Location,
+    Observed,
+    Weights,
+    rank_candidates,
+    state_wait,
+)
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+EMPTY = Config(path=None, database=None, ssh=SSHSettings(), destinations=())
+
+
+def test_haversine_known_distances() -> None:
+    assert haversine_km(51.5074, -0.1278, 48.8566, 2.3522) == pytest.approx(343.5, abs=1)
+    assert haversine_km(10, 10, 10, 10) == 0
+    assert haversine_km(0, 0, 0, 180) == pytest.approx(math.pi * 6371.0088, rel=1e-6)
+
+
+def test_transfer_grows_with_bytes_and_distance() -> None:
+    assert transfer_s(1e9, 0, 100, 2000) == 10.0  # 1 GB at 100 MB/s
+    assert transfer_s(1e9, 2000, 100, 2000) == 20.0  # half the throughput at the halving distance
+    assert transfer_s(2e9, 100, 100, 2000) > transfer_s(1e9, 100, 100, 2000)
+
+
+def test_missing_history_everywhere_is_finite_and_neutral() -> None:
+    cands = [Candidate(id=str(i), index=i) for i in range(3)]
+    out = rank_candidates(JobSpec("t"), [], {}, cands, Weights())
+    assert [r.id for r in out.ranked] == ["0", "1", "2"]
+    for r in out.ranked:
+        assert r.feasible
+        assert (r.queue_s, r.run_s) == (Weights().unknown_queue_s, Weights().default_run_s)
+        assert math.isfinite(r.score)
+
+
+def test_tpv_score_is_a_relative_discount() -> None:
+    w = Weights(tpv_weight=0.1)
+    cands = [Candidate(id="a", index=0, tpv_score=0), Candidate(id="b", index=1, tpv_score=3)]
+    out = rank_candidates(JobSpec("t"), [], {}, cands, w)
+    assert [r.id for r in out.ranked] == ["b", "a"]
+    b = out.ranked[0]
+    assert b.score == pytest.approx(b.total_s * math.exp(-0.3))
+
+
+def test_huge_tpv_score_stays_finite() -> None:
+    cands = [Candidate(id="a", index=0, tpv_score=1e300), Candidate(id="b", index=1, tpv_score=-1e300)]
+    out = rank_candidates(JobSpec("t"), [], {}, cands, Weights())
+    assert all(math.isfinite(r.score) for r in out.ranked)
+    assert [r.id for r in out.ranked] == ["a", "b"]
+
+
+def test_fits_now_is_dispatch_latency() -> None:
+    obs = Observed(free_cores=8, free_mem_mb=8192, free_gpus=0, total_cores=8, total_mem_mb=8192)
+    assert state_wait(JobSpec("t", cores=8, mem_mb=8192), obs, 1000, Weights())[0] == Weights().dispatch_s
+
+
+def test_unknown_free_resources_are_not_free() -> None:
+    assert state_wait(JobSpec("t", cores=1), Observed(), 1000, Weights())[0] is None
+    obs = Observed(free_cores=None, queued_jobs=0, running_jobs=10)
+    seconds, _ = state_wait(JobSpec("t", cores=1), obs, 1000, Weights())
+    assert seconds == Weights().dispatch_s  # nothing ahead, but not claimed free: no "fits" reason
+
+
+def test_staging_of_five_tb_in_australia_beats_fifty_gb_in_usa() -> None:
+    stores = {"au": Location(-33.9, 151.2), "us": Location(40.7, -74.0)}
+    data = [Dataset("1", "au", 5e12), Dataset("2", "us", 50e9)]
+    cands = [
+        Candidate(id="us", index=0, location=Location(40.7, -74.0)),
+        Candidate(id="au", index=1, location=Location(-33.9, 151.2)),
+    ]
+    out = rank_candidates(JobSpec("t"), data, stores, cands, Weights())
+    assert [r.id for r in out.ranked] == ["au", "us"]
+    au = out.ranked[0]
+    assert (au.local_bytes, au.staged_bytes) == (5e12, 50e9)
+
+
+# --- property tests ------------------------------------------------------------------------
+
+ids = st.text(min_size=1, max_size=12)
+num = st.one_of(st.integers(0, 10**6), st.floats(0, 1e6, allow_nan=False))
+maybe_num = st.one_of(st.none(), num)
+
+
+@st.composite
+def destination(draw: st.DrawFn, dest_id: str) -> dict[str, Any]:
+    d: dict[str, Any] = {"id": dest_id}
+    if draw(st.booleans()):
+        d["latitude"] = draw(st.floats(-90, 90))
+        d["longitude"] = draw(st.floats(-180, 180))
+    for key in ("max_accepted_cores", "max_accepted_mem", "max_accepted_gpus", "queued_job_count"):
+        value = draw(maybe_num)
+        if value is not None:
+            d[key] = value
+    if draw(st.booleans()):
+        d["tpv_score"] = draw(st.one_of(st.integers(-10, 10), st.floats(-1e6, 1e6)))
+    if draw(st.booleans()):
+        d["metrics"] = {
+            "free_cores": draw(num),
+            "queued": draw(num),
+            "running": draw(num),
+            "status": draw(st.sampled_from(["online", "offline", "x"])),
+        }
+    return d
+
+
+@st.composite
+def request(draw: st.DrawFn) -> dict[str, Any]:
+    dest_ids = draw(st.lists(ids, max_size=25, unique=True))
+    stores = draw(st.dictionaries(ids, st.tuples(st.floats(-90, 90), st.floats(-180, 180)), max_size=4))
+    store_ids = [*stores, "unknown"]
+    datasets = draw(
+        st.dictionaries(
+            ids,
+            st.fixed_dictionaries(
+                {"object_store_id": st.one_of(st.none(), st.sampled_from(store_ids)), "size": num}
+            ),
+            max_size=5,
+        )
+    )
+    return {
+        "job_info": {"tool_id": draw(ids), "cores": draw(num), "mem": draw(num), "gpus": draw(num)},
+        "destinations": [draw(destination(i)) for i in dest_ids],
+        "datasets": datasets,
+        "objectstores": {k: {"latitude": a, "longitude": b} for k, (a, b) in stores.items()},
+    }
+
+
+@settings(max_examples=200, deadline=None)
+@given(request())
+def test_sorted_destinations_is_a_permutation_of_the_input(req: dict[str, Any]) -> None:
+    result = rank(req, EMPTY, None, NOW)
+    ids_in = [d["id"] for d in req["destinations"]]
+    assert sorted(result["sorted_destinations"]) == sorted(ids_in)
+    assert [r["rank"] for r in result["ranked"]] == list(range(1, len(ids_in) + 1))
+    feasible = [r["feasible"] for r in result["ranked"]]
+    assert feasible == sorted(feasible, reverse=True)  # every feasible one before every infeasible one
+    for r in result["ranked"]:
+        for value in r["components"].values():
+            assert math.isfinite(value) and value >= -1e300
+
+
+@settings(max_examples=50, deadline=None)
+@given(request())
+def test_ranking_is_deterministic(req: dict[str, Any]) -> None:
+    assert rank(req, EMPTY, None, NOW) == rank(req, EMPTY, None, NOW)
