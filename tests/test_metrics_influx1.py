@@ -7,7 +7,9 @@ deterministic and do not depend on the wall clock.
 
 from __future__ import annotations
 
+import http.server
 import ssl
+import threading
 import urllib.parse
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +21,7 @@ import yaml
 from metasched.collect.types import PENDING, RUNNING, Job, Node, Snapshot
 from metasched.config import Config, DestinationConfig, InfluxSettings, SSHSettings, load_config
 from metasched.metrics import fetch_metrics, pull_metrics, write_summary
-from metasched.metrics.influx1 import Influx1Client, quote_ident, ssl_context
+from metasched.metrics.influx1 import Influx1Client, InfluxError, quote_ident, ssl_context
 from metasched.metrics.measurements import DEFAULT_SPECS, escape_key, escape_measurement
 from metasched.store import DestinationSummary, MetricRow, Store
 from tests.infra.influx import InfluxServer
@@ -487,3 +489,40 @@ def test_yaml_config_with_password_file_and_mapping(influxdb_auth: InfluxServer,
     assert "destination-queue-run-time" not in got.rows
     assert values(got.rows["queue_by_destination"])[("slurm_main", "", "running")] == 12
     assert values(got.rows["htcondor_cluster_usage"])[("pulsar_it", "", "free_cores")] == 34
+
+
+def test_redirects_are_not_followed_with_credentials() -> None:
+    """A (misconfigured or hostile) server answering 307 must not receive the Basic auth header elsewhere."""
+    seen: list[str | None] = []
+
+    class Target(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Redirect(Target):
+        def do_GET(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{target.server_port}{self.path}")
+            self.end_headers()
+
+    target = http.server.HTTPServer(("127.0.0.1", 0), Target)
+    redirect = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (target, redirect)]
+    for t in threads:
+        t.start()
+    try:
+        client = Influx1Client(
+            f"http://127.0.0.1:{redirect.server_port}", "db", username="u", password="secret"
+        )
+        with pytest.raises(InfluxError, match="307"):
+            client.query("SELECT 1")
+    finally:
+        for s in (target, redirect):
+            s.shutdown()
+            s.server_close()
+    assert seen == []
