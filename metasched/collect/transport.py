@@ -15,6 +15,8 @@ import shlex
 import signal
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +27,7 @@ from metasched.errors import TransportError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _STDERR_TAIL = 300
+_CHUNK = 65536
 
 
 def build_command(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
@@ -245,31 +248,74 @@ class SSHTransport(Transport):
         return f"{where}: cannot connect: {type(exc).__name__}: {exc}"
 
     def _execute(self, argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
-        from invoke.exceptions import CommandTimedOut
-
         command = shlex.join(build_command(argv, env))
         if self._conn is None:
             self.open()
         try:
-            result = self._conn.run(
-                command, hide=True, warn=True, pty=False, in_stream=False, timeout=timeout, encoding="utf-8"
-            )
-        except CommandTimedOut:
-            # fabric closed the channel; the connection stays usable for the next command.
+            status, out, err = _exec_channel(self._conn.client.get_transport(), command, timeout)
+        except _CommandTimeout:
             raise TransportError(
                 f"{self.label}: command timed out after {_fmt_seconds(timeout)}: {shlex.join(argv)}"
             ) from None
-        except TransportError:
-            raise
         except Exception as exc:
             msg = f"{self.label}: {type(exc).__name__} running {shlex.join(argv)}: {exc}"
             raise TransportError(msg) from None
-        return int(result.exited), str(result.stdout), str(result.stderr)
+        return status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class _CommandTimeout(Exception):
+    pass
+
+
+def _exec_channel(ssh_transport: Any, command: str, timeout: float) -> tuple[int, bytes, bytes]:
+    """Run ``command`` on a new channel of an open paramiko transport within ``timeout`` seconds.
+
+    Not fabric's ``Connection.run(timeout=...)``: invoke's timer thread can lose the race against the
+    closing channel and report a killed command as exit -1 instead of a timeout. Here one deadline
+    covers the whole command, and on expiry the channel is closed (the connection stays usable).
+    """
+    deadline = time.monotonic() + timeout
+    if ssh_transport is None or not ssh_transport.is_active():
+        raise EOFError("SSH connection is closed")
+    chan = ssh_transport.open_session(timeout=timeout)
+    err_chunks: list[bytes] = []
+
+    def read_stderr() -> None:
+        with contextlib.suppress(Exception):  # ends on EOF, timeout or a closed channel
+            while data := chan.recv_stderr(_CHUNK):
+                err_chunks.append(data)
+
+    try:
+        chan.settimeout(timeout)
+        chan.exec_command(command)
+        chan.shutdown_write()  # no stdin: a command that reads it sees EOF instead of hanging
+        stderr_reader = threading.Thread(target=read_stderr, name="ssh-stderr", daemon=True)
+        stderr_reader.start()
+        out_chunks: list[bytes] = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _CommandTimeout
+            chan.settimeout(remaining)
+            try:
+                data = chan.recv(_CHUNK)
+            except TimeoutError:
+                raise _CommandTimeout from None
+            if not data:
+                break
+            out_chunks.append(data)
+        stderr_reader.join(max(0.0, deadline - time.monotonic()))
+        if stderr_reader.is_alive() or not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+            raise _CommandTimeout
+        status = int(chan.recv_exit_status())
+    finally:
+        chan.close()
+    return status, b"".join(out_chunks), b"".join(err_chunks)
 
 
 def open_transport(dest: DestinationConfig) -> Transport:
