@@ -236,6 +236,15 @@ def test_auth_off_server_ignores_credentials(field_db: InfluxServer) -> None:
     assert got.warnings == []
 
 
+def test_client_ping_and_post(field_db: InfluxServer) -> None:
+    client = Influx1Client(field_db.url, field_db.database)
+    client.ping()
+    q = 'SELECT "count" FROM "queue_by_destination" WHERE "state" = $s AND time > $since'
+    params = {"s": "running", "since": (T - 900) * 10**9}
+    assert client.query(q, params, post=True) == client.query(q, params)
+    assert len(client.query(q, params)) == 2
+
+
 # --- hostile ids --------------------------------------------------------------------------------
 
 

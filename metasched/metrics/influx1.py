@@ -8,6 +8,7 @@ config are put into the text, quoted and escaped.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import ssl
 import urllib.error
@@ -131,7 +132,13 @@ class Influx1Client:
                 return int(resp.status), bytes(resp.read())
         except urllib.error.HTTPError as e:
             status, payload = e.code, e.read()
-        except (urllib.error.URLError, TimeoutError, ConnectionError, ssl.SSLError) as e:
+        except (
+            urllib.error.URLError,
+            TimeoutError,
+            ConnectionError,
+            ssl.SSLError,
+            http.client.HTTPException,
+        ) as e:
             reason = getattr(e, "reason", e)
             raise InfluxServerError(f"{self.url}: unreachable: {reason}") from e
         except OSError as e:
