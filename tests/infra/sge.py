@@ -157,12 +157,50 @@ class SGECluster:
         self.run("qdel", "-f", *job_ids, check=False)
 
     def stop(self) -> None:
-        # sge_shepherd outlives execd: delete every job first, then SIGKILL the throwaway daemons.
-        self.run("qdel", "-f", "-u", "*", "*", check=False)
+        # sge_shepherd outlives execd: let execd kill every job (plain qdel), force what is left,
+        # end any shepherd still working in this cell's spool (by PID), then SIGKILL the daemons.
+        self.run("qdel", "-u", "*", "*", check=False)
         with contextlib.suppress(TimeoutError):
             wait_for(lambda: not self.states(), timeout=5, what="jobs deleted")
+        self.run("qdel", "-f", "-u", "*", "*", check=False)
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: not self.shepherds(), timeout=5, what="shepherds gone")
+        for pid in self.shepherds():
+            for child in _children(pid):  # the job: a session leader of its own
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for proc in reversed(self.procs):
             stop(proc, sig=signal.SIGKILL, timeout=5)
+
+    def shepherds(self) -> list[int]:
+        """PIDs of processes whose working directory is inside this cell's execd spool (its job shepherds)."""
+        spool = str(self.base / "spool" / "execd")
+        daemons = {p.pid for p in self.procs}
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cwd = os.readlink(proc / "cwd")
+            except OSError:
+                continue
+            if cwd.startswith(spool) and int(proc.name) not in daemons:
+                pids.append(int(proc.name))
+        return pids
+
+
+def _children(parent: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 1 and fields[1] == str(parent):
+            kids.append(int(stat.parent.name))
+    return kids
 
 
 def _sgeadmin(argv: Sequence[str], env: dict[str, str]) -> None:
