@@ -53,10 +53,20 @@ def postgres_extras(db: Database) -> None:
 
 
 def _v1_to_v2(db: Database) -> None:
-    """History keeps the partition; pruning of history and runs uses indexes instead of scans."""
+    """History keeps the partition; pruning uses indexes instead of scans; redundant indexes go."""
     # One ALTER with a DDL default (valid on both backends); the migrator's NOT NULL path would
     # rebuild the whole history table on SQLite.
     _execute(db, """ALTER TABLE "finished_job" ADD COLUMN "partition" VARCHAR(255) NOT NULL DEFAULT ''""")
+    # Single-column indexes that composite indexes starting with the same column make redundant:
+    # each one costs time on every 100k-row snapshot replace.
+    for index in (
+        "node_destination_id",
+        "partition_destination_id",
+        "job_destination_id",
+        "finished_job_tool_key",
+        "collect_run_destination_id",
+    ):
+        _execute(db, f'DROP INDEX IF EXISTS "{index}"')
     m = migrator_for(db)
     migrate(
         m.add_index("finished_job", ("destination_id", "end_time"), False),

@@ -63,7 +63,8 @@ class Destination(BaseModel):
 
 class Node(BaseModel):
     id = AutoField()
-    destination = ForeignKeyField(Destination, backref="nodes", on_delete="CASCADE")
+    # Not indexed alone: the unique index below starts with destination.
+    destination = ForeignKeyField(Destination, backref="nodes", on_delete="CASCADE", index=False)
     name = CharField()
     state = CharField()
     available = BooleanField()
@@ -86,7 +87,8 @@ class Node(BaseModel):
 
 class Partition(BaseModel):
     id = AutoField()
-    destination = ForeignKeyField(Destination, backref="partitions", on_delete="CASCADE")
+    # Not indexed alone: the unique index below starts with destination.
+    destination = ForeignKeyField(Destination, backref="partitions", on_delete="CASCADE", index=False)
     name = CharField()
     is_default = BooleanField(default=False)
     state = CharField(default="up")
@@ -103,7 +105,8 @@ class Job(BaseModel):
     """Jobs pending/running/held at the destination as of its last good snapshot."""
 
     id = AutoField()
-    destination = ForeignKeyField(Destination, backref="jobs", on_delete="CASCADE")
+    # Not indexed alone: the unique index below starts with destination.
+    destination = ForeignKeyField(Destination, backref="jobs", on_delete="CASCADE", index=False)
     job_id = CharField()
     state = CharField()  # pending | running | held | other
     raw_state = CharField(default="")
@@ -129,7 +132,7 @@ class CollectRun(BaseModel):
 
     id = AutoField()
     run_id = CharField(index=True)  # shared by all destinations of one run
-    destination_id = CharField(index=True)  # not a FK: failures of unknown/removed destinations are kept
+    destination_id = CharField()  # not a FK: failures of unknown/removed destinations are kept
     started = DateTimeField()
     finished = DateTimeField()
     ok = BooleanField()
@@ -150,7 +153,7 @@ class FinishedJob(BaseModel):
     name = TextField(default="")
     user = CharField(default="")
     galaxy_job_id = IntegerField(null=True)
-    tool_key = CharField(null=True, index=True)
+    tool_key = CharField(null=True)  # indexed with destination_id, end_time below
     cores = IntegerField(default=1)
     mem_mb = IntegerField(default=0)
     submit_time = DateTimeField(null=True)
