@@ -7,11 +7,17 @@ calls) in one driver process inside that venv; the headline scenario also runs t
 console script itself, concurrently. Failing `metasched` binaries are small shell stand-ins: a
 missing binary, a non-zero exit, garbage, a hang past the timeout, unknown ids, a partial answer;
 the real binary also fails once (invalid config) and must not win either.
+
+The fast tests at the end exec the block the way TPV's loader does (statements, then the last
+expression, in one namespace) with stand-in candidates, for what a dry-run cannot show: the full
+order, duplicate ids, a raising score. They need no Galaxy.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,8 +32,6 @@ import yaml
 
 from tests.infra.procs import wait_for
 from tests.infra.tpv import ensure_tpv_env
-
-pytestmark = pytest.mark.slow
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "tpv"
 FRAGMENT = EXAMPLES / "metasched_rank.yml"
@@ -254,21 +258,25 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     )
 
 
+@pytest.mark.slow
 def test_tpv_alone_prefers_site_a_by_tags(runs: Runs) -> None:
     assert runs.driver["tpv-alone"].winner == "site_a"
 
 
+@pytest.mark.slow
 def test_tpv_dry_run_cli_follows_metasched(runs: Runs) -> None:
     """The real `tpv` script and the real `metasched` binary: metasched's queue estimate beats the tags."""
     assert runs.cli.winner == "site_b"
     assert not runs.cli.fell_back, runs.cli.stdout
 
 
+@pytest.mark.slow
 def test_entry_point_agrees_with_cli(runs: Runs) -> None:
     assert runs.driver["metasched"].winner == "site_b"
     assert not runs.driver["metasched"].fell_back
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("scenario", "why"),
     [
@@ -287,6 +295,7 @@ def test_failing_metasched_keeps_tpv_order(runs: Runs, scenario: str, why: str) 
     assert why in run.stdout
 
 
+@pytest.mark.slow
 def test_timeout_kills_metasched_and_its_children(runs: Runs) -> None:
     pid = int((runs.workdir / "slow.pid").read_text())
 
@@ -300,6 +309,7 @@ def test_timeout_kills_metasched_and_its_children(runs: Runs) -> None:
     wait_for(gone, timeout=10, what=f"stand-in child {pid} to be killed")
 
 
+@pytest.mark.slow
 def test_partial_answer_leads_and_request_carries_job_and_locations(runs: Runs) -> None:
     """Ids metasched leaves out keep TPV order after the ones it ranked; check what the block sent."""
     run = runs.driver["partial"]
@@ -316,3 +326,95 @@ def test_partial_answer_leads_and_request_carries_job_and_locations(runs: Runs) 
     assert dests[0]["max_accepted_mem"] == 32
     assert [d["size"] for d in request["datasets"].values()] == [3 * 1024**3]
     assert request["objectstores"] == yaml.safe_load(OBJECT_STORES.read_text())
+
+
+class FakeDestination:
+    """Just what the block touches on TPV's Destination."""
+
+    def __init__(self, id: str, score: int, context: dict[str, Any] | None = None) -> None:
+        self.id = id
+        self._score = score
+        self.context = context
+        self.max_accepted_cores = 8
+        self.max_accepted_mem = 32.0
+        self.max_accepted_gpus = None
+
+    def score(self, entity: object) -> int:
+        if self._score < 0:
+            raise RuntimeError("broken tag score")
+        return self._score
+
+
+class NoDatasets:
+    @staticmethod
+    def get_dataset_attributes(datasets: object) -> dict[int, dict[str, Any]]:
+        raise AttributeError("mock job")
+
+
+def _rank_block() -> str:
+    block: str = yaml.safe_load(FRAGMENT.read_text())["tools"]["default"]["rank"]
+    return block
+
+
+def _run_block(candidates: list[FakeDestination], answer: str, tmp_path: Path) -> list[str]:
+    """Exec the fragment's block like tpv.core.loader.eval_code_block, with a stand-in metasched."""
+    script = tmp_path / "metasched"
+    script.write_text(f"#!/bin/sh\ncat > \"{tmp_path}/request.json\"\nprintf '%s' '{answer}'\n")
+    script.chmod(0o755)
+    tree = ast.parse(_rank_block(), mode="exec")
+    last = tree.body.pop()
+    assert isinstance(last, ast.Expr), "TPV needs the block's last statement to be an expression"
+    scope: dict[str, Any] = {
+        "candidate_destinations": candidates,
+        "entity": object(),
+        "job": None,
+        "tool": None,
+        "helpers": NoDatasets,
+        "log": logging.getLogger("test.tpv.rank"),
+        "cores": 4,
+        "metasched_bin": str(script),
+        "metasched_timeout": 10,
+    }
+    exec(compile(tree, "<rank>", "exec"), scope)
+    ranked = eval(compile(ast.Expression(last.value), "<rank>", "eval"), scope)
+    return [d.id for d in ranked]
+
+
+def test_block_never_names_input_size() -> None:
+    """TPV computes the job's input size before the block whenever that text appears in it."""
+    assert "input_size" not in _rank_block()
+
+
+def test_block_full_order_puts_unranked_candidates_last_in_tpv_order(tmp_path: Path) -> None:
+    cands = [FakeDestination("low", 1), FakeDestination("high", 5), FakeDestination("mid", 3)]
+    assert _run_block(cands, '{"sorted_destinations": ["low"]}', tmp_path) == ["low", "high", "mid"]
+    request = json.loads((tmp_path / "request.json").read_text())
+    assert request["job"] == {"cores": 4}
+    assert request["datasets"] == {}
+    assert [d["tpv_score"] for d in request["destinations"]] == [5, 3, 1]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '{"sorted_destinations": ["mid", "mid"]}',
+        '{"sorted_destinations": "mid"}',
+        '{"sorted_destinations": [1, 2]}',
+        '{"ranked": []}',
+        "[]",
+        "",
+    ],
+)
+def test_block_malformed_answers_keep_tpv_order(tmp_path: Path, answer: str) -> None:
+    cands = [FakeDestination("low", 1), FakeDestination("high", 5), FakeDestination("mid", 3)]
+    assert _run_block(cands, answer, tmp_path) == ["high", "mid", "low"]
+
+
+def test_block_survives_a_raising_tag_score(tmp_path: Path) -> None:
+    cands = [FakeDestination("a", -1), FakeDestination("b", 2)]
+    assert _run_block(cands, '{"sorted_destinations": ["b", "a"]}', tmp_path) == ["a", "b"]
+
+
+def test_block_single_candidate_does_not_call_metasched(tmp_path: Path) -> None:
+    assert _run_block([FakeDestination("only", 1)], '{"sorted_destinations": []}', tmp_path) == ["only"]
+    assert not (tmp_path / "request.json").exists()
