@@ -32,6 +32,17 @@ DEFAULT_DESTINATION_ID = "localhost"
 ENV_LABEL = "environment"  # the FILE part of problems found in INFLUXDB_* variables
 CREDENTIAL_PASSWORD = "influxdb-password"  # file names looked up in $CREDENTIALS_DIRECTORY
 CREDENTIAL_TOKEN = "influxdb-token"
+CREDENTIAL_SERVE_TOKEN = "serve-token"  # bearer token of `metasched serve`
+CREDENTIALS_VARS = ("${CREDENTIALS_DIRECTORY}", "$CREDENTIALS_DIRECTORY")  # expanded in file paths
+SERVE_ENDPOINTS: tuple[str, ...] = (
+    "/healthz",
+    "/metrics",
+    "/v1/status",
+    "/v1/rank",
+    "/process_data",
+    "/docs",
+    "/openapi.json",
+)
 
 # Seed-2 scheduler names (case-insensitive) -> adapter names.
 SEED2_SCHEDULERS: Mapping[str, str] = MappingProxyType(
@@ -131,6 +142,17 @@ class InfluxSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """``metasched serve``: where it listens and who may ask (see docs/serve.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None  # bearer token; from token, token_file, $METASCHED_TOKEN or a credential
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413
+    open_endpoints: tuple[str, ...] = ("/healthz", "/metrics")  # reachable without the token
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyConfig:
     """Seed-2 cluster policy over a node group (issue: policies)."""
 
@@ -154,6 +176,7 @@ class Config:
     influxdb: InfluxSettings | None = None
     objectstores: dict[str, tuple[float, float]] = field(default_factory=dict)  # id -> (lat, lon)
     policies: tuple[PolicyConfig, ...] = ()
+    serve: ServeSettings = field(default_factory=ServeSettings)
 
     def destination(self, dest_id: str) -> DestinationConfig | None:
         for d in self.destinations:
@@ -192,10 +215,13 @@ def default_config(env: Mapping[str, str] | None = None, *, read_secrets: bool =
     env = os.environ if env is None else env
     checker = _Checker(ENV_LABEL)
     influx = _influx_from_env(checker, env, read_secrets)
+    serve = _serve(checker, None, Path.cwd(), env, read_secrets)
     if checker.problems:
         raise ConfigError(checker.problems)
     local = DestinationConfig(id=DEFAULT_DESTINATION_ID, scheduler="node", host=LOCAL_HOST, ssh=SSHSettings())
-    return Config(path=None, database=None, ssh=SSHSettings(), destinations=(local,), influxdb=influx)
+    return Config(
+        path=None, database=None, ssh=SSHSettings(), destinations=(local,), influxdb=influx, serve=serve
+    )
 
 
 def load_config(
@@ -483,10 +509,22 @@ def _suggest(key: str, allowed: tuple[str, ...]) -> str:
     return f" (allowed: {', '.join(allowed)})"
 
 
-def _local_path(value: str | None, base_dir: Path) -> str | None:
-    """Paths on this machine: ``~`` expanded; relative ones are relative to the config file's directory."""
+def _local_path(value: str | None, base_dir: Path, env: Mapping[str, str]) -> str | None:
+    """Paths on this machine: ``~`` expanded; relative ones are relative to the config file's directory.
+
+    ``${CREDENTIALS_DIRECTORY}`` (systemd ``LoadCredential=``) is expanded from ``env``; the directory
+    differs per unit and run, so a config shared by the timer and serve can only name it this way.
+    Without the variable (e.g. ``rank`` run by Galaxy) the path stays as written: only the commands
+    that read the file fail, naming it.
+    """
     if value is None:
         return None
+    if value.startswith(CREDENTIALS_VARS):
+        directory = env.get("CREDENTIALS_DIRECTORY", "").split(":")[0]
+        if not directory:
+            return value
+        for var in CREDENTIALS_VARS:
+            value = value.replace(var, directory)
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else base_dir / p)
 
@@ -585,6 +623,7 @@ _TOP_KEYS = (
     "objectstores",
     "destinations",
     "policies",
+    "serve",
     "cluster",  # the seed-2 JSON form
 )
 _SSH_KEYS = (
@@ -630,6 +669,7 @@ _INFLUX_KEYS = (
     "write_summary",
 )
 _POLICY_KEYS = ("name", "destinations", "high_priority", "weights", "enforce", "nice", "nodes")
+_SERVE_KEYS = ("host", "port", "token", "token_file", "max_body_bytes", "open_endpoints")
 
 
 def _build_config(
@@ -639,9 +679,9 @@ def _build_config(
     if top is None:
         return None
     c.keys(top, "", _TOP_KEYS)
-    database = _database(c, top, base_dir)
+    database = _database(c, top, base_dir, env)
     ssh = (
-        _ssh(c, top.get("ssh"), "ssh", SSHSettings(), base_dir)
+        _ssh(c, top.get("ssh"), "ssh", SSHSettings(), base_dir, env)
         if top.get("ssh") is not None
         else SSHSettings()
     )
@@ -654,13 +694,14 @@ def _build_config(
         influx = _influx_from_env(env_checker, env, read_secrets)
         c.problems.extend(env_checker.problems)
     objectstores = _objectstores(c, top.get("objectstores"))
+    serve = _serve(c, top.get("serve"), base_dir, env, read_secrets)
 
     destinations: list[tuple[str, DestinationConfig]] = []  # (problem path of the id, destination)
     ids: list[tuple[str, str]] = []  # every id given, even of otherwise broken entries: (path, id)
     for _, p, raw in c.items(top.get("destinations"), "destinations"):
         if isinstance(raw, dict) and isinstance(raw.get("id"), str):
             ids.append((f"{p}.id", raw["id"]))
-        dest = _destination(c, raw, p, ssh, base_dir)
+        dest = _destination(c, raw, p, ssh, base_dir, env)
         if dest is not None:
             destinations.append((f"{p}.id", dest))
     seed_policy: tuple[str, PolicyConfig] | None = None
@@ -696,15 +737,16 @@ def _build_config(
         influxdb=influx,
         objectstores=objectstores,
         policies=tuple(p for _, p in policies),
+        serve=serve,
     )
 
 
-def _database(c: _Checker, top: Mapping[str, Any], base_dir: Path) -> str | None:
+def _database(c: _Checker, top: Mapping[str, Any], base_dir: Path, env: Mapping[str, str]) -> str | None:
     value = c.string(top, "database", "")
     if value is None:
         return None
     if "://" not in value:
-        return _local_path(value, base_dir)
+        return _local_path(value, base_dir, env)
     scheme, _, rest = value.partition("://")
     if scheme == "sqlite":
         db_path = rest[1:] if rest.startswith("/") else None
@@ -712,7 +754,7 @@ def _database(c: _Checker, top: Mapping[str, Any], base_dir: Path) -> str | None
             c.add("database", f"sqlite URLs look like sqlite:///path, got {value!r}")
             return None
         if db_path != ":memory:" and not db_path.startswith("/") and "?" not in db_path:
-            return _local_path(db_path, base_dir)  # relative to the config file, as a plain path
+            return _local_path(db_path, base_dir, env)  # relative to the config file, as a plain path
         return value
     if scheme in ("postgresql", "postgres"):
         return value
@@ -720,7 +762,9 @@ def _database(c: _Checker, top: Mapping[str, Any], base_dir: Path) -> str | None
     return None
 
 
-def _ssh(c: _Checker, raw: Any, path: str, base: SSHSettings, base_dir: Path) -> SSHSettings:
+def _ssh(
+    c: _Checker, raw: Any, path: str, base: SSHSettings, base_dir: Path, env: Mapping[str, str]
+) -> SSHSettings:
     """Reads the SSH keys of ``raw`` (the ``ssh:`` block or a destination) over ``base``."""
     m = c.mapping(raw, path)
     if m is None:
@@ -728,8 +772,8 @@ def _ssh(c: _Checker, raw: Any, path: str, base: SSHSettings, base_dir: Path) ->
     if path == "ssh":
         c.keys(m, path, _SSH_KEYS)
     user = c.string(m, "user", path, safe=True)
-    key_file = _local_path(c.string(m, "key_file", path), base_dir)
-    known_hosts = _local_path(c.string(m, "known_hosts", path), base_dir)
+    key_file = _local_path(c.string(m, "key_file", path), base_dir, env)
+    known_hosts = _local_path(c.string(m, "known_hosts", path), base_dir, env)
     policy = c.choice(m, "host_key_policy", path, HOST_KEY_POLICIES, None)
     return SSHSettings(
         user=user if user is not None else base.user,
@@ -797,7 +841,7 @@ def _objectstores(c: _Checker, raw: Any) -> dict[str, tuple[float, float]]:
 
 
 def _destination(
-    c: _Checker, raw: Any, path: str, ssh: SSHSettings, base_dir: Path
+    c: _Checker, raw: Any, path: str, ssh: SSHSettings, base_dir: Path, environ: Mapping[str, str]
 ) -> DestinationConfig | None:
     m = c.mapping(raw, path)
     if m is None:
@@ -806,7 +850,7 @@ def _destination(
     dest_id = c.string(m, "id", path)
     scheduler = c.choice(m, "scheduler", path, SCHEDULERS, None)
     host = c.string(m, "host", path, safe=True)
-    dest_ssh = _ssh(c, m, path, ssh, base_dir)
+    dest_ssh = _ssh(c, m, path, ssh, base_dir, environ)
     env: dict[str, str] = {}
     if m.get("env") is not None:
         em = c.mapping(m["env"], f"{path}.env")
@@ -941,6 +985,53 @@ def _check_policy_overlap(c: _Checker, policies: list[tuple[str, PolicyConfig]])
 
 
 # ---------------------------------------------------------------------------------------------
+# serve
+
+
+def _serve(
+    c: _Checker, raw: Any, base_dir: Path, env: Mapping[str, str], read_secrets: bool
+) -> ServeSettings:
+    """The ``serve:`` block. The token: ``token``, else ``token_file``, else $METASCHED_TOKEN, else the
+    systemd credential ``serve-token``; none of them means no authentication."""
+    d = ServeSettings()
+    m: dict[str, Any] = {}
+    if raw is not None:
+        m = c.mapping(raw, "serve") or {}
+        c.keys(m, "serve", _SERVE_KEYS)
+    p = "serve"
+    literal = c.string(m, "token", p)
+    file_path = _local_path(c.string(m, "token_file", p), base_dir, env)
+    token: str | None = None
+    if literal is not None and file_path is not None:
+        c.add(f"{p}.token_file", "give token or token_file, not both")
+    if literal is not None:
+        token = literal
+    elif file_path is not None:
+        token = _read_secret(c, file_path, f"{p}.token_file") if read_secrets else None
+        if read_secrets and token is not None and not token.strip():
+            c.add(f"{p}.token_file", f"{file_path} is empty")
+            token = None
+    elif read_secrets:
+        token = env.get("METASCHED_TOKEN") or _credential(env, CREDENTIAL_SERVE_TOKEN)
+    open_endpoints = d.open_endpoints
+    if m.get("open_endpoints") is not None:
+        chosen: list[str] = []
+        for _, ip, item in c.items(m["open_endpoints"], f"{p}.open_endpoints"):
+            if item not in SERVE_ENDPOINTS:
+                c.add(ip, f"must be one of {', '.join(SERVE_ENDPOINTS)}, got {_describe(item)}")
+            elif item not in chosen:
+                chosen.append(item)
+        open_endpoints = tuple(chosen)
+    return ServeSettings(
+        host=c.string(m, "host", p, d.host, safe=True) or d.host,
+        port=c.integer(m, "port", p, d.port, 1, 65535),
+        token=token.strip() if token else None,
+        max_body_bytes=c.integer(m, "max_body_bytes", p, d.max_body_bytes, 1024, None),
+        open_endpoints=open_endpoints,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # InfluxDB
 
 
@@ -988,7 +1079,7 @@ def _influx(
         ("token", "token_file", CREDENTIAL_TOKEN),
     ):
         literal = c.string(m, key, p)
-        file_path = _local_path(c.string(m, file_key, p), base_dir)
+        file_path = _local_path(c.string(m, file_key, p), base_dir, env)
         if literal is not None and file_path is not None:
             c.add(f"{p}.{file_key}", f"give {key} or {file_key}, not both")
         if literal is not None:
