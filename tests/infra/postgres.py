@@ -1,4 +1,4 @@
-"""A real PostgreSQL 15 (Debian's binaries) on loopback for the store tests, and ``store_url`` for both backends.
+"""A real PostgreSQL 15 (Debian's binaries) on loopback, and ``store_url`` to run tests on both backends.
 
 The cluster lives in a temp dir, is initdb'd and run as the ``postgres`` OS user when we are root
 (initdb refuses root), listens on 127.0.0.1:<free port> with its unix socket in the temp dir,
@@ -121,10 +121,14 @@ def start_postgres() -> PostgresServer:
     log.close()
     server = PostgresServer(port=port, dir=base, proc=proc)
     try:
-        wait_for(lambda: proc.poll() is None and _ping(server), timeout=30, what="postgres to accept connections")
+        wait_for(
+            lambda: proc.poll() is None and _ping(server), timeout=30, what="postgres to accept connections"
+        )
     except TimeoutError:
         stop_postgres(server)
-        raise RuntimeError(f"postgres did not start: {server.log.read_text(errors='replace')[-2000:]}") from None
+        raise RuntimeError(
+            f"postgres did not start: {server.log.read_text(errors='replace')[-2000:]}"
+        ) from None
     return server
 
 
@@ -169,7 +173,7 @@ def postgres() -> Iterator[str]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty store URL per test: a SQLite file in tmp_path, or a new database on the shared server."""
+    """A fresh store URL per test: a SQLite file in tmp_path, or a new database on the shared server."""
     if request.param == "sqlite":
         yield str(tmp_path / "state" / "metasched.db")
         return
