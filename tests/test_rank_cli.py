@@ -268,9 +268,9 @@ def test_fast_path_matches_typer_path(env: dict[str, str]) -> None:
     ],
 )
 def test_fast_path_leaves_anything_unusual_to_typer(argv: list[str], handled: bool) -> None:
-    from metasched.cli.rank import fast_path
+    from metasched.rank.main import fast_main
 
-    code = fast_path(argv, {})
+    code = fast_main(argv, {})
     assert (code is not None) is handled
     if handled:
         assert code == 2  # the request file does not exist

@@ -63,8 +63,9 @@ def rank_outcome(
     objectstores.update(req.objectstores)
     stale_state = stale_metrics = 0
     candidates: list[Candidate] = []
+    configured = {d.id: d for d in config.destinations}
     for dest in req.destinations:
-        conf = config.destination(dest.id)
+        conf = configured.get(dest.id)
         observed, s_stale, m_stale = observe(
             dest,
             state.summaries.get(dest.id),

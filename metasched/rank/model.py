@@ -194,8 +194,28 @@ def infeasibility(job: JobSpec, cand: Candidate) -> list[str]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class InputGroup:
+    """Every input dataset of one object store (None: unknown store), summed: transfer time is linear
+    in bytes, so one distance per (store, destination) is enough however many datasets there are."""
+
+    object_store_id: str | None
+    size_bytes: float
+    count: int
+
+
+def group_inputs(datasets: Sequence[Dataset]) -> tuple[InputGroup, ...]:
+    sizes: dict[str | None, list[float]] = {}
+    for ds in datasets:
+        if ds.size_bytes > 0:
+            acc = sizes.setdefault(ds.object_store_id, [0.0, 0])
+            acc[0] += ds.size_bytes
+            acc[1] += 1
+    return tuple(InputGroup(k, v[0], int(v[1])) for k, v in sizes.items())
+
+
 def staging(
-    datasets: Sequence[Dataset],
+    groups: Sequence[InputGroup],
     objectstores: Mapping[str, Location],
     cand: Candidate,
     w: Weights,
@@ -206,30 +226,29 @@ def staging(
     local = 0.0
     far_km = 0.0
     assumed = 0
-    for ds in datasets:
-        if ds.size_bytes <= 0:
+    loc = cand.location
+    for group in groups:
+        if group.object_store_id is not None and group.object_store_id == cand.object_store_id:
+            local += group.size_bytes
             continue
-        if ds.object_store_id is not None and ds.object_store_id == cand.object_store_id:
-            local += ds.size_bytes
-            continue
-        src = objectstores.get(ds.object_store_id) if ds.object_store_id is not None else None
-        if src is None or cand.location is None:
+        src = objectstores.get(group.object_store_id) if group.object_store_id is not None else None
+        if src is None or loc is None:
             km = w.unknown_distance_km
-            assumed += 1
+            assumed += group.count
         else:
-            km = haversine_km(src.latitude, src.longitude, cand.location.latitude, cand.location.longitude)
+            km = haversine_km(src.latitude, src.longitude, loc.latitude, loc.longitude)
             if km <= w.colocated_km:
-                local += ds.size_bytes
+                local += group.size_bytes
                 continue
         far_km = max(far_km, km)
-        moved += ds.size_bytes
-        seconds += transfer_s(ds.size_bytes, km, w.bandwidth_mb_s, w.halving_km)
+        moved += group.size_bytes
+        seconds += transfer_s(group.size_bytes, km, w.bandwidth_mb_s, w.halving_km)
     reasons: list[str] = []
     if moved:
         reasons.append(f"stage {fmt_bytes(moved)} (farthest {far_km:,.0f} km): {seconds:,.0f} s")
     if local:
         reasons.append(f"{fmt_bytes(local)} already local (own or co-located object store)")
-    if assumed and cand.location is None:
+    if assumed and loc is None:
         reasons.append(f"no coordinates: assumed {w.unknown_distance_km:,.0f} km for staging")
     elif assumed:
         reasons.append(f"{assumed} dataset(s) of unknown location: assumed {w.unknown_distance_km:,.0f} km")
@@ -336,12 +355,13 @@ def rank_candidates(
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5])
         warnings.append(f"object store(s) without a known location: {shown}")
+    groups = group_inputs(datasets)
     known = [r for r in (_known_run_s(c.observed, w) for c in candidates) if r is not None]
     tool_median = statistics.median(known) if known else None
     scored: list[tuple[bool, float, float, int, Ranked]] = []
     for cand in candidates:
         why_not = infeasibility(job, cand)
-        stage_s, moved, local, stage_why = staging(datasets, objectstores, cand, w)
+        stage_s, moved, local, stage_why = staging(groups, objectstores, cand, w)
         run_s, run_why = run_time(cand, tool_median, w)
         queue_s, queue_why = queue_time(job, cand.observed, run_s, w)
         stage_s, queue_s, run_s = (min(x, MAX_SECONDS) for x in (stage_s, queue_s, run_s))
