@@ -362,3 +362,54 @@ def test_cli_tty_table(tmp_path: Path) -> None:
     assert "┃" in out or "│" in out  # a rich table, not plain lines
     assert "destination" in out and "here" in out and "FAILED" in out
     assert "collect: 1 ok, 1 failed" in out
+
+
+def test_kill_9_during_big_write_keeps_old_snapshot(tmp_path: Path, slurm: SlurmCluster) -> None:
+    """A collect killed while writing ~60k jobs leaves a readable database with the previous snapshot."""
+    big = tmp_path / "big"
+    big.mkdir()
+    marker = tmp_path / "output-done"
+    squeue = big / "squeue"  # real squeue output, each job repeated as 8,000 array tasks
+    squeue.write_text(
+        "#!/bin/bash\n"
+        '/usr/bin/squeue "$@" | awk -v n=8000 \'BEGIN{FS=OFS="\\037"} '
+        '{id=$1; for(i=1;i<=n;i++){$1=id "_" i; print}}\'\n'
+        f"touch {marker}\n"
+    )
+    squeue.chmod(0o755)
+    db = tmp_path / "state.db"
+    small = DestinationConfig(id="big", scheduler="slurm", host="local", ssh=SSHSettings(), env=slurm.env)
+    huge = replace(small, env={**slurm.env, "PATH": f"{big}:{BASE_PATH}"})
+    assert metasched("collect", "-c", str(write_config(tmp_path / "small.yml", db, [small]))).returncode == 0
+    with Store.open(str(db)) as store:
+        old_jobs = store.jobs("big")
+        old_summary = store.summaries(["big"])[0]
+    assert 0 < len(old_jobs) < 100
+
+    cfg = write_config(tmp_path / "huge.yml", db, [huge])
+    wal = Path(f"{db}-wal")
+    for _attempt in range(3):
+        marker.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-m", "metasched", "collect", "-c", str(cfg)])
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        base = wal.stat().st_size if wal.exists() else 0
+        # The write transaction has started once SQLite spills pages into the WAL.
+        while proc.poll() is None and (wal.stat().st_size if wal.exists() else 0) < base + 1_000_000:
+            time.sleep(0.005)
+        proc.kill()
+        proc.wait()
+        with Store.open(str(db)) as store:
+            if len(store.runs(dest_id="big")) == 1:  # killed before its run was committed
+                break
+    else:
+        pytest.fail("could not kill collect in the middle of its write")
+
+    with Store.open(str(db)) as store:
+        assert store.jobs("big") == old_jobs
+        assert store.summaries(["big"])[0] == old_summary
+    res = subprocess.run(["sqlite3", str(db), "PRAGMA integrity_check"], capture_output=True, text=True)
+    assert res.stdout.strip() == "ok" or shutil.which("sqlite3") is None
+    # The lock died with the process: the next collect runs at once.
+    assert metasched("collect", "-c", str(write_config(tmp_path / "small.yml", db, [small]))).returncode == 0
