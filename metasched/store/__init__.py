@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from peewee import (
@@ -261,7 +261,7 @@ class Store:
     # -- opening ----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str) -> Store:
+    def open(cls, url: str) -> Self:
         """``url``: a path, ``sqlite:///relative/path``, ``sqlite:////absolute/path`` or
         ``postgresql://user[:password]@host[:port]/db[?libpq options]``.
 
@@ -286,7 +286,7 @@ class Store:
         if not self._db.is_closed() and not self._db.in_transaction():
             self._db.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
