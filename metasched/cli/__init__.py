@@ -20,7 +20,7 @@ def build_app() -> typer.Typer:
     """The Typer application with every command registered."""
     import typer
 
-    from metasched.cli import collect, config_cmd, rank, serve, status
+    from metasched.cli import admin, collect, config_cmd, rank, serve, status
 
     app = typer.Typer(
         name="metasched",
@@ -34,6 +34,8 @@ def build_app() -> typer.Typer:
     app.command("status")(status.status)
     app.command("rank")(rank.rank)
     app.command("serve")(serve.serve)
+    app.command("disable")(admin.disable)
+    app.command("enable")(admin.enable)
     app.add_typer(config_cmd.app, name="config")
     return app
 

@@ -1,11 +1,15 @@
-"""`metasched status`: every destination, its capacity, queue and freshness."""
+"""`metasched status [DEST]`: every destination (or one, with its nodes and partitions), its capacity,
+queue and freshness. Rich table on a terminal, aligned plain text when piped, JSON with --json."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
 
 from metasched.cli.common import (
     ConfigOpt,
@@ -16,6 +20,13 @@ from metasched.cli.common import (
     open_context,
     setup_logging,
 )
+from metasched.errors import InputError
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from metasched.config import Config
+    from metasched.store import Store
 
 HEADERS = (
     "destination",
@@ -25,11 +36,38 @@ HEADERS = (
     "cores free/total",
     "mem free/total GB",
     "gpus",
-    "nodes down",
+    "nodes unavail",
     "running",
     "queued",
+    "median queue",
     "error",
 )
+NODE_HEADERS = (
+    "node",
+    "state",
+    "avail",
+    "cores alloc/total",
+    "mem free/total GB",
+    "gpus",
+    "load",
+    "partitions",
+)
+PARTITION_HEADERS = ("partition", "default", "state", "avail", "nodes", "cores", "limits")
+
+DestArg = Annotated[
+    str | None,
+    typer.Argument(help="Show this destination's nodes and partitions.", show_default=False),
+]
+WatchOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--watch",
+        "-w",
+        min=0.1,
+        help="Refresh every SECONDS until Ctrl-C (in place on a terminal; a new table each time when piped).",
+        show_default=False,
+    ),
+]
 
 
 def _age(seconds: float | None) -> str:
@@ -42,54 +80,172 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _note(row: dict[str, Any]) -> str:
+    if row["disabled"]:
+        until = f" (until {row['disabled_until']})" if row["disabled_until"] else ""
+        return f"disabled: {row['disabled']}{until}"
+    if row["configured"] and not row["enabled"]:
+        return "not collected (enabled: false)"
+    return row["error"] or ""
+
+
 def _cells(row: dict[str, Any]) -> list[str]:
     return [
         row["id"],
         row["scheduler"],
         "yes" if row["reachable"] else "no",
-        _age(row["age_s"]),
+        _age(row["age_s"]) + (" STALE" if row["stale"] and row["age_s"] is not None else ""),
         f"{row['cores_free']}/{row['cores_total']}",
         f"{row['mem_free_mb'] / 1024:.1f}/{row['mem_total_mb'] / 1024:.1f}",
         f"{row['gpus_free']}/{row['gpus_total']}",
         f"{row['nodes_unavailable']}/{row['nodes_total']}",
         str(row["jobs_running"]),
         str(row["jobs_queued"]),
-        (row["disabled"] and f"disabled: {row['disabled']}") or row["error"] or "",
+        _age(row["median_queue_s"]) if row["median_queue_s"] is not None else "-",
+        _note(row),
     ]
 
 
-def _print_rich(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
+def _node_cells(n: dict[str, Any]) -> list[str]:
+    load = "-" if n["load_1"] is None else f"{n['load_1']:.2f}"
+    free = n["mem_free_mb"] if n["mem_free_mb"] is not None else n["mem_total_mb"] - n["mem_alloc_mb"]
+    return [
+        n["name"],
+        n["state"],
+        "yes" if n["available"] else "no",
+        f"{n['cores_alloc']}/{n['cores_total']}",
+        f"{free / 1024:.1f}/{n['mem_total_mb'] / 1024:.1f}",
+        f"{n['gpus_alloc']}/{n['gpus_total']}",
+        load,
+        ",".join(n["partitions"]),
+    ]
+
+
+def _partition_cells(p: dict[str, Any]) -> list[str]:
+    return [
+        p["name"],
+        "yes" if p["is_default"] else "",
+        p["state"],
+        "yes" if p["available"] else "no",
+        str(p["nodes_total"]),
+        str(p["cores_total"]),
+        " ".join(f"{k}={v}" for k, v in sorted(p["limits"].items())),
+    ]
+
+
+def _row_style(row: dict[str, Any]) -> str | None:
+    if row["disabled"]:
+        return "magenta"
+    if not row["reachable"]:
+        return "red"
+    return "yellow" if row["stale"] else None
+
+
+def _rich(data: Any, dest: str | None) -> RenderableType:
+    from rich.console import Group
     from rich.table import Table
 
-    t = Table(*HEADERS, title="metasched status")
+    now = datetime.now(UTC).strftime("%H:%M:%S UTC")
+    rows = [data["destination"]] if dest is not None else data
+    t = Table(*HEADERS, title=f"metasched status ({now})")
     for row in rows:
-        style = "red" if not row["reachable"] else ("yellow" if row["stale"] else None)
-        t.add_row(*_cells(row), style=style)
-    Console().print(t)
+        t.add_row(*_cells(row), style=_row_style(row))
+    if dest is None:
+        return t
+    nodes = Table(*NODE_HEADERS, title="nodes")
+    for n in data["nodes"]:
+        nodes.add_row(*_node_cells(n), style=None if n["available"] else "red")
+    parts = Table(*PARTITION_HEADERS, title="partitions")
+    for p in data["partitions"]:
+        parts.add_row(*_partition_cells(p), style=None if p["available"] else "red")
+    return Group(t, nodes, parts)
+
+
+def _plain(data: Any, dest: str | None) -> str:
+    from metasched.views.text import table
+
+    if dest is None:
+        return table(HEADERS, [_cells(r) for r in data])
+    return "\n\n".join(
+        [
+            table(HEADERS, [_cells(data["destination"])]),
+            table(NODE_HEADERS, [_node_cells(n) for n in data["nodes"]]),
+            table(PARTITION_HEADERS, [_partition_cells(p) for p in data["partitions"]]),
+        ]
+    )
+
+
+def _read(cfg: Config, store: Store, dest: str | None) -> Any:
+    from metasched.views.status import destination_detail, status_report
+
+    now = datetime.now(UTC)
+    if dest is None:
+        return status_report(cfg, store, now)
+    detail = destination_detail(cfg, store, dest, now)
+    if detail is None:
+        raise InputError(f"destination: no destination {dest!r} in the config or the store")
+    return detail
 
 
 def status(
+    destination: DestArg = None,
     config: ConfigOpt = None,
     database: DatabaseOpt = None,
     json_out: JsonOpt = False,
+    watch: WatchOpt = None,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Show every destination: reachable, age of the last good collect, capacity, queue, last error."""
+    """Show every destination: reachable, age of the last good collect (stale rows highlighted),
+    capacity, nodes unavailable, queue, median queue time, disabled or last error.
+
+    With DEST: that destination's nodes and partitions too.
+    """
     setup_logging(verbose)
     try:
-        from metasched.views.status import status_rows
-
         cfg, store = open_context(config, database)
-        with store:
-            rows = status_rows(cfg, store.summaries(), datetime.now(UTC))
+        data = _read(cfg, store, destination)
     except Exception as exc:
         fail(exc, verbose)
-    if json_out:
-        print(json.dumps(rows, indent=2))
-    elif sys.stdout.isatty():
-        _print_rich(rows)
-    else:
-        from metasched.views.text import table
+    try:
+        if watch is None:
+            _show(data, destination, json_out)
+        elif sys.stdout.isatty() and not json_out:
+            _watch_live(cfg, store, destination, watch, data)
+        else:
+            while True:
+                _show(data, destination, json_out)
+                sys.stdout.flush()
+                time.sleep(watch)
+                if not json_out:
+                    print()
+                data = _read(cfg, store, destination)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # piped into head: the reader has what it wanted
+        import os
 
-        print(table(HEADERS, [_cells(r) for r in rows]))
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except Exception as exc:
+        fail(exc, verbose)
+    finally:
+        store.close()
+
+
+def _show(data: Any, dest: str | None, json_out: bool) -> None:
+    if json_out:
+        print(json.dumps(data, indent=2))
+    elif sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(_rich(data, dest))
+    else:
+        print(_plain(data, dest))
+
+
+def _watch_live(cfg: Config, store: Store, dest: str | None, every: float, data: Any) -> None:
+    from rich.live import Live
+
+    with Live(_rich(data, dest), auto_refresh=False, screen=False) as live:
+        while True:
+            time.sleep(every)
+            live.update(_rich(_read(cfg, store, dest), dest), refresh=True)

@@ -1,13 +1,19 @@
-"""The operator view: one row per destination, built from config + store summaries (pure)."""
+"""The operator view: one row per destination, built from config + store (``status``, ``/v1/status``).
+
+``status_rows`` is pure; ``status_report`` and ``destination_detail`` add the few store reads the
+rows need, so the CLI and the HTTP endpoint show the same objects.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 from metasched.config import Config
-from metasched.store import DestinationSummary
+from metasched.store import DestinationSummary, Store
 
 COLUMNS = (
     "id",
@@ -29,19 +35,33 @@ COLUMNS = (
     "jobs_queued",
     "jobs_held",
 )
+QUEUE_SAMPLE = 200  # finished jobs per destination behind the median queue time
 
 
 def _iso(ts: datetime | None) -> str | None:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z") if ts else None
 
 
+def disabled_now(s: DestinationSummary | None, now: datetime) -> bool:
+    """An operator disable in force (one with a passed ``until`` has lapsed, as rank sees it)."""
+    return bool(
+        s is not None
+        and s.disabled_reason is not None
+        and (s.disabled_until is None or s.disabled_until > now)
+    )
+
+
 def status_rows(
-    config: Config, summaries: Sequence[DestinationSummary], now: datetime
+    config: Config,
+    summaries: Sequence[DestinationSummary],
+    now: datetime,
+    median_queue_s: Mapping[str, float | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Configured destinations first (config order), then any others the store still knows.
 
     A destination never collected has ``last_success`` null; ``stale`` is true when the last good
     snapshot is older than ``rank.max_state_age`` (rank then treats its state as unknown).
+    ``disabled`` is the operator's reason while a disable is in force, ``disabled_until`` its end.
     """
     by_id = {s.id: s for s in summaries}
     order = [d.id for d in config.destinations] + sorted(set(by_id) - {d.id for d in config.destinations})
@@ -59,9 +79,52 @@ def status_rows(
             "stale": age is None or age > config.rank.max_state_age,
             "error": s.error if s else None,
             "configured": cfg is not None,
+            "enabled": cfg.enabled if cfg else False,
         }
         for key in COLUMNS[7:]:
             row[key] = getattr(s, key) if s else 0
-        row["disabled"] = s.disabled_reason if s and s.disabled_reason else None
+        active = disabled_now(s, now)
+        row["disabled"] = s.disabled_reason if s and active else None
+        row["disabled_until"] = _iso(s.disabled_until) if s and active else None
+        median = (median_queue_s or {}).get(dest_id)
+        row["median_queue_s"] = round(median, 1) if median is not None else None
         rows.append(row)
     return rows
+
+
+def median_queue_times(store: Store, dest_ids: Sequence[str]) -> dict[str, float | None]:
+    """Median queue wait (seconds) over each destination's last QUEUE_SAMPLE finished jobs, all tools."""
+    out: dict[str, float | None] = {}
+    for dest_id in dest_ids:
+        waits = [r.queue_s for r in store.history(dest_id, QUEUE_SAMPLE) if r.queue_s is not None]
+        out[dest_id] = statistics.median(waits) if waits else None
+    return out
+
+
+def status_report(config: Config, store: Store, now: datetime) -> list[dict[str, Any]]:
+    """Every destination's row, with the median queue time (what ``status --json`` prints)."""
+    summaries = store.summaries()
+    ids = list(dict.fromkeys([d.id for d in config.destinations] + [s.id for s in summaries]))
+    return status_rows(config, summaries, now, median_queue_times(store, ids))
+
+
+def destination_detail(config: Config, store: Store, dest_id: str, now: datetime) -> dict[str, Any] | None:
+    """One destination's row plus its nodes and partitions; None when neither config nor store knows it."""
+    summaries = store.summaries([dest_id])
+    if not summaries and config.destination(dest_id) is None:
+        return None
+    rows = status_rows(_only(config, dest_id), summaries, now, median_queue_times(store, [dest_id]))
+    row = rows[0]
+    nodes = [asdict(n) for n in store.nodes(dest_id)]
+    for n in nodes:
+        n["partitions"] = list(n["partitions"])
+    partitions = [asdict(p) for p in store.partitions(dest_id)]
+    for p in partitions:
+        p["limits"] = dict(p["limits"])
+    return {"destination": row, "nodes": nodes, "partitions": partitions}
+
+
+def _only(config: Config, dest_id: str) -> Config:
+    from dataclasses import replace
+
+    return replace(config, destinations=tuple(d for d in config.destinations if d.id == dest_id))

@@ -1,0 +1,316 @@
+"""The HTTP application of ``metasched serve`` (FastAPI on uvicorn; imported only by ``serve``).
+
+Request bodies are read raw and handed to the same ``metasched.rank.rank`` the CLI calls, so the
+answers match byte for byte in content; no pydantic model sits in the hot path (it would cost more
+than ranking). Store reads and ranking run on a small thread pool, never on the event loop.
+Authentication, the body cap and the request metrics are one plain ASGI middleware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+
+from metasched.errors import ConfigError, InputError
+from metasched.serve.auth import authorized
+from metasched.serve.metrics import render
+from metasched.serve.state import ServeState
+
+log = logging.getLogger("metasched.serve")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+RANK_THREADS = 4
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+KNOWN_PATHS = frozenset(
+    {"/v1/rank", "/process_data", "/v1/status", "/healthz", "/metrics", "/docs", "/openapi.json", "/ping"}
+)
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+RANK_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "The rank contract (docs/rank.md). Aliases: job_info/static_job_info, current_dest_info, "
+    "dataset_attributes/static_dataset_info, static_objectstores_info.",
+    "required": ["destinations"],
+    "properties": {
+        "job": {
+            "type": "object",
+            "properties": {
+                "tool_id": {"type": "string"},
+                "tool_version": {"type": "string"},
+                "job_id": {"type": ["string", "integer"]},
+                "cores": {"type": "number", "default": 1},
+                "mem": {"type": "number", "description": "GB", "default": 0},
+                "gpus": {"type": "number", "default": 0},
+            },
+        },
+        "destinations": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "tpv_score": {"type": "number"},
+                    "max_accepted_cores": {"type": "number"},
+                    "max_accepted_mem": {"type": "number"},
+                    "max_accepted_gpus": {"type": "number"},
+                    "latitude": {"type": "number"},
+                    "longitude": {"type": "number"},
+                    "context": {"type": "object"},
+                    "metrics": {"type": "object"},
+                },
+            },
+        },
+        "datasets": {"type": "object", "additionalProperties": {"type": "object"}},
+        "objectstores": {"type": "object", "additionalProperties": {"type": "object"}},
+        "options": {"type": "object"},
+    },
+    "example": {
+        "job": {"tool_id": "bowtie2", "cores": 4, "mem": 8},
+        "destinations": [{"id": "slurm_de", "tpv_score": 2}, {"id": "pulsar_au"}],
+        "datasets": {"1": {"object_store_id": "files_de", "size": 1000000000}},
+    },
+}
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, allow_nan=False), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    return _json(status, {"detail": detail}, headers)
+
+
+class Gate:
+    """ASGI middleware: request metrics around everything, then the bearer token, then the body cap.
+
+    The body is read here (at most the cap plus one chunk) and replayed to the app, so an oversized
+    or endless body is refused with 413 before anything parses it.
+    """
+
+    def __init__(self, app: ASGIApp, state: ServeState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path: str = scope["path"]
+        status = [500]
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self._gate(scope, receive, send_status, path)
+        finally:
+            label = path if path in KNOWN_PATHS else "other"
+            self.state.requests.observe(label, scope["method"], status[0], time.perf_counter() - started)
+
+    async def _gate(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        settings = self.state.config.serve
+        if settings.token is not None and not _is_open(path, settings.open_endpoints):
+            header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+            if not authorized(header, settings.token):
+                response = _error(
+                    401,
+                    "missing or wrong bearer token (Authorization: Bearer ...)",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        if scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        cap = settings.max_body_bytes
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None and length.isdigit() and int(length) > cap:
+            await _error(413, f"request body larger than {cap} bytes")(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > cap:
+                await _error(413, f"request body larger than {cap} bytes")(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _is_open(path: str, open_endpoints: tuple[str, ...]) -> bool:
+    if path in open_endpoints:
+        return True
+    return path.startswith("/docs/") and "/docs" in open_endpoints
+
+
+def create_app(state: ServeState) -> FastAPI:
+    """The application; ``state`` carries config, store and collect loop (started in the lifespan)."""
+    pool = ThreadPoolExecutor(max_workers=RANK_THREADS, thread_name_prefix="rank")
+
+    async def in_pool(fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.start()
+        log.info("serving on http://%s:%d", state.host, state.port)
+        try:
+            yield
+        finally:
+            log.info("shutting down: waiting for a running collect to finish")
+            await asyncio.get_running_loop().run_in_executor(None, state.stop)
+            pool.shutdown(wait=True)
+            log.info("stopped")
+
+    app = FastAPI(
+        title="metasched",
+        summary="Rank TPV destinations by expected turnaround, from collected cluster state.",
+        version=_version(),
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+
+    rank_body = {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": RANK_REQUEST_SCHEMA}}}
+    }
+
+    @app.post("/v1/rank", openapi_extra=rank_body, tags=["rank"])
+    async def rank_v1(request: Request) -> Response:
+        """Rank candidate destinations (the answer of `metasched rank` for the same request and state)."""
+        body = await request.body()
+        status, payload = await in_pool(lambda: _rank(state, body, full=True))
+        return Response(payload, status_code=status, media_type="application/json")
+
+    @app.post("/process_data", openapi_extra=rank_body, tags=["rank"])
+    async def process_data(request: Request) -> Response:
+        """Seed-1 compatible: the same ranking, answered as `{"sorted_destinations": [...]}`."""
+        body = await request.body()
+        status, payload = await in_pool(lambda: _rank(state, body, full=False))
+        return Response(payload, status_code=status, media_type="application/json")
+
+    @app.get("/v1/status", tags=["status"])
+    async def status_all() -> Response:
+        """Every destination as `metasched status --json` shows it."""
+        rows = await in_pool(lambda: _status(state, None))
+        return _json(200, rows)
+
+    @app.get("/v1/status/{destination}", tags=["status"])
+    async def status_one(destination: str) -> Response:
+        """One destination with its nodes and partitions (`metasched status DEST --json`)."""
+        detail = await in_pool(lambda: _status(state, destination))
+        if detail is None:
+            return _error(404, f"destination: no destination {destination!r}")
+        return _json(200, detail)
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> Response:
+        """200 when the store is readable and the collect loop alive; 503 with the reason otherwise."""
+        reason = await in_pool(state.health)
+        if reason is None:
+            return _json(200, {"status": "ok"})
+        return _json(503, {"status": "unavailable", "reason": reason})
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        text = await in_pool(lambda: _metrics(state))
+        return PlainTextResponse(text, media_type=METRICS_CONTENT_TYPE)
+
+    @app.get("/ping", tags=["operations"], include_in_schema=False)
+    async def ping() -> Response:
+        """Trivial answer without store or thread pool: the baseline of the benchmark."""
+        return Response(b'{"pong":true}', media_type="application/json")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("internal error")
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    return _wrap(app, state)
+
+
+def _wrap(app: FastAPI, state: ServeState) -> FastAPI:
+    app.add_middleware(Gate, state=state)
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("metasched")
+    except PackageNotFoundError:
+        return "0"
+
+
+def _rank(state: ServeState, body: bytes, *, full: bool) -> tuple[int, bytes]:
+    """(status, JSON body) for a rank request; InputError is the client's fault (422), nothing else is."""
+    from metasched.rank import rank
+    from metasched.rank.request import decode_request
+
+    try:
+        result = rank(decode_request(body), state.config, state.store, datetime.now(UTC))
+    except InputError as exc:
+        return 422, json.dumps({"detail": str(exc)}).encode()
+    except ConfigError as exc:
+        log.error("rank: configuration problem: %s", exc)
+        return 500, json.dumps({"detail": f"configuration problem: {exc}"}).encode()
+    answer = result if full else {"sorted_destinations": result["sorted_destinations"]}
+    return 200, json.dumps(answer, allow_nan=False).encode()
+
+
+def _status(state: ServeState, destination: str | None) -> Any:
+    from metasched.views.status import destination_detail, status_report
+
+    now = datetime.now(UTC)
+    if destination is None:
+        return status_report(state.config, state.store, now)
+    return destination_detail(state.config, state.store, destination, now)
+
+
+def _metrics(state: ServeState) -> str:
+    summaries = state.store.summaries()
+    last_runs = {}
+    for s in summaries:
+        runs = state.store.last_runs(s.id, 1)
+        if runs:
+            last_runs[s.id] = runs[0]
+    return render(summaries, last_runs, state.loop_stats(), state.requests, datetime.now(UTC))

@@ -1,0 +1,87 @@
+"""A Store whose rank reads come from memory until the database changes.
+
+Ranking 50 destinations reads three queries' worth of rows; building and running those queries costs
+more than the model itself. State only changes when a collect (this process's loop, the timer's
+``metasched collect``, ``metasched disable``) commits, so each reader thread keeps what it read,
+tagged with SQLite's ``PRAGMA data_version``: that number changes exactly when another connection has
+committed, so a cached answer is never older than the database. PostgreSQL has no such cheap probe:
+there every read goes to the database.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from peewee import Database
+
+from metasched.store import DestinationSummary, MetricRow, Store, ToolTimes
+
+MAX_ENTRIES = 1024  # per thread; distinct (destinations, tool) combinations between two collects
+
+
+class _ThreadCache(threading.local):
+    version: int | None = None
+    entries: dict[tuple[Any, ...], Any]
+
+    def __init__(self) -> None:
+        self.entries = {}
+
+
+class CachingStore(Store):
+    """``summaries``/``tool_times``/``metrics`` cached per thread, dropped when the database changed."""
+
+    def __init__(self, db: Database, display_url: str) -> None:
+        super().__init__(db, display_url)
+        self._cache = _ThreadCache()
+
+    def _data_version(self) -> int | None:
+        if self.is_postgres:
+            return None
+        row = self._sql.execute_sql("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    def _cached(self, key: tuple[Any, ...]) -> tuple[bool, Any]:
+        version = self._data_version()
+        cache = self._cache
+        if version is None:
+            return False, None
+        if version != cache.version:
+            cache.entries.clear()
+            cache.version = version
+        if key in cache.entries:
+            return True, cache.entries[key]
+        return False, None
+
+    def _keep(self, key: tuple[Any, ...], value: Any) -> None:
+        if self.is_postgres:
+            return
+        entries = self._cache.entries
+        if len(entries) >= MAX_ENTRIES:
+            entries.clear()
+        entries[key] = value
+
+    def summaries(self, ids: Sequence[str] | None = None) -> list[DestinationSummary]:
+        key = ("summaries", None if ids is None else tuple(ids))
+        hit, value = self._cached(key)
+        if not hit:
+            value = super().summaries(ids)
+            self._keep(key, value)
+        return list(value)
+
+    def tool_times(self, tool_id: str, dest_ids: Sequence[str], limit: int = 200) -> dict[str, ToolTimes]:
+        key = ("tool_times", tool_id, tuple(dest_ids), limit)
+        hit, value = self._cached(key)
+        if not hit:
+            value = super().tool_times(tool_id, dest_ids, limit)
+            self._keep(key, value)
+        return dict(value)
+
+    def metrics(self, dest_ids: Sequence[str], tool_id: str | None = None) -> list[MetricRow]:
+        key = ("metrics", tuple(dest_ids), tool_id)
+        hit, value = self._cached(key)
+        if not hit:
+            value = super().metrics(dest_ids, tool_id)
+            self._keep(key, value)
+        return list(value)

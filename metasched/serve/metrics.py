@@ -1,0 +1,191 @@
+"""Prometheus text exposition (format 0.0.4), written by hand: a few dozen series, no client library.
+
+Destination series come from the store (so they are right whichever process collected); request and
+collect-cycle counters are this process's own.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from metasched.store import DestinationSummary, RunRecord
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
+
+
+def _num(value: float) -> str:
+    if value != value:  # NaN
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+@dataclass(slots=True)
+class _Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+
+
+class RequestStats:
+    """Request counts by (path, method, status) and latency histograms by path; safe across threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str, str], int] = {}
+        self._latency: dict[str, _Histogram] = {}
+
+    def observe(self, path: str, method: str, status: int, seconds: float) -> None:
+        with self._lock:
+            key = (path, method, str(status))
+            self._counts[key] = self._counts.get(key, 0) + 1
+            hist = self._latency.get(path)
+            if hist is None:
+                hist = self._latency[path] = _Histogram()
+            hist.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            hist.total += seconds
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            counts = sorted(self._counts.items())
+            latency = sorted((p, list(h.counts), h.total) for p, h in self._latency.items())
+        out = [
+            "# HELP metasched_http_requests_total HTTP requests answered, by endpoint, method and status.",
+            "# TYPE metasched_http_requests_total counter",
+        ]
+        for (path, method, code), n in counts:
+            out.append(
+                f"metasched_http_requests_total{_labels({'path': path, 'method': method, 'code': code})} {n}"
+            )
+        out += [
+            "# HELP metasched_http_request_duration_seconds Time to answer an HTTP request, by endpoint.",
+            "# TYPE metasched_http_request_duration_seconds histogram",
+        ]
+        name = "metasched_http_request_duration_seconds"
+        for path, buckets, total in latency:
+            running = 0
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=True):
+                running += n
+                out.append(f"{name}_bucket{_labels({'path': path, 'le': _num(bound)})} {running}")
+            out.append(f"{name}_sum{_labels({'path': path})} {_num(total)}")
+            out.append(f"{name}_count{_labels({'path': path})} {running}")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class LoopStats:
+    """What the collect loop of this process has done (see loop.CollectLoop.stats)."""
+
+    cycles: Mapping[str, int]  # result -> count (ok, partial, failed, skipped)
+    errors: Mapping[str, int]  # destination -> failed collects
+    last_cycle_end: datetime | None
+    alive: bool
+
+
+def _gauge(name: str, help_text: str, kind: str = "gauge") -> list[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+
+
+def render(
+    summaries: Sequence[DestinationSummary],
+    last_runs: Mapping[str, RunRecord],
+    loop: LoopStats,
+    requests: RequestStats,
+    now: datetime,
+) -> str:
+    """The whole /metrics page."""
+    out: list[str] = []
+
+    def series(
+        name: str, help_text: str, values: Iterable[tuple[Mapping[str, str], float]], kind: str = "gauge"
+    ) -> None:
+        out.extend(_gauge(name, help_text, kind))
+        out.extend(f"{name}{_labels(labels)} {_num(v)}" for labels, v in values)
+
+    def per_dest(name: str, help_text: str, pick: Callable[[DestinationSummary], float]) -> None:
+        series(name, help_text, (({"destination": s.id}, float(pick(s))) for s in summaries))
+
+    per_dest("metasched_destination_up", "1 when the last collect attempt succeeded.", lambda s: s.reachable)
+    series(
+        "metasched_destination_last_success_timestamp_seconds",
+        "Unix time of the last successful collect.",
+        (({"destination": s.id}, s.last_success.timestamp()) for s in summaries if s.last_success),
+    )
+    series(
+        "metasched_destination_last_collect_duration_seconds",
+        "Duration of the destination's last collect attempt (any collecting process).",
+        (({"destination": d}, r.duration_s) for d, r in sorted(last_runs.items())),
+    )
+    series(
+        "metasched_destination_collect_errors_total",
+        "Failed collect attempts by this process's collect loop.",
+        (({"destination": s.id}, float(loop.errors.get(s.id, 0))) for s in summaries),
+        "counter",
+    )
+    per_dest(
+        "metasched_destination_disabled",
+        "1 while an operator has disabled the destination (metasched disable).",
+        lambda s: s.disabled_reason is not None and (s.disabled_until is None or s.disabled_until > now),
+    )
+    for what, unit, factor in (("cores", "", 1), ("memory", "_bytes", 1024 * 1024), ("gpus", "", 1)):
+        attr = "mem" if what == "memory" else what
+        unit_suffix = "_mb" if what == "memory" else ""
+        for state in ("free", "total"):
+            series(
+                f"metasched_destination_{what}_{state}{unit}",
+                f"{what.capitalize()} {state} on available nodes at the last successful collect.",
+                (
+                    ({"destination": s.id}, float(getattr(s, f"{attr}_{state}{unit_suffix}")) * factor)
+                    for s in summaries
+                ),
+            )
+    per_dest(
+        "metasched_destination_nodes_total", "Nodes at the last successful collect.", lambda s: s.nodes_total
+    )
+    per_dest(
+        "metasched_destination_nodes_unavailable",
+        "Nodes down, drained or otherwise unavailable.",
+        lambda s: s.nodes_unavailable,
+    )
+    series(
+        "metasched_destination_jobs",
+        "Jobs at the last successful collect, by state (queued: pending and not held).",
+        (
+            ({"destination": s.id, "state": state}, float(n))
+            for s in summaries
+            for state, n in (("running", s.jobs_running), ("queued", s.jobs_queued), ("held", s.jobs_held))
+        ),
+    )
+    series(
+        "metasched_collect_cycles_total",
+        "Collect cycles of this process's loop, by result (skipped: another collect held the lock).",
+        (({"result": r}, float(n)) for r, n in sorted(loop.cycles.items())),
+        "counter",
+    )
+    series(
+        "metasched_collect_loop_up",
+        "1 while the collect loop runs and its last cycle did not fail.",
+        [({}, 1.0 if loop.alive else 0.0)],
+    )
+    if loop.last_cycle_end is not None:
+        series(
+            "metasched_collect_last_cycle_timestamp_seconds",
+            "Unix time the last collect cycle of this process ended.",
+            [({}, loop.last_cycle_end.timestamp())],
+        )
+    out.extend(requests.lines())
+    return "\n".join(out) + "\n"

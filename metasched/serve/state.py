@@ -1,0 +1,138 @@
+"""What a running ``metasched serve`` holds: the current config (replaced on SIGHUP), store, loop, stats."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from metasched.config import Config, SSHSettings, load_config
+from metasched.errors import ConfigError
+from metasched.serve.loop import CollectLoop
+from metasched.serve.metrics import LoopStats, RequestStats
+from metasched.store import Store
+
+log = logging.getLogger("metasched.serve")
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Command-line settings that beat the config, re-applied after every reload (seed-2 options)."""
+
+    host: str | None = None
+    port: int | None = None
+    ssh_user: str | None = None
+    ssh_key_file: str | None = None
+
+
+def apply_overrides(config: Config, o: Overrides) -> Config:
+    """--ssh-user/--ssh-key-file set every destination's login (the seed had one user for the cluster)."""
+
+    def ssh(s: SSHSettings) -> SSHSettings:
+        return SSHSettings(
+            user=o.ssh_user if o.ssh_user is not None else s.user,
+            key_file=o.ssh_key_file if o.ssh_key_file is not None else s.key_file,
+            known_hosts=s.known_hosts,
+            connect_timeout=s.connect_timeout,
+            command_timeout=s.command_timeout,
+            host_key_policy=s.host_key_policy,
+            port=s.port,
+        )
+
+    if o.ssh_user is not None or o.ssh_key_file is not None:
+        config = dataclasses.replace(
+            config,
+            ssh=ssh(config.ssh),
+            destinations=tuple(dataclasses.replace(d, ssh=ssh(d.ssh)) for d in config.destinations),
+        )
+    serve = config.serve
+    if o.host is not None:
+        serve = dataclasses.replace(serve, host=o.host)
+    if o.port is not None:
+        serve = dataclasses.replace(serve, port=o.port)
+    return dataclasses.replace(config, serve=serve)
+
+
+class ServeState:
+    """Shared by the HTTP handlers, the collect loop and the signal handlers.
+
+    ``config`` is one reference swapped whole on reload, so every request and cycle sees one
+    consistent config. Listening address and database are fixed for the process's life.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        config_path: Path | None,
+        env: Mapping[str, str],
+        overrides: Overrides,
+        collect: bool = True,
+    ) -> None:
+        self._config = config
+        self.store = store
+        self.config_path = config_path
+        self.env = dict(env)
+        self.overrides = overrides
+        self.host = config.serve.host
+        self.port = config.serve.port
+        self.requests = RequestStats()
+        self.loop: CollectLoop | None = CollectLoop(lambda: self._config, store) if collect else None
+        self._reload_lock = threading.Lock()
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def start(self) -> None:
+        if self.loop is not None:
+            self.loop.start()
+
+    def stop(self) -> None:
+        if self.loop is not None:
+            self.loop.stop()
+        self.store.close()
+
+    def reload(self) -> bool:
+        """Re-read the config file (SIGHUP). A bad new config is logged and the old one kept."""
+        with self._reload_lock:
+            try:
+                new = apply_overrides(load_config(self.config_path, self.env), self.overrides)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    log.error("reload refused, old config kept: %s", problem)
+                return False
+            except Exception as exc:
+                log.error("reload refused, old config kept: %s: %s", type(exc).__name__, exc)
+                return False
+            old = self._config
+            if (new.serve.host, new.serve.port) != (self.host, self.port):
+                log.warning("reload: serve.host/port changed; restart to listen on the new address")
+            if new.database != old.database:
+                log.warning("reload: database changed; restart to use it")
+            self._config = new
+            log.info(
+                "config reloaded from %s: %d destinations",
+                self.config_path or "built-in default",
+                len(new.destinations),
+            )
+            return True
+
+    def health(self) -> str | None:
+        """None when healthy; else why not (store unreadable, collect loop dead or failing)."""
+        try:
+            self.store.get_setting("schema_version")
+        except Exception as exc:
+            return f"store unreadable: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        if self.loop is not None:
+            return self.loop.health()
+        return None
+
+    def loop_stats(self) -> LoopStats:
+        if self.loop is None:
+            return LoopStats(cycles={}, errors={}, last_cycle_end=None, alive=False)
+        return self.loop.stats()
