@@ -31,12 +31,15 @@ _CHUNK = 65536
 
 
 def build_command(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
-    """``env K=V ... argv``: values reach the command verbatim, never through shell expansion."""
+    """``env K=V ... argv``: values reach the command verbatim, never through shell expansion.
+
+    Raises ValueError for an empty command or a variable name ``env`` would misread.
+    """
     if not argv:
-        raise TransportError("empty command")
+        raise ValueError("empty command")
     for name in env:
         if not _ENV_NAME.match(name):
-            raise TransportError(f"invalid environment variable name {name!r}")
+            raise ValueError(f"invalid environment variable name {name!r}")
     if not env:
         return list(argv)
     return ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
@@ -77,7 +80,10 @@ class Transport:
         """Run one command with the destination's env plus ``env``; return stdout, raise on non-zero exit."""
         argv = list(argv)
         full_env = {**self.dest.env, **(env or {})}
-        build_command(argv, full_env)  # validates before anything runs
+        try:
+            build_command(argv, full_env)  # validates before anything runs
+        except ValueError as exc:
+            raise TransportError(f"{self.label}: {exc}") from None
         status, out, err = self._execute(argv, full_env, self.dest.ssh.command_timeout)
         if status != 0:
             detail = _tail(err) or "no stderr"
@@ -227,7 +233,8 @@ class SSHTransport(Transport):
                 f"{known_hosts} has {exc.expected_key.get_fingerprint().hex()}); refusing to connect"
             )
         if isinstance(exc, paramiko.AuthenticationException):
-            return f"{where}: authentication failed for user {self.dest.ssh.user} with key {key_file}"
+            key = f"key {key_file}" if key_file else "no key_file configured"
+            return f"{where}: authentication failed for user {self.dest.ssh.user} ({key})"
         if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
             errnos = {e.errno for e in exc.errors.values()}
             if errnos <= {111}:  # ECONNREFUSED
