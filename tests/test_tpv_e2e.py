@@ -231,6 +231,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
 
     # Neither the host's metasched config nor its database may leak into the real binary's answer.
     env = {k: v for k, v in os.environ.items() if k not in ("METASCHED_CONFIG", "METASCHED_DATABASE")}
+    # Galaxy runs with PYTHONPATH=lib; the block must not hand it to metasched. A shadowing package
+    # on it would break the real binary, and so the headline scenario, if it did.
+    shadow = work / "galaxy-lib" / "metasched"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('Galaxy PYTHONPATH leaked into metasched')\n")
+    env["PYTHONPATH"] = str(shadow.parent)
     driver_cmd = [str(tpv.python), "driver.py", "scenarios.json", "results.json"]
     driver = subprocess.Popen(driver_cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
