@@ -13,6 +13,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +30,24 @@ _SSH_FIELDS = {f.name for f in dataclasses.fields(SSHSettings)}
 
 
 def ensure_user(name: str = TEST_USER) -> Path:
-    """Create the login user once (idempotent, tolerant of a concurrent creator); return its home."""
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        res = subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], capture_output=True, text=True)
-        if res.returncode not in (0, 9):  # 9: already exists (another process won the race)
-            raise RuntimeError(f"useradd {name} failed: {res.stderr.strip()}") from None
-    # A locked account ("!" password) is refused by sshd with UsePAM no; "*" means "no password, not locked".
-    subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
-    return Path(pwd.getpwnam(name).pw_dir)
+    """Create the login user once (idempotent, tolerant of a concurrent creator); return its home.
+
+    Several test sessions may start at once: useradd/usermod then fail on the /etc/passwd lock or
+    "already exists", so both are retried until the account is in the wanted state.
+    """
+    error = ""
+    for _ in range(20):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], capture_output=True, text=True)
+        # A locked account ("!" password) is refused by sshd with UsePAM no; "*": no password, not locked.
+        res = subprocess.run(["usermod", "-p", "*", name], capture_output=True, text=True)
+        if res.returncode == 0:
+            return Path(pwd.getpwnam(name).pw_dir)
+        error = res.stderr.strip()
+        time.sleep(0.1)
+    raise RuntimeError(f"cannot prepare user {name}: {error}")
 
 
 def make_key(path: Path) -> Path:
