@@ -113,10 +113,10 @@ def rank_outcome(
     return outcome, warn
 
 
-def _entry(r: Ranked) -> dict[str, Any]:
+def _entry(rank: int, r: Ranked) -> dict[str, Any]:
     return {
         "id": r.id,
-        "rank": r.rank,
+        "rank": rank,
         "score": round(r.score, 3),
         "feasible": r.feasible,
         "components": {
@@ -142,7 +142,7 @@ def response(outcome: Outcome, warnings: Sequence[str], *, drop_infeasible: bool
     return {
         "schema_version": SCHEMA_VERSION,
         "sorted_destinations": order,
-        "ranked": [_entry(r) for r in outcome.ranked],
+        "ranked": [_entry(i, r) for i, r in enumerate(outcome.ranked, start=1)],
         "warnings": warn,
     }
 

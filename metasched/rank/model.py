@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 
 from metasched.errors import InputError
@@ -134,9 +134,10 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Ranked:
+    """One destination's estimate; its rank is its position in ``Outcome.ranked`` (1-based)."""
+
     id: str
     index: int
-    rank: int
     feasible: bool
     score: float
     staging_s: float
@@ -372,7 +373,6 @@ def rank_candidates(
         ranked = Ranked(
             id=cand.id,
             index=cand.index,
-            rank=0,
             feasible=not why_not,
             score=score,
             staging_s=stage_s,
@@ -386,5 +386,4 @@ def rank_candidates(
         )
         scored.append((bool(why_not), round(score, 6), -cand.tpv_score, cand.index, ranked))
     scored.sort(key=lambda t: t[:4])
-    out = tuple(replace(t[4], rank=i) for i, t in enumerate(scored, start=1))
-    return Outcome(ranked=out, warnings=tuple(warnings))
+    return Outcome(ranked=tuple(t[4] for t in scored), warnings=tuple(warnings))
