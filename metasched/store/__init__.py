@@ -17,9 +17,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sqlite3
 import statistics
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +39,7 @@ from peewee import (
 )
 
 from metasched.collect.types import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
-from metasched.errors import ConfigError
+from metasched.errors import CollectError, ConfigError
 from metasched.store import models
 from metasched.store.galaxy import parse_galaxy_job_name, tool_key
 from metasched.store.migrations import postgres_extras, upgrade
@@ -248,6 +250,13 @@ _METRIC_COLUMNS = (
 )
 
 
+class StoreWriteError(CollectError):
+    """A snapshot could not be stored (database error); its transaction rolled back, the old one stays.
+
+    A CollectError, so collect records it as that destination's failure and goes on with the others.
+    """
+
+
 class Store:
     """Opens (creating or migrating) a SQLite file or PostgreSQL database and reads/writes state."""
 
@@ -257,6 +266,14 @@ class Store:
         self._url = display_url  # password removed: safe in error messages
         self._pg = isinstance(db, PostgresqlDatabase)
         self._sql: Any = db  # for the driver-level calls peewee leaves untyped (cursor, execute)
+        self._write_lock: AbstractContextManager[Any] = nullcontext() if self._pg else threading.RLock()
+        # What a failed write raises: peewee's own errors and the raw driver's (bulk paths use its cursor).
+        self._db_errors: tuple[type[Exception], ...] = (PeeweeException, sqlite3.Error)
+        if self._pg:
+            import importlib
+
+            psycopg2: Any = importlib.import_module("psycopg2")  # untyped: no stubs installed
+            self._db_errors += (psycopg2.Error,)
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -364,12 +381,18 @@ class Store:
     def _scalar(self, query: Any) -> Any:
         return query.bind(self._db).scalar()
 
-    def _write_tx(self) -> AbstractContextManager[Any]:
-        """A write transaction. SQLite takes the write lock up front (BEGIN IMMEDIATE): a deferred
-        transaction that reads first could not upgrade to a writer after another process committed."""
+    @contextmanager
+    def _write_tx(self) -> Iterator[None]:
+        """A write transaction.
+
+        SQLite takes the write lock up front (BEGIN IMMEDIATE): a deferred transaction that reads first
+        could not upgrade to a writer after another process committed. SQLite has one writer at a
+        time anyway, so this process's threads queue on a lock first: 32 collect workers writing big
+        snapshots then wait their turn instead of running out SQLite's busy timeout.
+        """
         handle: Any = self._db
-        ctx: AbstractContextManager[Any] = handle.atomic() if self._pg else handle.atomic("IMMEDIATE")
-        return ctx
+        with self._write_lock, handle.atomic() if self._pg else handle.atomic("IMMEDIATE"):
+            yield
 
     def _dt_in(self, value: datetime | None) -> Any:
         """Aware (or naive UTC) datetime -> what the driver stores: naive UTC; text on SQLite, like peewee."""
@@ -476,7 +499,6 @@ class Store:
         Negative durations (clock skew between cluster and collector) are clamped to 0. History and
         run records of this destination older than ``history_days`` are pruned.
         """
-        end = self._dt_in(finished)
         nodes = _unique(snapshot.nodes, lambda n: n.name, "node", dest_id)
         partitions = _unique(snapshot.partitions, lambda p: p.name, "partition", dest_id)
         jobs = _unique(snapshot.jobs, lambda j: j.job_id, "job", dest_id)
@@ -540,6 +562,41 @@ class Store:
                 )
             )
         current_ids = {j.job_id for j in jobs}
+        try:
+            finished_count = self._replace(
+                dest_id,
+                summary,
+                node_rows,
+                partition_rows,
+                job_rows,
+                current_ids,
+                run_id=run_id,
+                started=started,
+                finished=finished,
+                history_days=history_days,
+                max_gap_s=max_gap_s,
+            )
+        except self._db_errors as exc:
+            raise StoreWriteError(f"storing the snapshot failed: {_one_line(exc)}") from exc
+        return WriteResult(jobs=len(job_rows), finished=finished_count)
+
+    def _replace(
+        self,
+        dest_id: str,
+        summary: dict[str, int],
+        node_rows: list[tuple[Any, ...]],
+        partition_rows: list[tuple[Any, ...]],
+        job_rows: list[tuple[Any, ...]],
+        current_ids: set[str],
+        *,
+        run_id: str,
+        started: datetime,
+        finished: datetime,
+        history_days: int,
+        max_gap_s: float,
+    ) -> int:
+        """write_snapshot's transaction; returns the number of history rows recorded."""
+        end = self._dt_in(finished)
         end_naive = _naive(finished)
         D, N, P, J = models.Destination, models.Node, models.Partition, models.Job
         with self._write_tx():
@@ -574,7 +631,7 @@ class Store:
             ).execute()
             self._add_run(dest_id, run_id, started, finished, ok=True, error=None)
             self._prune(dest_id, end_naive - timedelta(days=history_days))
-        return WriteResult(jobs=len(job_rows), finished=len(finished_rows))
+        return len(finished_rows)
 
     def _history_row(
         self, dest_id: str, prev: tuple[Any, ...], end: datetime, end_db: Any, gap_ok: bool
