@@ -42,7 +42,6 @@ from metasched.collect.types import HELD, OTHER, PENDING, RUNNING, Job, Node, Pa
 from metasched.errors import CollectError, ConfigError
 from metasched.store import models
 from metasched.store.galaxy import parse_galaxy_job_name, tool_key
-from metasched.store.migrations import postgres_extras, upgrade
 from metasched.store.models import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -290,12 +289,11 @@ class Store:
         store = cls(db, shown)
         try:
             store._prepare()
-        except ConfigError:
+        except BaseException as exc:
             store.close()
+            if isinstance(exc, (PeeweeException, sqlite3.Error, OSError)):
+                raise ConfigError([f"database: cannot open {shown}: {_one_line(exc)}"]) from exc
             raise
-        except (PeeweeException, OSError) as exc:
-            store.close()
-            raise ConfigError([f"database: cannot open {shown}: {_one_line(exc)}"]) from exc
         return store
 
     def close(self) -> None:
@@ -323,9 +321,15 @@ class Store:
         return 0 if version is None else version
 
     def _prepare(self) -> None:
-        if self._stored_version() == SCHEMA_VERSION:  # the fast path rank takes on every call
+        version = self._stored_version()
+        if version == SCHEMA_VERSION:  # the fast path rank takes on every call
             return
-        self._refuse_newer(self._stored_version())
+        self._refuse_newer(version)
+        from metasched.store.migrations import (
+            postgres_extras,
+            upgrade,
+        )  # playhouse.migrate: not on rank's path
+
         with self._write_tx():
             # Re-read inside the write lock: another process may have created or migrated meanwhile.
             version = self._stored_version()
