@@ -25,6 +25,7 @@ from metasched.errors import ConfigError, InputError
 from metasched.serve.auth import authorized
 from metasched.serve.metrics import render
 from metasched.serve.state import ServeState
+from metasched.store import DestinationSummary, RunRecord
 
 log = logging.getLogger("metasched.serve")
 
@@ -307,10 +308,20 @@ def _status(state: ServeState, destination: str | None) -> Any:
 
 
 def _metrics(state: ServeState) -> str:
-    summaries = state.store.summaries()
-    last_runs = {}
-    for s in summaries:
-        runs = state.store.last_runs(s.id, 1)
-        if runs:
-            last_runs[s.id] = runs[0]
-    return render(summaries, last_runs, state.loop_stats(), state.requests, datetime.now(UTC))
+    """The page degrades instead of failing: a store problem drops the destination series, and
+    ``metasched_store_up`` says why they are missing."""
+    summaries: list[DestinationSummary] = []
+    last_runs: dict[str, RunRecord] = {}
+    store_up = True
+    try:
+        summaries = state.store.summaries()
+        for s in summaries:
+            runs = state.store.last_runs(s.id, 1)
+            if runs:
+                last_runs[s.id] = runs[0]
+    except Exception as exc:
+        log.warning("metrics: store read failed: %s: %s", type(exc).__name__, exc)
+        store_up = False
+    return render(
+        summaries, last_runs, state.loop_stats(), state.requests, datetime.now(UTC), store_up=store_up
+    )

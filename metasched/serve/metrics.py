@@ -106,6 +106,8 @@ def render(
     loop: LoopStats,
     requests: RequestStats,
     now: datetime,
+    *,
+    store_up: bool = True,
 ) -> str:
     """The whole /metrics page."""
     out: list[str] = []
@@ -175,6 +177,9 @@ def render(
         "Collect cycles of this process's loop, by result (skipped: another collect held the lock).",
         (({"result": r}, float(n)) for r, n in sorted(loop.cycles.items())),
         "counter",
+    )
+    series(
+        "metasched_store_up", "1 when the state store could be read for this page.", [({}, float(store_up))]
     )
     series(
         "metasched_collect_loop_up",

@@ -1,0 +1,524 @@
+"""`metasched serve` as a real subprocess on a free loopback port, over real SQLite files, talked to with
+httpx; collects go to the real sshd + Slurm fixtures (and `node` destinations run locally).
+
+Failures are real ones: a destination on a closed port, a store whose schema another tool damaged
+(the collect loop's writes fail, /healthz turns 503), oversized and malformed bodies, SIGTERM with a
+request half sent, SIGHUP with a good and with a broken config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.infra.procs import free_port, wait_for
+from tests.infra.slurm import SlurmCluster
+from tests.infra.sshd import SSHServer
+
+SEED_REQUEST = {
+    "objectstores": {"files_de": {"latitude": 51.0, "longitude": 10.0}},
+    "datasets": {"1": {"object_store_id": "files_de", "size": 2_000_000_000}},
+    "job_info": {"tool_id": "toolshed.g2.bx.psu.edu/repos/devteam/bowtie2/bowtie2/2.5", "mem": 1, "cores": 1},
+    "destinations": [
+        {"id": "slurm_ok", "latitude": 51.0, "longitude": 10.0},
+        {"id": "closed"},
+        {"id": "local"},
+    ],
+}
+
+
+def metasched() -> list[str]:
+    return [sys.executable, "-m", "metasched"]
+
+
+def base_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("METASCHED_", "INFLUXDB_"))}
+    for key in ("CONFIGURATION_DIRECTORY", "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY", "XDG_STATE_HOME"):
+        env.pop(key, None)
+    env["HOME"] = str(tmp_path / "home")
+    return env
+
+
+@dataclass
+class Serve:
+    """One running `metasched serve`; ``log`` is its stderr."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    token: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"serve did not stop on {sig}:\n{self.text()}") from None
+
+
+def start_serve(tmp_path: Path, config: Path, *args: str, env: dict[str, str] | None = None) -> Serve:
+    port = free_port()
+    log = tmp_path / f"serve-{port}.log"
+    fh = log.open("wb")
+    proc = subprocess.Popen(
+        [*metasched(), "serve", "--config", str(config), "--port", str(port), *args],
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        env=env or base_env(tmp_path),
+    )
+    server = Serve(proc, port, log)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}:\n{server.text()}")
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+
+    wait_for(up, 30, "serve to listen")
+    return server
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Serve]]:
+    """Every server a test starts is stopped afterwards, by its own PID."""
+    started: list[Serve] = []
+    yield started
+    for s in started:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait(10)
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def cli(
+    args: list[str], env: dict[str, str], stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*metasched(), *args], input=stdin, capture_output=True, env=env, timeout=60, check=False
+    )
+
+
+def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample as (name, sorted labels) -> value, through the Prometheus client's own parser."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def without_ages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in ("age_s",)} for r in rows]
+
+
+# --- a real collect over SSH, then every endpoint -----------------------------------------------
+
+
+@pytest.fixture
+def cluster_config(tmp_path: Path, sshd: SSHServer, slurm: SlurmCluster) -> Path:
+    """Slurm over SSH and a closed port; login user and key come from --ssh-user/--ssh-key-file."""
+    return write_config(
+        tmp_path / "config.yml",
+        {
+            "ssh": {"known_hosts": str(sshd.known_hosts), "connect_timeout": 5, "command_timeout": 15},
+            "collect": {"interval": 3600},
+            "destinations": [
+                {
+                    "id": "slurm_ok",
+                    "scheduler": "slurm",
+                    "host": sshd.host,
+                    "port": sshd.port,
+                    "env": slurm.env,
+                },
+                {"id": "closed", "scheduler": "node", "host": "127.0.0.1", "port": free_port()},
+                {"id": "local", "scheduler": "node", "host": "local"},
+            ],
+        },
+    )
+
+
+def test_serve_collects_and_answers_like_the_cli(
+    tmp_path: Path, cluster_config: Path, sshd: SSHServer, servers: list[Serve]
+) -> None:
+    db = tmp_path / "state.db"
+    env = base_env(tmp_path)
+    server = start_serve(
+        tmp_path,
+        cluster_config,
+        "--database-file",
+        str(db),
+        "--ssh-user",
+        sshd.user,
+        "--ssh-key-file",
+        str(sshd.key_file),
+        env=env,
+    )
+    servers.append(server)
+    with server.client() as http:
+
+        def collected() -> bool:
+            rows = {r["id"]: r for r in http.get("/v1/status").json()}
+            return rows["slurm_ok"]["last_success"] is not None and rows["closed"]["error"] is not None
+
+        wait_for(collected, 60, "the first collect cycle")
+        assert http.get("/healthz").json() == {"status": "ok"}
+
+        status = {r["id"]: r for r in http.get("/v1/status").json()}
+        assert status["slurm_ok"]["reachable"] and status["slurm_ok"]["cores_total"] > 0
+        assert status["slurm_ok"]["nodes_unavailable"] >= 1  # the fixture's n3 is down
+        assert not status["closed"]["reachable"]
+
+        cli_env = {**env, "METASCHED_CONFIG": str(cluster_config), "METASCHED_DATABASE": str(db)}
+        shown = cli(["status", "--json"], cli_env)
+        assert shown.returncode == 0, shown.stderr
+        assert without_ages(json.loads(shown.stdout)) == without_ages(http.get("/v1/status").json())
+
+        detail = http.get("/v1/status/slurm_ok").json()
+        assert {n["name"] for n in detail["nodes"]} >= {"n1", "n2", "n3"}
+        assert detail["partitions"] and detail["destination"]["id"] == "slurm_ok"
+        assert http.get("/v1/status/nope").status_code == 404
+
+        # Rank parity: same request, same state, same answer as `metasched rank`.
+        request = {
+            "job": {"tool_id": "bowtie2", "cores": 1, "mem": 0.5},
+            "destinations": [
+                {"id": "closed"},
+                {"id": "slurm_ok", "tpv_score": 1},
+                {"id": "local"},
+                {"id": "x"},
+            ],
+        }
+        body = json.dumps(request).encode()
+        answer = http.post("/v1/rank", content=body)
+        by_cli = cli(["rank"], cli_env, stdin=body)
+        assert answer.status_code == 200 and by_cli.returncode == 0, by_cli.stderr
+        assert answer.json() == json.loads(by_cli.stdout)
+        assert set(answer.json()["sorted_destinations"]) == {"closed", "slurm_ok", "local", "x"}
+
+        # The seed-1 endpoint: the seed's request shape, the seed's answer shape.
+        seed = http.post("/process_data", json=SEED_REQUEST)
+        seed_cli = cli(["rank"], cli_env, stdin=json.dumps(SEED_REQUEST).encode())
+        assert seed.status_code == 200
+        assert seed.json() == {"sorted_destinations": json.loads(seed_cli.stdout)["sorted_destinations"]}
+
+        metrics = http.get("/metrics")
+        assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+        values = metric_values(metrics.text)
+        dest = (("destination", "slurm_ok"),)
+        assert values[("metasched_destination_up", dest)] == 1
+        assert values[("metasched_destination_up", (("destination", "closed"),))] == 0
+        assert values[("metasched_destination_collect_errors_total", (("destination", "closed"),))] >= 1
+        assert values[("metasched_destination_cores_total", dest)] == status["slurm_ok"]["cores_total"]
+        assert values[("metasched_destination_memory_total_bytes", dest)] == (
+            status["slurm_ok"]["mem_total_mb"] * 1024 * 1024
+        )
+        assert ("metasched_destination_gpus_free", dest) in values
+        running = values[("metasched_destination_jobs", (("destination", "slurm_ok"), ("state", "running")))]
+        assert running == status["slurm_ok"]["jobs_running"] > 0
+        assert values[("metasched_destination_last_success_timestamp_seconds", dest)] > 0
+        assert ("metasched_destination_last_collect_duration_seconds", dest) in values
+        assert values[("metasched_collect_loop_up", ())] == 1
+        ranked = (("code", "200"), ("method", "POST"), ("path", "/v1/rank"))
+        assert values[("metasched_http_requests_total", ranked)] == 1
+        assert values[("metasched_http_request_duration_seconds_count", (("path", "/v1/rank"),))] == 1
+
+        docs = http.get("/docs")
+        assert docs.status_code == 200 and "swagger" in docs.text.lower()
+        spec = http.get("/openapi.json").json()
+        assert {"/v1/rank", "/process_data", "/v1/status", "/healthz", "/metrics"} <= set(spec["paths"])
+    assert server.stop() == 0
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+LOCAL_CONFIG = {
+    "collect": {"interval": 3600},
+    "serve": {"max_body_bytes": 4096},
+    "destinations": [{"id": "local", "scheduler": "node", "host": "local"}],
+}
+
+
+@pytest.fixture
+def local_config(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "config.yml", LOCAL_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def plain_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    """One server without collect for the bad-input cases."""
+    d = tmp_path_factory.mktemp("plain")
+    server = start_serve(
+        d, write_config(d / "config.yml", LOCAL_CONFIG), "--database", str(d / "s.db"), "--no-collect"
+    )
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "request"),
+        (b'{"job": {"tool_id": "t"}, "destinations": [{"name": "a"}]}', "destinations[0].id"),
+        (b'{"job": {"tool_id": "t", "cores": -2}, "destinations": [{"id": "a"}]}', "cores"),
+        (b'{"job": {"tool_id": "t", "cores": "four"}, "destinations": [{"id": "a"}]}', "cores"),
+        (b'{"job": {"tool_id": "t"}, "destinations": [{"id": "a"}, {"id": "a"}]}', "destinations[1].id"),
+        (b"", "empty"),
+        (b"\xff\xfe", "UTF-8"),
+    ],
+)
+def test_bad_requests_are_422_naming_the_field(plain_server: Serve, body: bytes, field: str) -> None:
+    with plain_server.client() as http:
+        for path in ("/v1/rank", "/process_data"):
+            r = http.post(path, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 422, r.text
+            assert field in r.json()["detail"]
+
+
+def test_oversized_bodies_get_413_and_other_mistakes_no_500(plain_server: Serve) -> None:
+    server = plain_server
+    big = json.dumps({"job": {"tool_id": "t"}, "destinations": [{"id": "d" * 5000}]}).encode()
+    with server.client() as http:
+        assert http.post("/v1/rank", content=big).status_code == 413
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the cap applies while reading
+            for _ in range(10):
+                yield b" " * 1000
+
+        r = http.post("/v1/rank", content=chunks())
+        assert r.status_code == 413 and "4096" in r.json()["detail"]
+        assert http.get("/v1/rank").status_code == 405
+        assert http.get("/nowhere").status_code == 404
+        ok = http.post("/v1/rank", json={"job": {"tool_id": "t"}, "destinations": [{"id": "local"}]})
+        assert ok.status_code == 200 and ok.json()["sorted_destinations"] == ["local"]
+        codes = metric_values(http.get("/metrics").text)
+        assert not [k for k in codes if k[0] == "metasched_http_requests_total" and ("code", "500") in k[1]]
+
+
+# --- authentication -------------------------------------------------------------------------------
+
+
+def test_bearer_token_from_a_systemd_credential(
+    tmp_path: Path, local_config: Path, servers: list[Serve]
+) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "serve-token").write_text("t0ken-123\n")
+    env = {**base_env(tmp_path), "CREDENTIALS_DIRECTORY": str(creds)}
+    server = start_serve(
+        tmp_path, local_config, "--database", str(tmp_path / "s.db"), "--no-collect", env=env
+    )
+    servers.append(server)
+    request = {"job": {"tool_id": "t"}, "destinations": [{"id": "local"}]}
+    with server.client() as anon, server.client("wrong") as wrong, server.client("t0ken-123") as good:
+        for path in ("/v1/status", "/docs", "/openapi.json"):
+            assert anon.get(path).status_code == 401
+        r = anon.post("/v1/rank", json=request)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert wrong.post("/v1/rank", json=request).status_code == 401
+        assert good.post("/v1/rank", json=request).status_code == 200
+        assert good.get("/v1/status").status_code == 200
+        assert anon.get("/healthz").status_code == 200  # open by default, like /metrics
+        assert anon.get("/metrics").status_code == 200
+
+
+# --- the collect loop dies ----------------------------------------------------------------------
+
+
+def test_healthz_turns_503_when_collect_cycles_fail(tmp_path: Path, servers: list[Serve]) -> None:
+    """Another tool drops a table under the running service: every collect write fails from then on."""
+    config = write_config(
+        tmp_path / "config.yml",
+        {
+            "collect": {"interval": 0.3},
+            "destinations": [{"id": "local", "scheduler": "node", "host": "local"}],
+        },
+    )
+    db = tmp_path / "state.db"
+    server = start_serve(tmp_path, config, "--database", str(db))
+    servers.append(server)
+    with server.client() as http:
+        wait_for(lambda: http.get("/healthz").status_code == 200, 30, "a healthy service")
+        with sqlite3.connect(db, timeout=10) as conn:
+            conn.execute("DROP TABLE collect_run")
+
+        def unhealthy() -> bool:
+            return http.get("/healthz").status_code == 503
+
+        wait_for(unhealthy, 30, "/healthz to fail")
+        body = http.get("/healthz").json()
+        assert body["status"] == "unavailable"
+        assert "collect cycle failed" in body["reason"] and "collect_run" in body["reason"]
+        assert metric_values(http.get("/metrics").text)[("metasched_collect_loop_up", ())] == 0
+        # Reads still work: ranking goes on from the last good state.
+        assert (
+            http.post(
+                "/v1/rank", json={"job": {"tool_id": "t"}, "destinations": [{"id": "local"}]}
+            ).status_code
+            == 200
+        )
+    assert server.stop() == 0
+    assert "collect cycle failed: OperationalError" in server.text()
+
+
+def test_healthz_503_when_the_store_is_unreadable(tmp_path: Path, servers: list[Serve]) -> None:
+    config = write_config(
+        tmp_path / "config.yml",
+        {
+            "collect": {"interval": 3600},
+            "destinations": [{"id": "local", "scheduler": "node", "host": "local"}],
+        },
+    )
+    db = tmp_path / "state.db"
+    server = start_serve(tmp_path, config, "--database", str(db), "--no-collect")
+    servers.append(server)
+    with server.client() as http:
+        assert http.get("/healthz").status_code == 200
+        with sqlite3.connect(db, timeout=10) as conn:
+            conn.execute("DROP TABLE setting")
+        r = http.get("/healthz")
+        assert r.status_code == 503 and "store unreadable" in r.json()["reason"]
+
+
+# --- signals --------------------------------------------------------------------------------------
+
+
+def test_sigterm_finishes_the_request_in_flight_and_exits_0(
+    tmp_path: Path, local_config: Path, servers: list[Serve]
+) -> None:
+    server = start_serve(tmp_path, local_config, "--database", str(tmp_path / "s.db"))
+    servers.append(server)
+    with server.client() as http:
+        wait_for(lambda: http.get("/v1/status").json()[0]["last_success"] is not None, 30, "a collect")
+    body = json.dumps(
+        {"job": {"tool_id": "t", "cores": 1}, "destinations": [{"id": "local"}, {"id": "other"}]}
+    ).encode()
+    head = (
+        f"POST /v1/rank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head + body[:10])  # the request is in flight: headers in, body still coming
+        time.sleep(0.3)
+        server.proc.send_signal(signal.SIGTERM)
+
+        def refusing() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+            except OSError:
+                return True
+            return False
+
+        wait_for(refusing, 10, "the listening socket to close")
+        assert server.proc.poll() is None  # still finishing our request
+        sock.sendall(body[10:])
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 200"), answer
+    payload = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert set(payload["sorted_destinations"]) == {"local", "other"}
+    assert server.proc.wait(30) == 0
+    log = server.text()
+    assert "shutting down" in log and "stopped" in log and "Traceback" not in log
+
+
+def test_sighup_reloads_a_good_config_and_keeps_the_old_on_a_bad_one(
+    tmp_path: Path, servers: list[Serve]
+) -> None:
+    config = tmp_path / "config.yml"
+    first = {
+        "collect": {"interval": 3600},
+        "destinations": [{"id": "a", "scheduler": "node", "host": "local"}],
+    }
+    write_config(config, first)
+    server = start_serve(tmp_path, config, "--database", str(tmp_path / "s.db"), "--no-collect")
+    servers.append(server)
+    with server.client() as anon, server.client("secret-2") as authed:
+        assert [r["id"] for r in anon.get("/v1/status").json()] == ["a"]
+
+        second = {
+            **first,
+            "serve": {"token": "secret-2"},
+            "destinations": [*first["destinations"], {"id": "b", "scheduler": "node", "host": "local"}],
+        }
+        write_config(config, second)
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: anon.get("/v1/status").status_code == 401, 10, "the new token to apply")
+        assert [r["id"] for r in authed.get("/v1/status").json()] == ["a", "b"]
+
+        config.write_text("destinations:\n  - id: c\n    scheduler: pbs\n    host: local\n")
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused" in server.text(), 10, "the refusal in the log")
+        assert "destinations[0].scheduler" in server.text()
+        assert [r["id"] for r in authed.get("/v1/status").json()] == ["a", "b"]  # old config kept
+        assert anon.get("/v1/status").status_code == 401
+        assert authed.get("/healthz").status_code == 200
+    assert server.stop() == 0
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def test_serve_help_lists_the_seed_options(tmp_path: Path) -> None:
+    r = cli(["serve", "--help"], {**base_env(tmp_path), "COLUMNS": "200"})
+    assert r.returncode == 0
+    text = r.stdout.decode()
+    for option in (
+        "--host",
+        "--port",
+        "--database-file",
+        "--ssh-key-file",
+        "--ssh-user",
+        "--config",
+        "--no-collect",
+    ):
+        assert option in text
+
+
+def test_serve_refuses_a_bad_config_with_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yml"
+    config.write_text("serve:\n  port: 99999\n  open_endpoints: [/secret]\n")
+    r = cli(["serve", "--config", str(config)], base_env(tmp_path))
+    assert r.returncode == 2
+    err = r.stderr.decode()
+    assert "serve.port" in err and "serve.open_endpoints[0]" in err
