@@ -446,6 +446,24 @@ def test_tool_times_medians_limit_and_matching(store: Store) -> None:
     assert store.tool_times("", ["a"]) == {"a": ToolTimes(0, None, None)}
 
 
+def test_tool_times_prefix_is_bytewise_under_a_linguistic_collation(postgres: str) -> None:
+    """Sites' PostgreSQL databases sort linguistically: there "Cat1_u" lies between "cat1_" and "cat1`"."""
+    from tests.infra.postgres import create_database, drop_database
+
+    name = "icu_en_us"
+    url = create_database(
+        postgres, name, "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+    )
+    try:
+        with Store.open(url) as s:
+            finish_jobs(
+                s, "a", [("1", "g1_cat1_u", 1, 1), ("2", "g2_Cat1_u", 9, 9), ("3", "g3_cat10_u", 9, 9)], 5
+            )
+            assert s.tool_times("cat1", ["a"])["a"] == ToolTimes(1, 60.0, 60.0)
+    finally:
+        drop_database(postgres, name)
+
+
 def test_tool_times_ignore_unknown_parts(store: Store) -> None:
     # A pending job that vanished counts but has no times.
     write(store, "a", Snapshot(jobs=[Job("1", PENDING, name="g1_cat1_u", submit_time=at(0))]), 0)

@@ -149,9 +149,9 @@ def stop_postgres(server: PostgresServer) -> None:
     shutil.rmtree(server.dir, ignore_errors=True)
 
 
-def create_database(server_url: str, dbname: str) -> str:
-    """A fresh database on the server of ``server_url``; returns its URL."""
-    _admin_sql(server_url, f'CREATE DATABASE "{dbname}"')
+def create_database(server_url: str, dbname: str, options: str = "") -> str:
+    """A fresh database on the server of ``server_url`` (``options``: CREATE DATABASE clauses); its URL."""
+    _admin_sql(server_url, f'CREATE DATABASE "{dbname}" {options}')
     parts = urlsplit(server_url)
     return urlunsplit(parts._replace(path=f"/{dbname}"))
 
