@@ -160,3 +160,15 @@ def test_sorted_destinations_is_a_permutation_of_the_input(req: dict[str, Any]) 
 @given(request())
 def test_ranking_is_deterministic(req: dict[str, Any]) -> None:
     assert rank(req, EMPTY, None, NOW) == rank(req, EMPTY, None, NOW)
+
+
+def test_sqlite_path_reads_urls_like_the_store() -> None:
+    from pathlib import Path
+
+    from metasched.rank.state import sqlite_path
+
+    assert sqlite_path("x.db") == Path("x.db")
+    assert sqlite_path("sqlite:///rel/x.db") == Path("rel/x.db")
+    assert sqlite_path("sqlite:////abs/x.db") == Path("/abs/x.db")
+    assert sqlite_path("~/x.db") == Path("~/x.db").expanduser()
+    assert sqlite_path("postgresql://u@h/db") is None

@@ -80,9 +80,9 @@ def _history_jobs(raw: list[dict[str, Any]], end: datetime) -> list[Job]:
     return out
 
 
-def build_store(db_path: Path, state: dict[str, Any], now: datetime = NOW) -> None:
-    """Write every destination's snapshot(s), failures, disables and metric rows."""
-    with Store.open(str(db_path)) as store:
+def build_store(db: Path | str, state: dict[str, Any], now: datetime = NOW) -> None:
+    """Write every destination's snapshot(s), failures, disables and metric rows into store ``db``."""
+    with Store.open(str(db)) as store:
         for dest_id, st in (state.get("destinations") or {}).items():
             last = now - timedelta(seconds=st.get("age_s", 60))
             nodes = [_node(n, i) for i, n in enumerate(st.get("nodes", []))]
@@ -118,17 +118,30 @@ def build_store(db_path: Path, state: dict[str, Any], now: datetime = NOW) -> No
         for source, rows in by_source.items():
             store.replace_metrics(source, rows, fetched_at=now)
     disabled = {d: st["disabled"] for d, st in (state.get("destinations") or {}).items() if "disabled" in st}
-    if disabled:
-        with sqlite3.connect(db_path) as conn:
-            for dest_id, (reason, until_s) in (
-                (d, (v, None) if isinstance(v, str) else (v["reason"], v.get("until_s")))
-                for d, v in disabled.items()
-            ):
-                until = None if until_s is None else (now + timedelta(seconds=until_s)).replace(tzinfo=None)
-                conn.execute(
-                    "UPDATE destination SET disabled_reason = ?, disabled_until = ? WHERE id = ?",
-                    (reason, until, dest_id),
-                )
+    for dest_id, value in disabled.items():
+        reason, until_s = (value, None) if isinstance(value, str) else (value["reason"], value.get("until_s"))
+        until = None if until_s is None else (now + timedelta(seconds=until_s)).replace(tzinfo=None)
+        _sql(
+            str(db),
+            "UPDATE destination SET disabled_reason = ?, disabled_until = ? WHERE id = ?",
+            (reason, until, dest_id),
+        )
+
+
+def _sql(url: str, statement: str, params: tuple[Any, ...]) -> None:
+    """Plain SQL on the store's database (only for what the Store API cannot write yet)."""
+    if url.startswith("postgresql://"):
+        import psycopg2
+
+        conn = psycopg2.connect(url)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(statement.replace("?", "%s"), params)
+        finally:
+            conn.close()
+        return
+    with sqlite3.connect(url) as lite:
+        lite.execute(statement, params)
 
 
 def scenario_config(raw: dict[str, Any] | None) -> Config:
@@ -160,13 +173,14 @@ def scenario_config(raw: dict[str, Any] | None) -> Config:
     )
 
 
-def run_scenario(path: Path, tmp_path: Path) -> dict[str, Any]:
+def run_scenario(path: Path, tmp_path: Path, url: str | None = None) -> dict[str, Any]:
+    """Build the scenario's state in ``url`` (default: a SQLite file in tmp_path) and rank its request."""
     from metasched.rank import rank
 
     sc = load_scenario(path)
-    db = tmp_path / "state.db"
+    db = url or str(tmp_path / "state.db")
     build_store(db, sc.get("state") or {})
-    with Store.open(str(db)) as store:
+    with Store.open(db) as store:
         return rank(sc["request"], scenario_config(sc.get("config")), store, NOW)
 
 
@@ -196,10 +210,13 @@ SCENARIOS = sorted(SCENARIO_DIR.glob("*.yml"))
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-def test_scenario(path: Path, tmp_path: Path) -> None:
-    """Each YAML file: a request, stored state, and the expected order, feasibility and reasons."""
+def test_scenario(path: Path, tmp_path: Path, store_url: str) -> None:
+    """Each YAML file: a request, stored state, and the expected order, feasibility and reasons.
+
+    Run on both store backends (``store_url``: a SQLite file, and a fresh PostgreSQL database).
+    """
     sc = load_scenario(path)
-    result = run_scenario(path, tmp_path)
+    result = run_scenario(path, tmp_path, store_url)
     assert sorted(r["id"] for r in result["ranked"]) == sorted(d["id"] for d in _dests(sc["request"]))
     check_expectations(sc, result)
 

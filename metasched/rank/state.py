@@ -50,16 +50,15 @@ class StoredState:
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The file behind a SQLite URL or plain path; None for PostgreSQL or in-memory URLs."""
-    if url.startswith(("postgresql://", "postgres://")):
+    """The file behind a SQLite URL or plain path (as ``Store.open`` reads it); None for other schemes."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        path = url
+    elif scheme.lower() == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+    else:
         return None
-    if url.startswith("sqlite:///"):
-        url = url[len("sqlite:///") :]
-    elif url.startswith("sqlite://"):
-        url = url[len("sqlite://") :]
-    if url in ("", ":memory:"):
-        return None
-    return Path(url)
+    return Path(path).expanduser() if path else None
 
 
 def open_existing_store(url: str) -> tuple[Store | None, str | None]:
