@@ -274,3 +274,20 @@ def test_fast_path_leaves_anything_unusual_to_typer(argv: list[str], handled: bo
     assert (code is not None) is handled
     if handled:
         assert code == 2  # the request file does not exist
+
+
+def test_internal_error_exit_1_nothing_on_stdout(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug inside ranking (simulated by a failing rank function) ends with exit 1 and empty stdout."""
+    import metasched.rank
+    from metasched.rank.main import run as run_rank
+
+    def broken(*args: object, **kwargs: object) -> dict[str, Any]:
+        raise ZeroDivisionError("simulated bug")
+
+    monkeypatch.setattr(metasched.rank, "rank", broken)
+    code = run_rank(SEED, False, None, None, 0, env)
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "")
+    assert err == "metasched: internal error: ZeroDivisionError: simulated bug\n"
