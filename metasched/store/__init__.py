@@ -29,8 +29,10 @@ from typing import Any, Self, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from peewee import (
+    SQL,
     Database,
     Model,
+    NodeList,
     PeeweeException,
     PostgresqlDatabase,
     SchemaManager,
@@ -784,10 +786,11 @@ class Store:
                 .over(partition_by=[F.destination_id], order_by=[F.end_time.desc(), F.id.desc()])
                 .alias("rn")
             )
+            # SQLite's planner (no statistics) would rather walk the (destination_id, end_time) index,
+            # i.e. every history row of those destinations; a unary + takes that index out of the race.
+            dest = F.destination_id if self._pg else NodeList((SQL("+"), F.destination_id), glue="")
             for chunk in _chunks(wanted):
-                inner = F.select(F.destination_id, F.queue_s, F.run_s, rank).where(
-                    F.destination_id.in_(chunk) & matches
-                )
+                inner = F.select(F.destination_id, F.queue_s, F.run_s, rank).where(dest.in_(chunk) & matches)
                 sub = inner.alias("recent")
                 query = (
                     models.FinishedJob.select(sub.c.destination_id, sub.c.queue_s, sub.c.run_s)
