@@ -268,9 +268,14 @@ def test_fast_path_matches_typer_path(env: dict[str, str]) -> None:
     ],
 )
 def test_fast_path_leaves_anything_unusual_to_typer(argv: list[str], handled: bool) -> None:
+    import gc
+
     from metasched.rank.main import fast_main
 
-    code = fast_main(argv, {})
+    try:
+        code = fast_main(argv, {})
+    finally:
+        gc.enable()  # fast_main turns it off for the short-lived CLI process
     assert (code is not None) is handled
     if handled:
         assert code == 2  # the request file does not exist
