@@ -788,9 +788,11 @@ class Store:
             )
             # SQLite's planner (no statistics) would rather walk the (destination_id, end_time) index,
             # i.e. every history row of those destinations; a unary + takes that index out of the race.
-            dest = F.destination_id if self._pg else NodeList((SQL("+"), F.destination_id), glue="")
+            in_dest = F.destination_id if self._pg else NodeList((SQL("+"), F.destination_id), glue="")
             for chunk in _chunks(wanted):
-                inner = F.select(F.destination_id, F.queue_s, F.run_s, rank).where(dest.in_(chunk) & matches)
+                inner = F.select(F.destination_id, F.queue_s, F.run_s, rank).where(
+                    in_dest.in_(chunk) & matches
+                )
                 sub = inner.alias("recent")
                 query = (
                     models.FinishedJob.select(sub.c.destination_id, sub.c.queue_s, sub.c.run_s)
