@@ -120,6 +120,44 @@ def build_request(path: Path, n: int) -> None:
     path.write_text(json.dumps(request))
 
 
+def breakdown(db: Path, request: Path) -> str:
+    """Where the time of one in-process ranking goes (ms), to see which part grows with destinations."""
+    import gc
+    from dataclasses import replace
+
+    from metasched.config import load_config
+    from metasched.rank import rank_outcome, response
+    from metasched.rank.request import decode_request, parse_request
+
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        req = parse_request(decode_request(request.read_bytes()))
+        t1 = time.perf_counter()
+        ids = [d.id for d in req.destinations]
+        with Store.open(str(db)) as store:
+            t2 = time.perf_counter()
+            store.summaries(ids)
+            t3 = time.perf_counter()
+            store.tool_times(req.job.tool_id, ids)
+            t4 = time.perf_counter()
+            store.metrics(ids, req.job.tool_id)
+            t5 = time.perf_counter()
+            cfg = load_config(None, {}, read_secrets=False)
+            cfg = replace(cfg, destinations=())
+            outcome, warnings = rank_outcome(req, cfg, store, datetime.now(UTC))
+            t6 = time.perf_counter()
+        json.dumps(response(outcome, warnings))
+        t7 = time.perf_counter()
+    finally:
+        gc.enable()
+    ms = [(b - a) * 1000 for a, b in ((t0, t1), (t2, t3), (t3, t4), (t4, t5), (t5, t6), (t6, t7))]
+    return (
+        f"parse {ms[0]:.1f}, store.summaries {ms[1]:.1f}, store.tool_times {ms[2]:.1f}, "
+        f"store.metrics {ms[3]:.1f}, rank_outcome (reads again + model) {ms[4]:.1f}, json {ms[5]:.1f}"
+    )
+
+
 def wall(cmd: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, check=False)
@@ -158,6 +196,7 @@ def main() -> int:
             if script:
                 commands[f"script{n}"] = ([script, *req], env_n)
             commands[f"module{n}"] = ([sys.executable, "-m", "metasched", *req], env_n)
+        details = {n: breakdown(work / f"state{n}.db", work / f"request{n}.json") for n in (50, 1000)}
         samples: dict[str, list[float]] = {k: [] for k in commands}
         for cmd, env_c in commands.values():  # warm the page cache and .pyc files
             wall(cmd, env_c)
@@ -184,6 +223,8 @@ def main() -> int:
             f"{'P2 ' + label + ', 1000 destinations':<52} {med[f'{kind}1000'] * 1000:8.1f} ms  "
             f"ratio {p2:.2f} (limit {P2_LIMIT}) {'ok' if p2 <= P2_LIMIT else 'MISSED'}"
         )
+    for n, text in details.items():
+        print(f"in-process ms, {n} destinations: {text}")
     return 1 if args.check and not ok else 0
 
 
