@@ -41,8 +41,9 @@ def postgres_extras(db: Database) -> None:
     """Objects the models cannot declare portably: on PostgreSQL, tool_key range lookups need byte order.
 
     ``Store.tool_times`` matches ``tool_key = k OR k_ <= tool_key < k```, which is only a prefix test
-    under byte-wise ("C") collation; a site's default collation (e.g. en_US) ignores ``_``. The query
-    uses ``COLLATE "C"`` and this index serves it. SQLite compares bytes already.
+    under byte-wise ("C") collation; a site's linguistic default collation does not (glibc en_US
+    ignores ``_``, ICU en-US puts ``Cat1_u`` inside the range). The query uses ``COLLATE "C"`` and this
+    index serves it. SQLite compares bytes already.
     """
     if isinstance(db, PostgresqlDatabase):
         _execute(
