@@ -35,7 +35,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-RANK_THREADS = 4
+# Ranking is CPU-bound Python: on SQLite (cached reads) more threads only fight over the GIL, so one
+# thread ranks; PostgreSQL reads wait on the network, so there a few requests overlap.
+RANK_THREADS_SQLITE = 1
+RANK_THREADS_POSTGRES = 4
+OTHER_THREADS = 2  # status, metrics, health: never queued behind ranking
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 KNOWN_PATHS = frozenset(
     {"/v1/rank", "/process_data", "/v1/status", "/healthz", "/metrics", "/docs", "/openapi.json", "/ping"}
@@ -184,10 +188,16 @@ def _is_open(path: str, open_endpoints: tuple[str, ...]) -> bool:
 
 def create_app(state: ServeState) -> FastAPI:
     """The application; ``state`` carries config, store and collect loop (started in the lifespan)."""
-    pool = ThreadPoolExecutor(max_workers=RANK_THREADS, thread_name_prefix="rank")
+    rank_threads = RANK_THREADS_POSTGRES if state.store.is_postgres else RANK_THREADS_SQLITE
+    rank_pool = ThreadPoolExecutor(max_workers=rank_threads, thread_name_prefix="rank")
+    pool = ThreadPoolExecutor(max_workers=OTHER_THREADS, thread_name_prefix="read")
 
     async def in_pool(fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn)
+
+    async def ranked(fn: Callable[[], tuple[int, bytes]]) -> Response:
+        status, payload = await asyncio.get_running_loop().run_in_executor(rank_pool, fn)
+        return Response(payload, status_code=status, media_type="application/json")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -198,6 +208,7 @@ def create_app(state: ServeState) -> FastAPI:
         finally:
             log.info("shutting down: waiting for a running collect to finish")
             await asyncio.get_running_loop().run_in_executor(None, state.stop)
+            rank_pool.shutdown(wait=True)
             pool.shutdown(wait=True)
             log.info("stopped")
 
@@ -217,15 +228,13 @@ def create_app(state: ServeState) -> FastAPI:
     async def rank_v1(request: Request) -> Response:
         """Rank candidate destinations (the answer of `metasched rank` for the same request and state)."""
         body = await request.body()
-        status, payload = await in_pool(lambda: _rank(state, body, full=True))
-        return Response(payload, status_code=status, media_type="application/json")
+        return await ranked(lambda: _rank(state, body, full=True))
 
     @app.post("/process_data", openapi_extra=rank_body, tags=["rank"])
     async def process_data(request: Request) -> Response:
         """Seed-1 compatible: the same ranking, answered as `{"sorted_destinations": [...]}`."""
         body = await request.body()
-        status, payload = await in_pool(lambda: _rank(state, body, full=False))
-        return Response(payload, status_code=status, media_type="application/json")
+        return await ranked(lambda: _rank(state, body, full=False))
 
     @app.get("/v1/status", tags=["status"])
     async def status_all() -> Response:

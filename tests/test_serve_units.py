@@ -1,0 +1,250 @@
+"""The pieces of serve that need no server: the `serve:` config block and ${CREDENTIALS_DIRECTORY}
+paths (real files), the Prometheus page (read back by the Prometheus client's parser), the token
+check, --until parsing, the CLI overrides, and the read cache over a real SQLite file changed by
+another connection."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from metasched.collect.types import Node, Snapshot
+from metasched.config import load_config
+from metasched.errors import ConfigError, InputError
+from metasched.serve.admin import AdminStore, parse_until
+from metasched.serve.auth import authorized
+from metasched.serve.cache import CachingStore
+from metasched.serve.metrics import LoopStats, RequestStats, render
+from metasched.serve.state import Overrides, apply_overrides
+from metasched.store import DestinationSummary, Store
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yml"
+    path.write_text(text)
+    return path
+
+
+DEST = "destinations:\n  - {id: a, scheduler: node, host: local}\n"
+
+
+# --- config -----------------------------------------------------------------------------------------
+
+
+def test_serve_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, DEST), {})
+    assert (cfg.serve.host, cfg.serve.port, cfg.serve.token) == ("127.0.0.1", 8000, None)
+    assert cfg.serve.max_body_bytes == 1 << 20 and cfg.serve.open_endpoints == ("/healthz", "/metrics")
+
+
+def test_token_sources_in_order(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "serve-token").write_text("from-credential\n")
+    (tmp_path / "tok").write_text("from-file\n")
+    env = {"CREDENTIALS_DIRECTORY": str(creds), "METASCHED_TOKEN": "from-env"}
+    literal = write(tmp_path, DEST + "serve: {token: literal}\n")
+    assert load_config(literal, env).serve.token == "literal"
+    by_file = write(tmp_path, DEST + "serve: {token_file: tok}\n")  # relative to the config file
+    assert load_config(by_file, env).serve.token == "from-file"
+    plain = write(tmp_path, DEST)
+    assert load_config(plain, env).serve.token == "from-env"
+    assert load_config(plain, {"CREDENTIALS_DIRECTORY": str(creds)}).serve.token == "from-credential"
+    assert load_config(plain, env, read_secrets=False).serve.token is None  # rank never reads secrets
+
+
+@pytest.mark.parametrize(
+    ("block", "problem"),
+    [
+        ("serve: {token: a, token_file: /x}", "serve.token_file: give token or token_file, not both"),
+        ("serve: {token_file: /nonexistent/tok}", "serve.token_file: cannot read /nonexistent/tok"),
+        ("serve: {port: 0}", "serve.port: must be an integer 1-65535"),
+        ("serve: {max_body_bytes: 10}", "serve.max_body_bytes"),
+        ("serve: {open_endpoints: [/admin]}", "serve.open_endpoints[0]: must be one of"),
+        ("serve: {host: 'a b'}", "serve.host"),
+        ("serve: {prot: 1}", "serve.prot: unknown key (did you mean 'port'?)"),
+        ("serve: [1]", "serve: must be a mapping"),
+    ],
+)
+def test_serve_problems_name_the_key(tmp_path: Path, block: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, DEST + block + "\n"), {})
+    assert any(problem in p for p in err.value.problems), err.value.problems
+
+
+def test_empty_token_file_is_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "tok").write_text("\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, DEST + "serve: {token_file: tok}\n"), {})
+    assert "is empty" in err.value.problems[0]
+
+
+def test_credentials_directory_expands_in_file_paths(tmp_path: Path) -> None:
+    creds = tmp_path / "run-creds"
+    creds.mkdir()
+    (creds / "influxdb-password").write_text("pw\n")
+    text = (
+        "ssh:\n  key_file: ${CREDENTIALS_DIRECTORY}/ssh-key\n  known_hosts: $CREDENTIALS_DIRECTORY/known\n"
+        "influxdb:\n  url: http://127.0.0.1:8086\n  database: galaxy\n"
+        "  password_file: ${CREDENTIALS_DIRECTORY}/influxdb-password\n" + DEST
+    )
+    cfg = load_config(write(tmp_path, text), {"CREDENTIALS_DIRECTORY": str(creds)})
+    assert cfg.ssh.key_file == str(creds / "ssh-key") and cfg.ssh.known_hosts == str(creds / "known")
+    assert cfg.destinations[0].ssh.key_file == str(creds / "ssh-key")
+    assert cfg.influxdb is not None and cfg.influxdb.password == "pw"
+    # Without the variable (rank run by Galaxy) the path stays as written, not joined to the config dir.
+    plain = load_config(write(tmp_path, text.replace("  password_file", "  # password_file")), {})
+    assert plain.ssh.key_file == "${CREDENTIALS_DIRECTORY}/ssh-key"
+
+
+def test_cli_overrides_every_destination(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            "ssh: {user: a, key_file: /k1}\n" + DEST + "  - {id: b, scheduler: node, host: h, user: b}\n",
+        ),
+        {},
+    )
+    out = apply_overrides(cfg, Overrides(host="0.0.0.0", port=9000, ssh_user="ops", ssh_key_file="/k2"))
+    assert {(d.ssh.user, d.ssh.key_file) for d in out.destinations} == {("ops", "/k2")}
+    assert (out.serve.host, out.serve.port) == ("0.0.0.0", 9000)
+    assert apply_overrides(cfg, Overrides()) == cfg
+
+
+# --- metrics page -----------------------------------------------------------------------------------
+
+
+def summary(dest_id: str, **kw: object) -> DestinationSummary:
+    values: dict[str, object] = {
+        "id": dest_id,
+        "scheduler": "slurm",
+        "host": "h",
+        "reachable": True,
+        "last_attempt": NOW,
+        "last_success": NOW,
+        "error": None,
+        **dict.fromkeys(
+            (
+                "cores_total",
+                "cores_free",
+                "mem_total_mb",
+                "mem_free_mb",
+                "gpus_total",
+                "gpus_free",
+                "nodes_total",
+                "nodes_unavailable",
+                "jobs_running",
+                "jobs_queued",
+                "jobs_held",
+                "queued_cores",
+                "running_cores",
+            ),
+            1,
+        ),
+    }
+    values.update(kw)
+    return DestinationSummary(**values)  # type: ignore[arg-type]
+
+
+def test_metrics_page_parses_with_hostile_ids() -> None:
+    hostile = 'a"b\\c\nd'
+    requests = RequestStats()
+    requests.observe("/v1/rank", "POST", 200, 0.003)
+    requests.observe("/v1/rank", "POST", 422, 0.0001)
+    page = render(
+        [
+            summary(hostile, mem_total_mb=2048, disabled_reason="x", disabled_until=NOW + timedelta(hours=1)),
+            summary("off", reachable=False, disabled_reason="y", disabled_until=NOW - timedelta(hours=1)),
+        ],
+        {},
+        LoopStats(cycles={"ok": 3, "skipped": 1}, errors={"off": 2}, last_cycle_end=NOW, alive=True),
+        requests,
+        NOW,
+    )
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(page)
+        for s in family.samples
+    }
+    assert samples[("metasched_destination_up", (("destination", hostile),))] == 1
+    assert samples[("metasched_destination_memory_total_bytes", (("destination", hostile),))] == 2048 * 2**20
+    assert samples[("metasched_destination_disabled", (("destination", hostile),))] == 1
+    assert samples[("metasched_destination_disabled", (("destination", "off"),))] == 0  # lapsed
+    assert samples[("metasched_destination_collect_errors_total", (("destination", "off"),))] == 2
+    assert samples[("metasched_collect_cycles_total", (("result", "skipped"),))] == 1
+    bucket = ("metasched_http_request_duration_seconds_bucket", (("le", "0.005"), ("path", "/v1/rank")))
+    assert samples[bucket] == 2
+    assert samples[("metasched_http_request_duration_seconds_count", (("path", "/v1/rank"),))] == 2
+    assert (
+        samples[
+            ("metasched_http_requests_total", (("code", "422"), ("method", "POST"), ("path", "/v1/rank")))
+        ]
+        == 1
+    )
+
+
+# --- token, --until --------------------------------------------------------------------------------
+
+
+def test_authorized() -> None:
+    assert authorized(None, None)
+    assert authorized(b"Bearer s3cret", "s3cret") and authorized(b"bearer  s3cret ", "s3cret")
+    assert not authorized(None, "s3cret")
+    assert not authorized(b"Bearer s3cre", "s3cret") and not authorized(b"Basic s3cret", "s3cret")
+    assert not authorized(b"Bearer \xff", "s3cret")
+
+
+def test_parse_until() -> None:
+    assert parse_until("90m", NOW) == NOW + timedelta(minutes=90)
+    assert parse_until("1d12h", NOW) == NOW + timedelta(hours=36)
+    assert parse_until("2026-11-24T08:00", NOW) == datetime(2026, 11, 24, 8, tzinfo=UTC)
+    assert parse_until("2026-11-24T09:00+01:00", NOW) == datetime(2026, 11, 24, 8, tzinfo=UTC)
+    for bad in ("soon", "0m", "2026-11-22T00:00Z", ""):
+        with pytest.raises(InputError, match="--until"):
+            parse_until(bad, NOW)
+
+
+# --- the read cache ---------------------------------------------------------------------------------
+
+
+def test_cache_sees_commits_of_other_connections(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.db")
+    writer = AdminStore.open(db)
+    assert isinstance(writer, AdminStore)
+    writer.write_snapshot("a", Snapshot([Node("n", "idle", True, 4)]), run_id="r", started=NOW, finished=NOW)
+    reader = CachingStore.open(db)
+    first = reader.summaries(["a"])
+    assert first[0].cores_total == 4 and reader.summaries(["a"]) == first
+    writer.write_snapshot("a", Snapshot([Node("n", "idle", True, 8)]), run_id="s", started=NOW, finished=NOW)
+    assert reader.summaries(["a"])[0].cores_total == 8
+    writer.set_disabled("a", "maintenance", None)
+    assert reader.summaries(["a"])[0].disabled_reason == "maintenance"
+    assert reader.tool_times("t", ["a"])["a"].count == 0 and reader.metrics(["a"]) == []
+
+    seen: list[int] = []
+    other = threading.Thread(target=lambda: seen.append(reader.summaries(["a"])[0].cores_total))
+    other.start()
+    other.join()
+    assert seen == [8]  # another thread reads through its own connection and cache
+    writer.close()
+    reader.close()
+
+
+def test_disable_needs_a_row(tmp_path: Path) -> None:
+    store = AdminStore.open(str(tmp_path / "s.db"))
+    assert isinstance(store, AdminStore)
+    assert not store.set_disabled("ghost", "x", None)
+    store.ensure_destination("ghost", "node", "local")
+    assert store.set_disabled("ghost", "x", NOW)
+    (s,) = Store.summaries(store, ["ghost"])
+    assert s.disabled_reason == "x" and s.disabled_until == NOW
+    assert store.set_disabled("ghost", None, NOW)
+    (s,) = store.summaries(["ghost"])
+    assert s.disabled_reason is None and s.disabled_until is None
+    store.close()
