@@ -109,6 +109,11 @@ def rank_outcome(
             "is InfluxDB reachable?"
         )
     outcome = rank_candidates(req.job, req.datasets, objectstores, candidates, weights)
+    if config.policies:  # seed-2 node groups (docs/policies.md); no import cost without them
+        from metasched.policy.ranking import apply as apply_policies
+
+        outcome, policy_warn = apply_policies(outcome, config, store, state.summaries, now, max_state_age)
+        warn.extend(policy_warn)
     warn.extend(outcome.warnings)
     return outcome, warn
 

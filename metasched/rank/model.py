@@ -365,7 +365,11 @@ def rank_candidates(
         stage_s, moved, local, stage_why = staging(groups, objectstores, cand, w)
         run_s, run_why = run_time(cand, tool_median, w)
         queue_s, queue_why = queue_time(job, cand.observed, run_s, w)
-        stage_s, queue_s, run_s = (min(x, MAX_SECONDS) for x in (stage_s, queue_s, run_s))
+        stage_s, queue_s, run_s = (
+            min(stage_s, MAX_SECONDS),
+            min(queue_s, MAX_SECONDS),
+            min(run_s, MAX_SECONDS),
+        )
         total = stage_s + queue_s + run_s
         exponent = max(-TPV_EXPONENT_CAP, min(TPV_EXPONENT_CAP, w.tpv_weight * cand.tpv_score))
         score = total * math.exp(-exponent)

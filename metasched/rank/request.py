@@ -103,23 +103,28 @@ def decode_request(data: bytes) -> object:
         raise InputError("request: nested too deeply") from None
 
 
-def _number(value: object, path: str, *, minimum: float | None = 0.0) -> float:
+def _at(path: str, key: str | None) -> str:
+    return path if key is None else f"{path}.{key}"
+
+
+def _number(value: object, path: str, key: str | None = None, *, minimum: float | None = 0.0) -> float:
+    """``value`` as a finite float; the error names ``path.key`` (built only on error: hot path)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"{path}: must be a number, not {_kind(value)}")
+        raise InputError(f"{_at(path, key)}: must be a number, not {_kind(value)}")
     try:
         val = float(value)
     except OverflowError:
-        raise InputError(f"{path}: number out of range") from None
+        raise InputError(f"{_at(path, key)}: number out of range") from None
     if not math.isfinite(val):
-        raise InputError(f"{path}: must be finite")
+        raise InputError(f"{_at(path, key)}: must be finite")
     if minimum is not None and val < minimum:
-        raise InputError(f"{path}: must be >= {minimum:g}")
+        raise InputError(f"{_at(path, key)}: must be >= {minimum:g}")
     return val
 
 
 def _opt_number(obj: Mapping[str, Any], key: str, path: str, *, minimum: float | None = 0.0) -> float | None:
     value = obj.get(key)
-    return None if value is None else _number(value, f"{path}.{key}", minimum=minimum)
+    return None if value is None else _number(value, path, key, minimum=minimum)
 
 
 def _kind(value: object) -> str:
