@@ -180,7 +180,7 @@ def infeasibility(job: JobSpec, cand: Candidate) -> list[str]:
         out.append(f"needs {fmt_num(job.gpus)} GPUs > max_accepted_gpus {fmt_num(cand.max_gpus)}")
     if obs.disabled is not None:
         out.append(f"disabled: {obs.disabled}")
-    if obs.status is not None and obs.status.lower() == "offline":
+    if obs.status is not None and obs.status.strip().strip('"').lower() == "offline":
         out.append("status offline")
     if obs.usable is False:
         out.append("no usable node (all down or drained)")
