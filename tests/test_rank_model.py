@@ -172,3 +172,59 @@ def test_sqlite_path_reads_urls_like_the_store() -> None:
     assert sqlite_path("sqlite:////abs/x.db") == Path("/abs/x.db")
     assert sqlite_path("~/x.db") == Path("~/x.db").expanduser()
     assert sqlite_path("postgresql://u@h/db") is None
+
+
+def _summary(**kw: Any) -> Any:
+    from metasched.store import DestinationSummary
+
+    base: dict[str, Any] = dict(
+        id="a",
+        scheduler="slurm",
+        host="h",
+        reachable=True,
+        last_attempt=NOW,
+        last_success=NOW,
+        error=None,
+        cores_total=64,
+        cores_free=10,
+        mem_total_mb=1024,
+        mem_free_mb=512,
+        gpus_total=0,
+        gpus_free=0,
+        nodes_total=2,
+        nodes_unavailable=0,
+        jobs_running=5,
+        jobs_queued=3,
+        jobs_held=0,
+        queued_cores=12,
+        running_cores=54,
+    )
+    return DestinationSummary(**{**base, **kw})
+
+
+def test_observe_precedence_request_then_summary_then_metrics() -> None:
+    from datetime import timedelta
+
+    from metasched.rank.request import DestinationRequest, InlineMetrics
+    from metasched.rank.state import observe
+    from metasched.store import MetricRow
+
+    rows = [
+        MetricRow("q", "a", "queued", value=99, observed_at=NOW),
+        MetricRow("q", "a", "running", value=7, observed_at=NOW - timedelta(hours=2)),
+        MetricRow("h", "a", "median_run_s", value=50, tool_id=""),
+        MetricRow("h", "a", "median_run_s", value=70, tool_id="t"),
+        MetricRow("h", "a", "median_run_s", value=1, tool_id="other"),
+    ]
+    plain = DestinationRequest(id="a", index=0)
+    kw: dict[str, Any] = dict(tool_id="t", now=NOW, max_state_age=300, max_metric_age=900)
+    obs, stale_state, stale_metrics = observe(plain, _summary(), None, rows, None, **kw)
+    assert (obs.queued_jobs, obs.free_cores, obs.metric_run_s) == (3, 10, 70)  # summary beats metrics
+    assert (stale_state, stale_metrics) == (False, True)  # the 2-hour-old running count
+    asked = DestinationRequest(id="a", index=0, metrics=InlineMetrics(queued=1, free_cores=0))
+    obs, _, _ = observe(asked, _summary(), None, rows, None, **kw)
+    assert (obs.queued_jobs, obs.queued_cores, obs.free_cores) == (1, None, 0)  # the request beats both
+    old = _summary(last_success=NOW - timedelta(hours=1), disabled_reason="x", disabled_until=NOW)
+    obs, stale_state, _ = observe(plain, old, None, rows, None, **kw)
+    assert stale_state and obs.free_cores is None and obs.queued_jobs == 99  # stale: unknown, metrics fill in
+    assert obs.disabled is None  # the disable ended (until == now)
