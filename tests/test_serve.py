@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,9 +27,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from metasched.store import Store
 from tests.infra.procs import free_port, wait_for
 from tests.infra.slurm import SlurmCluster
 from tests.infra.sshd import SSHServer
+
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 SEED_REQUEST = {
     "objectstores": {"files_de": {"latitude": 51.0, "longitude": 10.0}},
@@ -460,6 +464,48 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(
     assert server.proc.wait(30) == 0
     log = server.text()
     assert "shutting down" in log and "stopped" in log and "Traceback" not in log
+
+
+def test_sigterm_lets_a_running_collect_finish(
+    tmp_path: Path, sshd: SSHServer, slurm: SlurmCluster, servers: list[Serve]
+) -> None:
+    """A cycle whose `sinfo` takes 3 s is under way when SIGTERM comes: it completes and is stored."""
+    wrap = Path(tempfile.mkdtemp(prefix="metasched-slow-"))
+    wrap.chmod(0o755)  # mstest runs the wrapper
+    slow = wrap / "sinfo"
+    slow.write_text('#!/bin/bash\nsleep 3\nexec /usr/bin/sinfo "$@"\n')
+    slow.chmod(0o755)
+    config = write_config(
+        tmp_path / "config.yml",
+        {
+            "collect": {"interval": 3600},
+            "destinations": [
+                {
+                    "id": "slow",
+                    "scheduler": "slurm",
+                    "host": sshd.host,
+                    "port": sshd.port,
+                    "user": sshd.user,
+                    "key_file": str(sshd.key_file),
+                    "known_hosts": str(sshd.known_hosts),
+                    "command_timeout": 20,
+                    "env": {**slurm.env, "PATH": f"{wrap}:{BASE_PATH}"},
+                }
+            ],
+        },
+    )
+    db = tmp_path / "state.db"
+    server = start_serve(tmp_path, config, "--database", str(db))
+    servers.append(server)
+    time.sleep(0.5)  # the first cycle starts with the service; its sinfo is sleeping now
+    assert server.stop() == 0
+    log = server.text()
+    assert log.index("waiting for a running collect to finish") < log.index("collect cycle: 1 ok, 0 failed")
+    with Store.open(str(db)) as store:
+        (summary,) = store.summaries(["slow"])
+    assert summary.reachable and summary.last_success is not None and summary.nodes_total >= 3
+    slow.unlink()
+    wrap.rmdir()
 
 
 def test_sighup_reloads_a_good_config_and_keeps_the_old_on_a_bad_one(
