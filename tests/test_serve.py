@@ -568,3 +568,16 @@ def test_serve_refuses_a_bad_config_with_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2
     err = r.stderr.decode()
     assert "serve.port" in err and "serve.open_endpoints[0]" in err
+
+
+def test_port_in_use_exits_1_with_a_message(tmp_path: Path, local_config: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = cli(
+            ["serve", "-c", str(local_config), "--database", str(tmp_path / "s.db"), "--port", str(port)],
+            base_env(tmp_path),
+        )
+    assert r.returncode == 1
+    assert f"could not listen on 127.0.0.1:{port}" in r.stderr.decode()

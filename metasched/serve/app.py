@@ -202,7 +202,7 @@ def create_app(state: ServeState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.start()
-        log.info("serving on http://%s:%d", state.host, state.port)
+        log.info("collect loop %s", "started" if state.loop is not None else "off (--no-collect)")
         try:
             yield
         finally:

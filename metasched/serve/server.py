@@ -48,6 +48,14 @@ def run(state: ServeState) -> int:
     previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run()
+    except SystemExit as exc:  # uvicorn's own exit when it cannot listen (its code 3 means PARTIAL here)
+        log.error(
+            "not serving: could not listen on %s:%d (exit status %s from uvicorn)",
+            state.host,
+            state.port,
+            exc.code,
+        )
+        return 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
