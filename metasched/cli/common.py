@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from metasched.errors import ConfigError, ExitCode, MetaschedError
+from metasched.errors import report
 
 if TYPE_CHECKING:
     from metasched.config import Config
@@ -47,17 +47,7 @@ def setup_logging(verbose: int) -> None:
 
 def fail(exc: BaseException, verbose: int = 0) -> NoReturn:
     """End the command with a one-line message on stderr and the documented exit code."""
-    if isinstance(exc, ConfigError):
-        for line in exc.problems:
-            print(line, file=sys.stderr)
-        raise typer.Exit(int(exc.exit_code))
-    if isinstance(exc, MetaschedError):
-        print(f"metasched: {exc}", file=sys.stderr)
-        raise typer.Exit(int(exc.exit_code))
-    if verbose:
-        logging.getLogger("metasched").exception("unexpected error")
-    print(f"metasched: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-    raise typer.Exit(int(ExitCode.UNEXPECTED))
+    raise typer.Exit(report(exc, verbose))
 
 
 def open_context(config_path: Path | None, database: str | None) -> tuple[Config, Store]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from metasched.errors import ConfigError, ExitCode, InputError, MetaschedError
+from metasched.errors import InputError, report
 
 _VALUED: Mapping[str, str] = MappingProxyType(
     {"--request": "request", "-r": "request", "--config": "config", "-c": "config", "--database": "database"}
@@ -59,21 +59,6 @@ def explain_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _report(exc: BaseException, verbose: int) -> int:
-    """One line (or the config's problem lines) on stderr; the documented exit code."""
-    if isinstance(exc, ConfigError):
-        for line in exc.problems:
-            print(line, file=sys.stderr)
-        return int(exc.exit_code)
-    if isinstance(exc, MetaschedError):
-        print(f"metasched: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
-    if verbose:
-        logging.getLogger("metasched").exception("unexpected error")
-    print(f"metasched: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-    return int(ExitCode.UNEXPECTED)
-
-
 def run(
     request: Path | None,
     explain: bool,
@@ -105,7 +90,7 @@ def run(
                 store.close()
         text = json.dumps(result, allow_nan=False) + "\n"
     except Exception as exc:
-        return _report(exc, verbose)
+        return report(exc, verbose)
     if explain:
         sys.stderr.write(explain_table(result))
     sys.stdout.write(text)
