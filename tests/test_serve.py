@@ -27,6 +27,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from metasched.collect.runner import CollectLock, lock_path
 from metasched.store import Store
 from tests.infra.procs import free_port, wait_for
 from tests.infra.slurm import SlurmCluster
@@ -581,3 +582,34 @@ def test_port_in_use_exits_1_with_a_message(tmp_path: Path, local_config: Path) 
         )
     assert r.returncode == 1
     assert f"could not listen on 127.0.0.1:{port}" in r.stderr.decode()
+
+
+def test_collect_loop_respects_the_lock_of_another_collect(tmp_path: Path, servers: list[Serve]) -> None:
+    """While another process (here: this test, as the timer's `metasched collect` would) holds the
+    collect lock, serve's cycles are skipped, not run alongside; once it is released they run again."""
+    config = write_config(
+        tmp_path / "config.yml",
+        {
+            "collect": {"interval": 0.3, "lock_timeout": 0.2},
+            "destinations": [{"id": "local", "scheduler": "node", "host": "local"}],
+        },
+    )
+    db = tmp_path / "state.db"
+    Store.open(str(db)).close()
+    with CollectLock(lock_path(str(db)), timeout=5):
+        server = start_serve(tmp_path, config, "--database", str(db))
+        servers.append(server)
+        with server.client() as http:
+
+            def skipped() -> float:
+                return metric_values(http.get("/metrics").text).get(
+                    ("metasched_collect_cycles_total", (("result", "skipped"),)), 0
+                )
+
+            wait_for(lambda: skipped() >= 2, 30, "skipped cycles")
+            assert http.get("/healthz").status_code == 200  # another process collecting is healthy
+            assert http.get("/v1/status").json()[0]["last_success"] is None
+    with server.client() as http:
+        wait_for(lambda: http.get("/v1/status").json()[0]["last_success"] is not None, 30, "a cycle")
+    assert server.stop() == 0
+    assert "collect cycle skipped: collect already running" in server.text()
