@@ -163,6 +163,7 @@ class PolicyConfig:
     enforce: bool = False
     nice: int = 10
     nodes: tuple[str, ...] = ()  # `node` destinations (hosts) the group shares; enforcement acts there
+    sudo: bool = False  # enforcement prefixes renice with `sudo -n` (needed to lower a nice value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -668,7 +669,7 @@ _INFLUX_KEYS = (
     "measurements",
     "write_summary",
 )
-_POLICY_KEYS = ("name", "destinations", "high_priority", "weights", "enforce", "nice", "nodes")
+_POLICY_KEYS = ("name", "destinations", "high_priority", "weights", "enforce", "nice", "nodes", "sudo")
 _SERVE_KEYS = ("host", "port", "token", "token_file", "max_body_bytes", "open_endpoints")
 
 
@@ -960,6 +961,7 @@ def _policy(c: _Checker, raw: Any, path: str, known: Mapping[str, DestinationCon
         enforce=c.boolean(m, "enforce", path, False),
         nice=c.integer(m, "nice", path, 10, -20, 19),
         nodes=tuple(nodes),
+        sudo=c.boolean(m, "sudo", path, False),
     )
 
 

@@ -20,7 +20,7 @@ def build_app() -> typer.Typer:
     """The Typer application with every command registered."""
     import typer
 
-    from metasched.cli import admin, collect, config_cmd, rank, serve, status
+    from metasched.cli import admin, collect, config_cmd, policy, rank, serve, status
 
     app = typer.Typer(
         name="metasched",
@@ -37,6 +37,8 @@ def build_app() -> typer.Typer:
     app.command("disable")(admin.disable)
     app.command("enable")(admin.enable)
     app.add_typer(config_cmd.app, name="config")
+    app.add_typer(policy.app, name="policy")
+    app.command("enforce")(policy.enforce)
     return app
 
 

@@ -81,6 +81,16 @@ def _age(seconds: float | None) -> str:
 
 
 def _note(row: dict[str, Any]) -> str:
+    policy = row.get("policy")
+    note = _state_note(row)
+    if policy:  # seed-2 node group (docs/policies.md)
+        runtime = ", runtime" if policy["source"] == "runtime" else ""
+        note = f"{note}; " if note else ""
+        return f"{note}policy {policy['name']} ({policy['group']}{runtime})"
+    return note
+
+
+def _state_note(row: dict[str, Any]) -> str:
     if row["disabled"]:
         until = f" (until {row['disabled_until']})" if row["disabled_until"] else ""
         return f"disabled: {row['disabled']}{until}"

@@ -105,7 +105,23 @@ def status_report(config: Config, store: Store, now: datetime) -> list[dict[str,
     """Every destination's row, with the median queue time (what ``status --json`` prints)."""
     summaries = store.summaries()
     ids = list(dict.fromkeys([d.id for d in config.destinations] + [s.id for s in summaries]))
-    return status_rows(config, summaries, now, median_queue_times(store, ids))
+    return add_policies(config, store, status_rows(config, summaries, now, median_queue_times(store, ids)))
+
+
+def add_policies(config: Config, store: Store, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``policy``: the node group's active policy (config or runtime override), ``last_enforced``: the
+    most recent renice of this destination's jobs (docs/policies.md); both None outside any group."""
+    from metasched.policy import active_policies, recent_actions
+
+    by_dest: dict[str, dict[str, Any]] = {}
+    for p in active_policies(config, store) if config.policies else []:
+        for dest_id in p.config.destinations:
+            by_dest[dest_id] = {"group": p.group, "name": p.name, "source": p.source}
+    actions = {a.get("destination"): a for a in recent_actions(store)} if config.policies else {}
+    for row in rows:
+        row["policy"] = by_dest.get(row["id"])
+        row["last_enforced"] = actions.get(row["id"])
+    return rows
 
 
 def destination_detail(config: Config, store: Store, dest_id: str, now: datetime) -> dict[str, Any] | None:
@@ -114,6 +130,7 @@ def destination_detail(config: Config, store: Store, dest_id: str, now: datetime
     if not summaries and config.destination(dest_id) is None:
         return None
     rows = status_rows(_only(config, dest_id), summaries, now, median_queue_times(store, [dest_id]))
+    add_policies(config, store, rows)
     row = rows[0]
     nodes = [asdict(n) for n in store.nodes(dest_id)]
     for n in nodes:
