@@ -46,51 +46,25 @@ KNOWN_PATHS = frozenset(
 )
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
-RANK_REQUEST_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": "The rank contract (docs/rank.md). Aliases: job_info/static_job_info, current_dest_info, "
-    "dataset_attributes/static_dataset_info, static_objectstores_info.",
-    "required": ["destinations"],
-    "properties": {
-        "job": {
-            "type": "object",
-            "properties": {
-                "tool_id": {"type": "string"},
-                "tool_version": {"type": "string"},
-                "job_id": {"type": ["string", "integer"]},
-                "cores": {"type": "number", "default": 1},
-                "mem": {"type": "number", "description": "GB", "default": 0},
-                "gpus": {"type": "number", "default": 0},
-            },
-        },
-        "destinations": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["id"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "tpv_score": {"type": "number"},
-                    "max_accepted_cores": {"type": "number"},
-                    "max_accepted_mem": {"type": "number"},
-                    "max_accepted_gpus": {"type": "number"},
-                    "latitude": {"type": "number"},
-                    "longitude": {"type": "number"},
-                    "context": {"type": "object"},
-                    "metrics": {"type": "object"},
-                },
-            },
-        },
-        "datasets": {"type": "object", "additionalProperties": {"type": "object"}},
-        "objectstores": {"type": "object", "additionalProperties": {"type": "object"}},
-        "options": {"type": "object"},
-    },
-    "example": {
-        "job": {"tool_id": "bowtie2", "cores": 4, "mem": 8},
-        "destinations": [{"id": "slurm_de", "tpv_score": 2}, {"id": "pulsar_au"}],
-        "datasets": {"1": {"object_store_id": "files_de", "size": 1000000000}},
-    },
-}
+SCHEMAS = {"RankRequest": "rank-request.json", "RankResponse": "rank-response.json"}
+
+
+def _openapi_components() -> dict[str, Any]:
+    """The rank contract's own JSON Schemas (metasched/schemas) as OpenAPI components: one source for
+    the CLI docs and /docs. Their ``$defs`` become components too, since a ``#/$defs/...`` reference
+    inside the OpenAPI document would resolve against the document's root."""
+    from importlib.resources import files
+
+    components: dict[str, Any] = {}
+    for name, file in SCHEMAS.items():
+        text = files("metasched").joinpath("schemas", file).read_text(encoding="utf-8")
+        schema = json.loads(text.replace('"#/$defs/', f'"#/components/schemas/{name}_'))
+        for key in ("$schema", "$id"):
+            schema.pop(key, None)
+        for def_name, definition in schema.pop("$defs", {}).items():
+            components[f"{name}_{def_name}"] = definition
+        components[name] = schema
+    return components
 
 
 def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
@@ -220,8 +194,18 @@ def create_app(state: ServeState) -> FastAPI:
         redoc_url=None,
     )
 
-    rank_body = {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": RANK_REQUEST_SCHEMA}}}
+    rank_body: dict[str, Any] = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RankRequest"}}},
+        },
+        "responses": {
+            "200": {
+                "description": "Ranked destinations",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RankResponse"}}},
+            },
+            "422": {"description": "Invalid request: `detail` names the field"},
+        },
     }
 
     @app.post("/v1/rank", openapi_extra=rank_body, tags=["rank"])
@@ -230,7 +214,22 @@ def create_app(state: ServeState) -> FastAPI:
         body = await request.body()
         return await ranked(lambda: _rank(state, body, full=True))
 
-    @app.post("/process_data", openapi_extra=rank_body, tags=["rank"])
+    seed_answer = {
+        "type": "object",
+        "properties": {"sorted_destinations": {"type": "array", "items": {"type": "string"}}},
+    }
+    seed_body = {
+        **rank_body,
+        "responses": {
+            **rank_body["responses"],
+            "200": {
+                "description": "Ids, best first",
+                "content": {"application/json": {"schema": seed_answer}},
+            },
+        },
+    }
+
+    @app.post("/process_data", openapi_extra=seed_body, tags=["rank"])
     async def process_data(request: Request) -> Response:
         """Seed-1 compatible: the same ranking, answered as `{"sorted_destinations": [...]}`."""
         body = await request.body()
@@ -274,10 +273,16 @@ def create_app(state: ServeState) -> FastAPI:
         log.exception("internal error")
         return _error(500, f"internal error: {type(exc).__name__}")
 
-    return _wrap(app, state)
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
 
+            spec = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(_openapi_components())
+            app.openapi_schema = spec
+        return app.openapi_schema
 
-def _wrap(app: FastAPI, state: ServeState) -> FastAPI:
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(Gate, state=state)
     return app
 
