@@ -240,6 +240,10 @@ def _run(
                     on_progress(result)
     order = {d.id: i for i, d in enumerate(enabled)}
     report.results.sort(key=lambda r: order[r.id])
+    if report.ok_count and any(p.enforce for p in config.policies):  # opt-in renice (docs/policies.md)
+        from metasched.policy.enforce import enforce_after_collect
+
+        report.warnings.extend(enforce_after_collect(config, store))
     if config.influxdb is not None:
         report.warnings.extend(_metrics(config, store, base))
     report.finished = at(time.monotonic())

@@ -6,8 +6,9 @@ job -> pid data, never from matching process names.
 - Slurm: running jobs and their nodes from ``squeue``; each job's pids from ``scontrol listpids JOB
   NODE`` on that node (``NODE`` names the slurmd when a host runs several).
 - SGE: running jobs and hosts from ``qstat -xml``; the execd spool (``qconf -sconf``:
-  ``execd_spool_dir``) holds ``<host>/active_jobs/<job>.<task>/job_pid``, the job's process-group
-  leader; every process of that group (``ps -e -o pid=,pgid=,ni=``) is the job.
+  ``execd_spool_dir``) holds ``<host>/active_jobs/<job>.<task>/job_pid`` (found with ``find``: the
+  execd's own host name may differ from qstat's), the job's process-group leader; every process of
+  that group (``ps -e -o pid=,pgid=,ni=``) is the job.
 
 A command runs on the node's ``node`` destination from the policy's ``nodes`` (matched by id or host),
 else on the scheduler destination's own host. Every command is an argv list the transport quotes;
@@ -209,10 +210,27 @@ def _job_pids(
     if spool is None:
         raise CollectError("execd_spool_dir not found in qconf -sconf")
     number, _, task = job.partition("_")
-    pid_file = f"{spool.rstrip('/')}/{node}/active_jobs/{number}.{task or 1}/job_pid"
-    leader = runner.run(["cat", pid_file]).strip()
+    if not (number.isdigit() and (task or "1").isdigit()):
+        raise CollectError(f"unexpected SGE job id {job!r}")
+    # execd names its spool directory as it resolves its own host, which may differ from qstat's
+    # host name (host_aliases): look for the job's directory under every host directory.
+    found = runner.run(
+        [
+            "find",
+            spool,
+            "-mindepth",
+            "4",
+            "-maxdepth",
+            "4",
+            "-path",
+            f"*/active_jobs/{number}.{task or 1}/job_pid",
+        ]
+    ).split()
+    if len(found) != 1:
+        raise CollectError(f"job_pid of {number}.{task or 1} under {spool}: found {len(found)} files")
+    leader = runner.run(["cat", found[0]]).strip()
     if not leader.isdigit():
-        raise CollectError(f"{pid_file}: not a pid: {leader[:40]!r}")
+        raise CollectError(f"{found[0]}: not a pid: {leader[:40]!r}")
     table = parse_ps(runner.run(["ps", "-e", "-o", "pid=,pgid=,ni="]))
     return sorted(p for p, (pgid, _) in table.items() if pgid == int(leader)), table
 
