@@ -269,8 +269,11 @@ def create_app(state: ServeState) -> FastAPI:
         return Response(b'{"pong":true}', media_type="application/json")
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> Response:
-        log.exception("internal error")
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error(
+            "internal error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc
+        )
+        log.debug("internal error", exc_info=exc)  # the traceback with -vv; one line otherwise
         return _error(500, f"internal error: {type(exc).__name__}")
 
     def openapi() -> dict[str, Any]:

@@ -87,9 +87,10 @@ class CollectLoop:
                 wait = interval * (1 + self._rng.uniform(-JITTER, JITTER)) - (time.monotonic() - started)
                 self._stop.wait(max(0.0, wait))
         except BaseException as exc:  # the thread is gone: /healthz must say so, with the cause
-            log.exception("collect loop crashed")
             with self._lock:
                 self._crash = f"{type(exc).__name__}: {_one_line(exc)}"
+            log.critical("collect loop crashed: %s", self._crash)
+            log.debug("collect loop crash", exc_info=exc)
         finally:
             self._store.close()
 
