@@ -60,15 +60,15 @@ def _dynamic_factor(policy: ActivePolicy, dest: str, usage: Mapping[str, Usage |
     members = policy.config.destinations
     known = [usage.get(d) for d in members]
     if any(u is None for u in known):
-        return 1.0, "dynamic: group usage unknown (no fresh state for every member)"
+        return 1.0, "group usage unknown (no fresh state for every member)"
     total = sum(u.cores for u in known if u is not None)
     if total <= 0:
-        return 1.0, "dynamic: no cores in use in the group"
+        return 1.0, "no cores in use in the group"
     own = usage[dest]
     used = (own.cores if own is not None else 0) / total
     target = policy.weight(dest) / 100.0
     factor = max(DYNAMIC_MIN, min(DYNAMIC_MAX, used / target))
-    return factor, f"dynamic: uses {used:.0%} of the group's {total} running cores, weight {target:.0%}"
+    return factor, f"uses {used:.0%} of the group's {total} running cores, weight {target:.0%}"
 
 
 def adjust(outcome: Outcome, policies: Sequence[ActivePolicy], usage: Mapping[str, Usage | None]) -> Outcome:
@@ -101,7 +101,7 @@ def adjust(outcome: Outcome, policies: Sequence[ActivePolicy], usage: Mapping[st
                     by_id[d] = _infeasible(by_id[d], f"{name}: weight 0 in group {policy.group}")
                     continue
                 factor = mean / weight
-                why = f"{name}: weight {weight:g} of 100 (group mean {mean:g})"
+                why = f"{name}: weight {weight:g} of 100 (group mean {mean:.3g})"
                 if name == "dynamic":
                     dyn, dyn_why = _dynamic_factor(policy, d, usage)
                     factor *= dyn
