@@ -20,6 +20,7 @@ import logging
 import sqlite3
 import statistics
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -29,15 +30,12 @@ from typing import Any, Self, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from peewee import (
-    SQL,
     Database,
     Model,
-    NodeList,
     PeeweeException,
     PostgresqlDatabase,
     SchemaManager,
     SqliteDatabase,
-    fn,
 )
 
 from metasched.collect.types import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
@@ -52,7 +50,6 @@ BUSY_TIMEOUT_S = 10.0  # how long a SQLite writer waits for another (collect of 
 HISTORY_DAYS = 90  # finished-job history and collect runs older than this are pruned
 MAX_GAP_S = 3600.0  # see write_snapshot: run times across longer collect gaps are not trusted
 _BATCH = 1000  # rows per multi-row INSERT on PostgreSQL
-_IN_CHUNK = 500  # ids per IN (...) list
 _VERSION_KEY = "schema_version"
 _DT_FIELD = models.Job.submit_time  # any DateTimeField: its python_value parses SQLite's text form
 
@@ -162,6 +159,24 @@ _SUMMARY_FIELDS = (
     "jobs_held",
     "queued_cores",
     "running_cores",
+)
+# What summaries() reads, in _summary's order (raw SQL: see summaries()).
+_SUMMARY_SELECT = 'SELECT {} FROM "destination"'.format(
+    ", ".join(
+        f'"{c}"'
+        for c in (
+            "id",
+            "scheduler",
+            "host",
+            "reachable",
+            "last_attempt",
+            "last_success",
+            "last_error",
+            *_SUMMARY_FIELDS,
+            "disabled_reason",
+            "disabled_until",
+        )
+    )
 )
 _NODE_COLUMNS = (
     "destination",
@@ -383,6 +398,18 @@ class Store:
     def _rows(self, query: Any) -> list[tuple[Any, ...]]:
         """A select's rows as tuples, values converted by their fields (datetimes, booleans)."""
         return [tuple(row) for row in query.bind(self._db).tuples()]
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Rows of a raw SELECT as the driver returns them (hot read paths: no peewee per value)."""
+        rows: list[tuple[Any, ...]] = self._sql.execute_sql(sql, params).fetchall()
+        return rows
+
+    def _in_ids(self, column: str, ids: list[str]) -> tuple[str, list[Any]]:
+        """``column`` is one of ``ids``, as SQL plus its parameters: one parameter however many ids,
+        so no chunking, no SQLite variable limit and no per-id statement text to build and parse."""
+        if self._pg:
+            return f"{column} = ANY({self._db.param})", [ids]
+        return f"{column} IN (SELECT value FROM json_each({self._db.param}))", [json.dumps(ids)]
 
     def _scalar(self, query: Any) -> Any:
         return query.bind(self._db).scalar()
@@ -706,28 +733,17 @@ class Store:
     # -- readers ------------------------------------------------------------------------------
 
     def summaries(self, ids: Sequence[str] | None = None) -> list[DestinationSummary]:
-        """Every destination (by id), or those of ``ids`` in that order; unknown ids are skipped."""
-        D = models.Destination
-        columns = [
-            D.id,
-            D.scheduler,
-            D.host,
-            D.reachable,
-            D.last_attempt,
-            D.last_success,
-            D.last_error,
-            *[getattr(D, name) for name in _SUMMARY_FIELDS],
-            D.disabled_reason,
-            D.disabled_until,
-        ]
+        """Every destination (by id), or those of ``ids`` in that order; unknown ids are skipped.
+
+        Raw SQL and driver rows: rank reads up to thousands of these per call, and peewee's per-value
+        query building and field conversion cost several times the query itself.
+        """
         if ids is None:
-            rows = self._rows(D.select(*columns).order_by(D.id))
+            rows = self._fetch(f'{_SUMMARY_SELECT} ORDER BY "id"', [])
         else:
             wanted = list(dict.fromkeys(ids))
-            found: dict[str, tuple[Any, ...]] = {}
-            for chunk in _chunks(wanted):
-                for row in self._rows(D.select(*columns).where(D.id.in_(chunk))):
-                    found[row[0]] = row
+            where, params = self._in_ids('"id"', wanted)
+            found = {row[0]: row for row in self._fetch(f"{_SUMMARY_SELECT} WHERE {where}", params)}
             rows = [found[i] for i in wanted if i in found]
         return [_summary(row) for row in rows]
 
@@ -769,51 +785,56 @@ class Store:
     def tool_times(self, tool_id: str, dest_ids: Sequence[str], limit: int = 200) -> dict[str, ToolTimes]:
         """Median queue/run time of the last ``limit`` finished jobs of this tool, per destination.
 
-        Every requested id is in the result (count 0 when there is no history). One query per 500
-        destinations: the tool's rows come from the (tool_key, destination_id, end_time) index by an
-        equality or a byte-order range (``k_`` <= tool_key < ``k` ``, backquote following underscore),
-        and a window function keeps each destination's newest ``limit`` rows.
+        Every requested id is in the result (count 0 when there is no history). The tool's rows come
+        from the (tool_key, destination_id, end_time) index by an equality or a byte-order range
+        (``k_`` <= tool_key < ``k` ``, backquote following underscore), in one query with no
+        ordering: ranking every row by end time in the database costs more than the whole read.
+        Only destinations with more than ``limit`` such rows are read again, newest ``limit`` first.
         """
         wanted = list(dict.fromkeys(dest_ids))
-        samples: dict[str, tuple[list[float], list[float], list[int]]] = {d: ([], [], [0]) for d in wanted}
+        found: defaultdict[str, list[tuple[Any, ...]]] = defaultdict(list)
         key = tool_key(tool_id)
-        if key and limit > 0:
-            F = models.FinishedJob
-            column = F.tool_key.collate('"C"') if self._pg else F.tool_key
-            matches = (F.tool_key == key) | ((column >= key + "_") & (column < key + "`"))
-            rank = (
-                fn.ROW_NUMBER()
-                .over(partition_by=[F.destination_id], order_by=[F.end_time.desc(), F.id.desc()])
-                .alias("rn")
-            )
+        if key and wanted and limit > 0:
+            p = self._db.param
+            column = '"tool_key" COLLATE "C"' if self._pg else '"tool_key"'
+            matches = f'("tool_key" = {p} OR ({column} >= {p} AND {column} < {p}))'
+            keys = [key, key + "_", key + "`"]
             # SQLite's planner (no statistics) would rather walk the (destination_id, end_time) index,
             # i.e. every history row of those destinations; a unary + takes that index out of the race.
-            in_dest = F.destination_id if self._pg else NodeList((SQL("+"), F.destination_id), glue="")
-            for chunk in _chunks(wanted):
-                inner = F.select(F.destination_id, F.queue_s, F.run_s, rank).where(
-                    in_dest.in_(chunk) & matches
+            dest_column = '"destination_id"' if self._pg else '+"destination_id"'
+            where, params = self._in_ids(dest_column, wanted)
+            columns = '"destination_id", "queue_s", "run_s"'
+            sql = f'SELECT {columns} FROM "finished_job" WHERE {matches} AND {where}'
+            for row in self._fetch(sql, [*keys, *params]):
+                found[row[0]].append(row)
+            many = [dest for dest, rows in found.items() if len(rows) > limit]
+            if many:
+                where, params = self._in_ids(dest_column, many)
+                recent = (
+                    f"SELECT {columns}, ROW_NUMBER() OVER (PARTITION BY "
+                    '"destination_id" ORDER BY "end_time" DESC, "id" DESC) AS "rn" FROM "finished_job" '
+                    f"WHERE {matches} AND {where}"
                 )
-                sub = inner.alias("recent")
-                query = (
-                    models.FinishedJob.select(sub.c.destination_id, sub.c.queue_s, sub.c.run_s)
-                    .from_(sub)
-                    .where(sub.c.rn <= limit)
-                )
-                for dest, queue_s, run_s in self._select_raw(query):
-                    queues, runs, count = samples[dest]
-                    count[0] += 1
-                    if queue_s is not None:
-                        queues.append(float(queue_s))
-                    if run_s is not None:
-                        runs.append(float(run_s))
-        return {
-            dest: ToolTimes(
-                count=count[0],
+                sql = f'SELECT {columns} FROM ({recent}) AS "recent" WHERE "rn" <= {p}'
+                for dest in many:
+                    found[dest] = []
+                for row in self._fetch(sql, [*keys, *params, limit]):
+                    found[row[0]].append(row)
+        out: dict[str, ToolTimes] = {}
+        for dest in wanted:
+            rows = found.get(dest)
+            if not rows:
+                out[dest] = ToolTimes(0, None, None)
+                continue
+            # REAL / double precision columns: the drivers return floats (or None) already.
+            queues = [r[1] for r in rows if r[1] is not None]
+            runs = [r[2] for r in rows if r[2] is not None]
+            out[dest] = ToolTimes(
+                count=len(rows),
                 median_queue_s=statistics.median(queues) if queues else None,
                 median_run_s=statistics.median(runs) if runs else None,
             )
-            for dest, (queues, runs, count) in samples.items()
-        }
+        return out
 
     def history(self, dest_id: str | None = None, limit: int = 100) -> list[FinishedRecord]:
         """Newest finished-job history rows first (all destinations, or one)."""
@@ -882,27 +903,27 @@ class Store:
 
     def metrics(self, dest_ids: Sequence[str], tool_id: str | None = None) -> list[MetricRow]:
         """Cached metric rows for these destinations: per-destination rows plus this tool's rows."""
-        M = models.Metric
+        p = self._db.param
         tools = [""] if not tool_id else ["", tool_id]
-        out = []
-        for chunk in _chunks(list(dict.fromkeys(dest_ids))):
-            query = (
-                M.select(
-                    M.source,
-                    M.destination_id,
-                    M.name,
-                    M.value,
-                    M.text,
-                    M.tool_id,
-                    M.observed_at,
-                    M.fetched_at,
-                )
-                .where(M.destination_id.in_(chunk) & M.tool_id.in_(tools))
-                .order_by(M.source, M.destination_id, M.tool_id, M.name)
+        where, params = self._in_ids('"destination_id"', list(dict.fromkeys(dest_ids)))
+        sql = (
+            'SELECT "source", "destination_id", "name", "value", "text", "tool_id", "observed_at", '
+            f'"fetched_at" FROM "metric" WHERE {where} AND "tool_id" IN ({", ".join([p] * len(tools))}) '
+            'ORDER BY "source", "destination_id", "tool_id", "name"'
+        )
+        return [
+            MetricRow(
+                src,
+                dest,
+                name,
+                None if value is None else float(value),
+                text,
+                tid,
+                _aware_db(observed),
+                _aware_db(fetched),
             )
-            for src, dest, name, value, text, tid, observed, fetched in self._rows(query):
-                out.append(MetricRow(src, dest, name, value, text, tid, _aware(observed), _aware(fetched)))
-        return out
+            for src, dest, name, value, text, tid, observed, fetched in self._fetch(sql, [*params, *tools])
+        ]
 
     # -- settings -----------------------------------------------------------------------------
 
@@ -1074,16 +1095,26 @@ def _naive_db(value: Any) -> datetime | None:
         return parsed if isinstance(parsed, datetime) else None
 
 
+def _aware_db(value: Any) -> datetime | None:
+    """A datetime column as the driver returned it -> aware UTC.
+
+    SQLite's naive UTC text parses straight to an aware value (``+00:00`` gives the UTC singleton):
+    ``datetime.replace`` costs ten times the parse, and rank converts thousands of these per call.
+    """
+    if type(value) is str:
+        try:
+            return datetime.fromisoformat(value + "+00:00")
+        except ValueError:
+            pass
+    return _aware(_naive_db(value))
+
+
 def _aware(value: datetime | None) -> datetime | None:
     return None if value is None else value.replace(tzinfo=UTC)
 
 
 def _aware_req(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC)
-
-
-def _chunks(items: Sequence[T]) -> list[Sequence[T]]:
-    return [items[i : i + _IN_CHUNK] for i in range(0, len(items), _IN_CHUNK)]
 
 
 def _unique(items: Sequence[T], key: Callable[[T], Hashable], what: str, dest_id: str) -> list[T]:
@@ -1134,19 +1165,19 @@ def _summarize(nodes: Sequence[Node], jobs: Sequence[Job]) -> dict[str, int]:
 
 
 def _summary(row: tuple[Any, ...]) -> DestinationSummary:
+    """A _SUMMARY_SELECT row -> DestinationSummary."""
     ident, scheduler, host, reachable, last_attempt, last_success, error = row[:7]
-    n = len(_SUMMARY_FIELDS)
-    counts = dict(zip(_SUMMARY_FIELDS, (int(v or 0) for v in row[7 : 7 + n]), strict=True))
-    disabled_reason, disabled_until = row[7 + n :]
+    end = 7 + len(_SUMMARY_FIELDS)
+    disabled_reason, disabled_until = row[end:]
     return DestinationSummary(
         id=ident,
         scheduler=scheduler,
         host=host,
         reachable=bool(reachable),
-        last_attempt=_aware(last_attempt),
-        last_success=_aware(last_success),
+        last_attempt=_aware_db(last_attempt),
+        last_success=_aware_db(last_success),
         error=error,
         disabled_reason=disabled_reason,
-        disabled_until=_aware(disabled_until),
-        **counts,
+        disabled_until=_aware_db(disabled_until),
+        **dict(zip(_SUMMARY_FIELDS, [int(v or 0) for v in row[7:end]], strict=True)),
     )
