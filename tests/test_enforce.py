@@ -140,6 +140,18 @@ def test_slurm_job_reniced_over_ssh(
         assert "enforce: hp" not in res.stderr
         res = _cli(["policy", "show", "-c", str(config)], env)
         assert f"slurm_a job {job} on n1: renice -n 13 -p" in res.stdout
+
+        # head node local (root), Slurm node n1 reached as the policy's `nodes` destination over ssh
+        data = yaml.safe_load(config.read_text())
+        data["destinations"][0]["host"] = "local"
+        data["destinations"].append({**data["destinations"][1], "id": "n1"})
+        data["policies"][0] |= {"name": "best_effort", "high_priority": "hp", "nice": 15, "nodes": ["n1"]}
+        config.write_text(yaml.safe_dump(data))
+        with Store.open(str(tmp_path / "state.db")) as store:
+            report = enforce(load_config(config, {}), store)
+        (mine,) = [a for a in report.actions if a.job == job]
+        assert mine.ok and mine.host == f"{sshd.host}:{sshd.port}", mine
+        assert [nice_of(p) for p in pids] == [15] * len(pids)
     finally:
         slurm.scancel(job)
 

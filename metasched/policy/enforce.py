@@ -204,7 +204,8 @@ def _job_pids(
 ) -> tuple[list[int], dict[int, tuple[int, int]]]:
     """The job's pids on ``node`` and that host's (pgid, nice) table."""
     if scheduler == "slurm":
-        pids = parse_listpids(runner.run(["scontrol", "listpids", job, node]))
+        # dest.env (SLURM_CONF, ...) also when the command runs on a policy `nodes` host
+        pids = parse_listpids(runner.run(["scontrol", "listpids", job, node], env=dest.env))
         table = parse_ps(runner.run(["ps", "-e", "-o", "pid=,pgid=,ni="]))
         return [p for p in pids if p in table], table
     if spool is None:
