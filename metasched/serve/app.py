@@ -312,7 +312,7 @@ def _rank(state: ServeState, body: bytes, *, full: bool) -> tuple[int, bytes]:
         log.error("rank: configuration problem: %s", exc)
         return 500, json.dumps({"detail": f"configuration problem: {exc}"}).encode()
     answer = result if full else {"sorted_destinations": result["sorted_destinations"]}
-    return 200, json.dumps(answer, allow_nan=False).encode()
+    return 200, json.dumps(answer, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _status(state: ServeState, destination: str | None) -> Any:

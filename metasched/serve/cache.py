@@ -39,7 +39,8 @@ class CachingStore(Store):
     def _data_version(self) -> int | None:
         if self.is_postgres:
             return None
-        row = self._sql.execute_sql("PRAGMA data_version").fetchone()
+        # The driver connection directly: peewee's execute_sql costs ten times the pragma itself.
+        row = self._sql.connection().execute("PRAGMA data_version").fetchone()
         return int(row[0])
 
     def _cached(self, key: tuple[Any, ...]) -> tuple[bool, Any]:
