@@ -167,7 +167,7 @@ def set_policy(
             name=normalized,
             high_priority=high,
             by=by,
-            at=now.isoformat().replace("+00:00", "Z"),
+            at=now.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
             previous=old.name,
         )
         store.set_setting(override_key(gid), json.dumps(asdict(override)))

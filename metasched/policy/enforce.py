@@ -310,7 +310,7 @@ def _enforce_destination(
             except MetaschedError as exc:
                 error = str(exc)
         action = Action(
-            at=now().isoformat().replace("+00:00", "Z"),
+            at=now().replace(microsecond=0).isoformat().replace("+00:00", "Z"),
             group=policy.group,
             policy=policy.name,
             destination=dest_id,
