@@ -619,3 +619,43 @@ def test_collect_loop_respects_the_lock_of_another_collect(tmp_path: Path, serve
         wait_for(lambda: http.get("/v1/status").json()[0]["last_success"] is not None, 30, "a cycle")
     assert server.stop() == 0
     assert "collect cycle skipped: collect already running" in server.text()
+
+
+def test_rank_follows_the_store_at_once_on_sqlite_and_postgresql(
+    tmp_path: Path, store_url: str, servers: list[Serve]
+) -> None:
+    """Whichever backend: serve answers as the CLI does, and a change another process commits (here a
+    `metasched disable`) shows in the very next answer (the SQLite read cache is keyed on data_version)."""
+    from datetime import UTC, datetime
+
+    from metasched.collect.types import Node, Snapshot
+
+    now = datetime.now(UTC)
+    with Store.open(store_url) as store:
+        for i, cores in enumerate((4, 16, 64)):
+            nodes = [Node(f"n{i}", "idle", True, cores, mem_total_mb=64_000)]
+            store.write_snapshot(f"d{i}", Snapshot(nodes), run_id="r", started=now, finished=now)
+    config = write_config(
+        tmp_path / "config.yml", {"destinations": [{"id": "d0", "scheduler": "node", "host": "local"}]}
+    )
+    env = {**base_env(tmp_path), "METASCHED_CONFIG": str(config), "METASCHED_DATABASE": store_url}
+    server = start_serve(tmp_path, config, "--database", store_url, "--no-collect", env=env)
+    servers.append(server)
+    request = {"job": {"tool_id": "t", "cores": 8}, "destinations": [{"id": f"d{i}"} for i in range(3)]}
+    body = json.dumps(request).encode()
+    with server.client() as http:
+
+        def ranked() -> dict[str, Any]:
+            r = http.post("/v1/rank", content=body)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        first = ranked()
+        assert same_moment(first) == same_moment(json.loads(cli(["rank"], env, stdin=body).stdout))
+        assert same_moment(ranked()) == same_moment(first)  # the cached read gives the same answer
+        assert cli(["disable", "d2", "--reason", "power work"], env).returncode == 0
+        entry = next(r for r in ranked()["ranked"] if r["id"] == "d2")
+        assert not entry["feasible"] and any("power work" in reason for reason in entry["reasons"])
+        assert cli(["enable", "d2"], env).returncode == 0
+        assert next(r for r in ranked()["ranked"] if r["id"] == "d2")["feasible"]
+    assert server.stop() == 0

@@ -1,8 +1,8 @@
 """The HTTP application of ``metasched serve`` (FastAPI on uvicorn; imported only by ``serve``).
 
 Request bodies are read raw and handed to the same ``metasched.rank.rank`` the CLI calls, so the
-answers match byte for byte in content; no pydantic model sits in the hot path (it would cost more
-than ranking). Store reads and ranking run on a small thread pool, never on the event loop.
+answers match in content; no pydantic model sits in the hot path (it would cost more than ranking).
+Status, metrics and health read the store on a small thread pool; ranking see RANK_THREADS_POSTGRES.
 Authentication, the body cap and the request metrics are one plain ASGI middleware.
 """
 
@@ -35,9 +35,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Ranking is CPU-bound Python: on SQLite (cached reads) more threads only fight over the GIL, so one
-# thread ranks; PostgreSQL reads wait on the network, so there a few requests overlap.
-RANK_THREADS_SQLITE = 1
+# Where ranking runs. On SQLite a request is CPU-bound Python (store reads are cached until the file
+# changes; a miss reads local pages): a worker thread cannot run it in parallel (GIL) and the hand-over
+# measured 35 % more CPU per request, so it runs on the event loop. PostgreSQL reads wait on the
+# network, so there ranking goes to a few threads and the loop stays free.
 RANK_THREADS_POSTGRES = 4
 OTHER_THREADS = 2  # status, metrics, health: never queued behind ranking
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -162,15 +163,21 @@ def _is_open(path: str, open_endpoints: tuple[str, ...]) -> bool:
 
 def create_app(state: ServeState) -> FastAPI:
     """The application; ``state`` carries config, store and collect loop (started in the lifespan)."""
-    rank_threads = RANK_THREADS_POSTGRES if state.store.is_postgres else RANK_THREADS_SQLITE
-    rank_pool = ThreadPoolExecutor(max_workers=rank_threads, thread_name_prefix="rank")
+    rank_pool = (
+        ThreadPoolExecutor(max_workers=RANK_THREADS_POSTGRES, thread_name_prefix="rank")
+        if state.store.is_postgres
+        else None
+    )
     pool = ThreadPoolExecutor(max_workers=OTHER_THREADS, thread_name_prefix="read")
 
     async def in_pool(fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
     async def ranked(fn: Callable[[], tuple[int, bytes]]) -> Response:
-        status, payload = await asyncio.get_running_loop().run_in_executor(rank_pool, fn)
+        if rank_pool is None:
+            status, payload = fn()
+        else:
+            status, payload = await asyncio.get_running_loop().run_in_executor(rank_pool, fn)
         return Response(payload, status_code=status, media_type="application/json")
 
     @asynccontextmanager
@@ -182,7 +189,8 @@ def create_app(state: ServeState) -> FastAPI:
         finally:
             log.info("shutting down: waiting for a running collect to finish")
             await asyncio.get_running_loop().run_in_executor(None, state.stop)
-            rank_pool.shutdown(wait=True)
+            if rank_pool is not None:
+                rank_pool.shutdown(wait=True)
             pool.shutdown(wait=True)
             log.info("stopped")
 
