@@ -266,6 +266,8 @@ def test_serve_collects_and_answers_like_the_cli(
         ranked = (("code", "200"), ("method", "POST"), ("path", "/v1/rank"))
         assert values[("metasched_http_requests_total", ranked)] == 1
         assert values[("metasched_http_request_duration_seconds_count", (("path", "/v1/rank"),))] == 1
+        one = (("code", "404"), ("method", "GET"), ("path", "/v1/status/{destination}"))
+        assert values[("metasched_http_requests_total", one)] == 1  # ids do not become label values
 
         docs = http.get("/docs")
         assert docs.status_code == 200 and "swagger" in docs.text.lower()

@@ -105,7 +105,7 @@ class Gate:
         try:
             await self._gate(scope, receive, send_status, path)
         finally:
-            label = path if path in KNOWN_PATHS else "other"
+            label = _path_label(path)
             self.state.requests.observe(label, scope["method"], status[0], time.perf_counter() - started)
 
     async def _gate(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
@@ -153,6 +153,15 @@ class Gate:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def _path_label(path: str) -> str:
+    """The metrics label: known routes by their template, anything else lumped (ids would explode it)."""
+    if path in KNOWN_PATHS:
+        return path
+    if path.startswith("/v1/status/"):
+        return "/v1/status/{destination}"
+    return "other"
 
 
 def _is_open(path: str, open_endpoints: tuple[str, ...]) -> bool:
