@@ -190,12 +190,24 @@ def test_tables_without_version_are_refused(store_url: str) -> None:
         Store.open(store_url)
 
 
+# Undo schema v3 (largest-node columns, covering tool_key index): the v2 shape.
+TO_V2 = (
+    'ALTER TABLE "destination" DROP COLUMN "max_node_cores"',
+    'ALTER TABLE "destination" DROP COLUMN "max_node_mem_mb"',
+    'ALTER TABLE "destination" DROP COLUMN "max_node_gpus"',
+    'DROP INDEX "finished_job_tool_key_destination_id_end_time_queue_s_run_s"',
+    'CREATE INDEX "finished_job_tool_key_destination_id_end_time" ON "finished_job" '
+    '("tool_key", "destination_id", "end_time")',
+)
+
+
 def test_opening_a_v1_database_migrates_it(store_url: str) -> None:
     """Build the v1 shape (no finished_job.partition, v1 indexes), then open it with this code."""
     with Store.open(store_url) as s:
         s.sync_destinations([("old", "slurm", "h")])
     execute_raw(
         store_url,
+        *TO_V2,
         'DROP INDEX "finished_job_destination_id_end_time"',
         'DROP INDEX "collect_run_destination_id_started"',
         'ALTER TABLE "finished_job" DROP COLUMN "partition"',
@@ -226,6 +238,28 @@ def test_opening_a_v1_database_migrates_it(store_url: str) -> None:
     assert "finished_job_tool_key" not in finished_indexes
     assert "job_destination_id" not in index_names(store_url, "job")
     assert "collect_run_destination_id_started" in index_names(store_url, "collect_run")
+
+
+def test_opening_a_v2_database_migrates_it(store_url: str) -> None:
+    """v2 -> v3: the largest-node columns are filled from the stored nodes, so a summary that is still
+    fresh keeps its per-node figures; the tool_key index becomes a covering one."""
+    with Store.open(store_url) as s:
+        finish_jobs(s, "d", [("1", "g1_cat1_u", 1, 2)], 5)
+        write(s, "d", SNAPSHOT, 6)
+        write(s, "empty", Snapshot(nodes=[NODES[2]]), 6)  # only a down node
+    execute_raw(store_url, *TO_V2, "UPDATE setting SET value = '2' WHERE key = 'schema_version'")
+    with Store.open(store_url) as s:
+        assert s.schema_version() == SCHEMA_VERSION
+        summaries = {x.id: x for x in s.summaries()}
+        # n3 (32 cores, 128000 MB, 4 GPUs) is down: the largest available figures are n1's.
+        d = summaries["d"]
+        assert (d.max_node_cores, d.max_node_mem_mb, d.max_node_gpus) == (16, 64000, 2)
+        empty = summaries["empty"]
+        assert (empty.max_node_cores, empty.max_node_mem_mb, empty.max_node_gpus) == (None, None, None)
+        assert s.tool_times("cat1", ["d"])["d"] == ToolTimes(1, 60.0, 120.0)
+    indexes = index_names(store_url, "finished_job")
+    assert "finished_job_tool_key_destination_id_end_time_queue_s_run_s" in indexes
+    assert "finished_job_tool_key_destination_id_end_time" not in indexes
 
 
 # -- snapshots ------------------------------------------------------------------------------------
@@ -259,6 +293,8 @@ def test_summary_math(store: Store) -> None:
     # Held and "other" jobs are neither queued nor running demand.
     assert (s.jobs_running, s.jobs_queued, s.jobs_held) == (1, 2, 1)
     assert (s.queued_cores, s.running_cores) == (8 + 2, 4)
+    # Largest available node per resource (a job runs on one node): n1 for all three here.
+    assert (s.max_node_cores, s.max_node_mem_mb, s.max_node_gpus) == (16, 64000, 2)
 
 
 def test_snapshot_is_replaced_and_destinations_are_independent(store: Store) -> None:

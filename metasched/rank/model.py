@@ -102,8 +102,11 @@ class Observed:
     free_mem_mb: float | None = None
     free_gpus: float | None = None
     total_cores: float | None = None
-    total_mem_mb: float | None = None  # largest single allocation possible, when known
+    total_mem_mb: float | None = None
     total_gpus: float | None = None
+    max_node_cores: float | None = None  # largest available node: a job runs on one node
+    max_node_mem_mb: float | None = None
+    max_node_gpus: float | None = None
     queued_jobs: float | None = None
     queued_cores: float | None = None
     running_jobs: float | None = None
@@ -184,14 +187,22 @@ def infeasibility(job: JobSpec, cand: Candidate) -> list[str]:
         out.append("status offline")
     if obs.usable is False:
         out.append("no usable node (all down or drained)")
-    else:
-        if obs.total_cores is not None and job.cores > obs.total_cores:
-            out.append(f"needs {fmt_num(job.cores)} cores > {fmt_num(obs.total_cores)} cores in service")
-        if obs.total_mem_mb is not None and job.mem_mb > obs.total_mem_mb:
-            have = obs.total_mem_mb / MB_PER_GB
-            out.append(f"needs {fmt_num(job.mem_mb / MB_PER_GB)} GB > {have:.1f} GB in service")
-        if job.gpus > 0 and obs.total_gpus is not None and job.gpus > obs.total_gpus:
-            out.append(f"needs {fmt_num(job.gpus)} GPUs > {fmt_num(obs.total_gpus)} GPUs in service")
+        return out
+    # Totals first (a destination without any GPU says so); else the largest node, as the job runs on one.
+    if obs.total_cores is not None and job.cores > obs.total_cores:
+        out.append(f"needs {fmt_num(job.cores)} cores > {fmt_num(obs.total_cores)} cores in service")
+    elif obs.max_node_cores is not None and job.cores > obs.max_node_cores:
+        out.append(f"needs {fmt_num(job.cores)} cores, largest node has {fmt_num(obs.max_node_cores)}")
+    if obs.total_mem_mb is not None and job.mem_mb > obs.total_mem_mb:
+        have = obs.total_mem_mb / MB_PER_GB
+        out.append(f"needs {fmt_num(job.mem_mb / MB_PER_GB)} GB > {have:.1f} GB in service")
+    elif obs.max_node_mem_mb is not None and job.mem_mb > obs.max_node_mem_mb:
+        have = obs.max_node_mem_mb / MB_PER_GB
+        out.append(f"needs {fmt_num(job.mem_mb / MB_PER_GB)} GB, largest node has {have:.1f} GB")
+    if job.gpus > 0 and obs.total_gpus is not None and job.gpus > obs.total_gpus:
+        out.append(f"needs {fmt_num(job.gpus)} GPUs > {fmt_num(obs.total_gpus)} GPUs in service")
+    elif job.gpus > 0 and obs.max_node_gpus is not None and job.gpus > obs.max_node_gpus:
+        out.append(f"needs {fmt_num(job.gpus)} GPUs, largest node has {fmt_num(obs.max_node_gpus)}")
     return out
 
 

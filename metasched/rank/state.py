@@ -120,6 +120,10 @@ def _positive(value: float) -> float | None:
     return value if value > 0 else None
 
 
+def _positive_opt(value: int | None) -> float | None:
+    return float(value) if value else None
+
+
 def observe(
     dest: DestinationRequest,
     summary: DestinationSummary | None,
@@ -142,6 +146,9 @@ def observe(
             "total_cores",
             "total_mem_mb",
             "total_gpus",
+            "max_node_cores",
+            "max_node_mem_mb",
+            "max_node_gpus",
             "queued_jobs",
             "queued_cores",
             "running_jobs",
@@ -173,6 +180,10 @@ def observe(
                 vals["total_cores"] = float(summary.cores_total)
                 vals["total_mem_mb"] = _positive(float(summary.mem_total_mb))
                 vals["total_gpus"] = float(summary.gpus_total)
+                # None (no node available, or collected before schema v3) and 0 (not reported) say nothing.
+                vals["max_node_cores"] = _positive_opt(summary.max_node_cores)
+                vals["max_node_mem_mb"] = _positive_opt(summary.max_node_mem_mb)
+                vals["max_node_gpus"] = _positive_opt(summary.max_node_gpus)
             vals["free_cores"] = float(summary.cores_free)
             vals["free_mem_mb"] = float(summary.mem_free_mb)
             vals["free_gpus"] = float(summary.gpus_free)
@@ -255,6 +266,9 @@ def observe(
         total_cores=vals["total_cores"],
         total_mem_mb=vals["total_mem_mb"],
         total_gpus=vals["total_gpus"],
+        max_node_cores=vals["max_node_cores"],
+        max_node_mem_mb=vals["max_node_mem_mb"],
+        max_node_gpus=vals["max_node_gpus"],
         queued_jobs=vals["queued_jobs"],
         queued_cores=vals["queued_cores"],
         running_jobs=vals["running_jobs"],

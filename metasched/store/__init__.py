@@ -82,6 +82,10 @@ class DestinationSummary:
     running_cores: int
     disabled_reason: str | None = None
     disabled_until: datetime | None = None
+    # Largest available node: a job runs on one node. None when none is available or not known yet.
+    max_node_cores: int | None = None
+    max_node_mem_mb: int | None = None
+    max_node_gpus: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +164,9 @@ _SUMMARY_FIELDS = (
     "queued_cores",
     "running_cores",
 )
-# What summaries() reads, in _summary's order (raw SQL: see summaries()).
+# Largest available node, in DestinationSummary order (nullable: None when no node is available).
+_NODE_MAX_FIELDS = ("max_node_cores", "max_node_mem_mb", "max_node_gpus")
+# What summaries() reads, in DestinationSummary field order (raw SQL: see summaries()).
 _SUMMARY_SELECT = 'SELECT {} FROM "destination"'.format(
     ", ".join(
         f'"{c}"'
@@ -175,6 +181,7 @@ _SUMMARY_SELECT = 'SELECT {} FROM "destination"'.format(
             *_SUMMARY_FIELDS,
             "disabled_reason",
             "disabled_until",
+            *_NODE_MAX_FIELDS,
         )
     )
 )
@@ -616,7 +623,7 @@ class Store:
     def _replace(
         self,
         dest_id: str,
-        summary: dict[str, int],
+        summary: dict[str, int | None],
         node_rows: list[tuple[Any, ...]],
         partition_rows: list[tuple[Any, ...]],
         job_rows: list[tuple[Any, ...]],
@@ -1142,7 +1149,7 @@ def _node_mem_free(n: Node) -> int:
     return free
 
 
-def _summarize(nodes: Sequence[Node], jobs: Sequence[Job]) -> dict[str, int]:
+def _summarize(nodes: Sequence[Node], jobs: Sequence[Job]) -> dict[str, int | None]:
     """Destination summary: capacity over available nodes only; demand from pending (not held) jobs."""
     available = [n for n in nodes if n.available]
     pending = [j for j in jobs if j.state == PENDING]
@@ -1161,23 +1168,21 @@ def _summarize(nodes: Sequence[Node], jobs: Sequence[Job]) -> dict[str, int]:
         "jobs_held": sum(1 for j in jobs if j.state == HELD),
         "queued_cores": sum(j.cores for j in pending),
         "running_cores": sum(j.cores for j in running),
+        "max_node_cores": max((n.cores_total for n in available), default=None),
+        "max_node_mem_mb": max((n.mem_total_mb for n in available), default=None),
+        "max_node_gpus": max((n.gpus_total for n in available), default=None),
     }
 
 
 def _summary(row: tuple[Any, ...]) -> DestinationSummary:
-    """A _SUMMARY_SELECT row -> DestinationSummary."""
-    ident, scheduler, host, reachable, last_attempt, last_success, error = row[:7]
-    end = 7 + len(_SUMMARY_FIELDS)
-    disabled_reason, disabled_until = row[end:]
-    return DestinationSummary(
-        id=ident,
-        scheduler=scheduler,
-        host=host,
-        reachable=bool(reachable),
-        last_attempt=_aware_db(last_attempt),
-        last_success=_aware_db(last_success),
-        error=error,
-        disabled_reason=disabled_reason,
-        disabled_until=_aware_db(disabled_until),
-        **dict(zip(_SUMMARY_FIELDS, [int(v or 0) for v in row[7:end]], strict=True)),
-    )
+    """A _SUMMARY_SELECT row -> DestinationSummary, positionally (rank converts a thousand per call).
+
+    The count columns are NOT NULL integers already; only booleans and dates need converting.
+    """
+    values: list[Any] = list(row)
+    values[3] = bool(values[3])
+    values[4] = _aware_db(values[4])
+    values[5] = _aware_db(values[5])
+    until = 8 + len(_SUMMARY_FIELDS)  # disabled_until
+    values[until] = _aware_db(values[until])
+    return DestinationSummary(*values)

@@ -76,7 +76,29 @@ def _v1_to_v2(db: Database) -> None:
     postgres_extras(db)
 
 
-STEPS: dict[int, Step] = {1: _v1_to_v2}
+def _v2_to_v3(db: Database) -> None:
+    """Largest available node per destination (rank's per-node feasibility); covering tool_key index."""
+    for column in ("max_node_cores", "max_node_mem_mb", "max_node_gpus"):
+        _execute(db, f'ALTER TABLE "destination" ADD COLUMN "{column}" INTEGER')
+    # Filled from the stored snapshot, so a fresh summary does not read as "largest node unknown"
+    # until the next collect. MAX over no available node is NULL, as write_snapshot stores it.
+    _execute(
+        db,
+        'UPDATE "destination" SET '
+        + ", ".join(
+            f'"max_node_{name}" = (SELECT MAX("node"."{column}") FROM "node" '
+            'WHERE "node"."destination_id" = "destination"."id" AND "node"."available")'
+            for name, column in (("cores", "cores_total"), ("mem_mb", "mem_total_mb"), ("gpus", "gpus_total"))
+        ),
+    )
+    _execute(db, 'DROP INDEX IF EXISTS "finished_job_tool_key_destination_id_end_time"')
+    m = migrator_for(db)
+    migrate(
+        m.add_index("finished_job", ("tool_key", "destination_id", "end_time", "queue_s", "run_s"), False)
+    )
+
+
+STEPS: dict[int, Step] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def upgrade(db: Database, from_version: int, to_version: int = SCHEMA_VERSION) -> list[int]:

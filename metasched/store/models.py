@@ -19,7 +19,7 @@ from peewee import (
     TextField,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class BaseModel(Model):
@@ -57,6 +57,11 @@ class Destination(BaseModel):
     jobs_held = IntegerField(default=0)
     queued_cores = IntegerField(default=0)  # cores requested by pending jobs: work ahead of a new job
     running_cores = IntegerField(default=0)
+    # Largest available node (schema v3): a job runs on one node, so the totals above cannot say
+    # whether it fits. None when no node is available (or not collected since the migration).
+    max_node_cores = IntegerField(null=True)
+    max_node_mem_mb = IntegerField(null=True)
+    max_node_gpus = IntegerField(null=True)
     disabled_reason = TextField(null=True)  # operator disable (serve/status issue)
     disabled_until = DateTimeField(null=True)
 
@@ -165,7 +170,8 @@ class FinishedJob(BaseModel):
     class Meta:
         indexes = (
             (("destination_id", "job_id", "submit_time"), True),
-            (("tool_key", "destination_id", "end_time"), False),
+            # queue_s, run_s (schema v3): rank's per-tool read is answered from the index alone.
+            (("tool_key", "destination_id", "end_time", "queue_s", "run_s"), False),
             (("destination_id", "end_time"), False),  # schema v2: pruning without a scan
         )
 
