@@ -227,6 +227,11 @@ def test_cache_sees_commits_of_other_connections(tmp_path: Path) -> None:
     assert reader.summaries(["a"])[0].disabled_reason == "maintenance"
     assert reader.tool_times("t", ["a"])["a"].count == 0 and reader.metrics(["a"]) == []
 
+    # Writes through the caching store's own connection (the collect loop's) are seen too.
+    reader.write_snapshot("a", Snapshot([Node("n", "idle", True, 2)]), run_id="t", started=NOW, finished=NOW)
+    assert reader.summaries(["a"])[0].cores_total == 2
+    writer.write_snapshot("a", Snapshot([Node("n", "idle", True, 8)]), run_id="u", started=NOW, finished=NOW)
+
     seen: list[int] = []
     other = threading.Thread(target=lambda: seen.append(reader.summaries(["a"])[0].cores_total))
     other.start()

@@ -4,8 +4,9 @@ Ranking 50 destinations reads three queries' worth of rows; building and running
 more than the model itself. State only changes when a collect (this process's loop, the timer's
 ``metasched collect``, ``metasched disable``) commits, so each reader thread keeps what it read,
 tagged with SQLite's ``PRAGMA data_version``: that number changes exactly when another connection has
-committed, so a cached answer is never older than the database. PostgreSQL has no such cheap probe:
-there every read goes to the database.
+committed, so a cached answer is never older than the database. Writes through this store's own
+connection (the collect loop, an API write) do not change it, so the connection's ``total_changes``
+is part of the tag too. PostgreSQL has no such cheap probe: there every read goes to the database.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ MAX_ENTRIES = 1024  # per thread; distinct (destinations, tool) combinations bet
 
 
 class _ThreadCache(threading.local):
-    version: int | None = None
+    version: tuple[int, int] | None = None
     entries: dict[tuple[Any, ...], Any]
 
     def __init__(self) -> None:
@@ -36,12 +37,14 @@ class CachingStore(Store):
         super().__init__(db, display_url)
         self._cache = _ThreadCache()
 
-    def _data_version(self) -> int | None:
+    def _data_version(self) -> tuple[int, int] | None:
+        """(commits by other connections, rows changed by this one) as seen by this thread's connection."""
         if self.is_postgres:
             return None
         # The driver connection directly: peewee's execute_sql costs ten times the pragma itself.
-        row = self._sql.connection().execute("PRAGMA data_version").fetchone()
-        return int(row[0])
+        conn = self._sql.connection()
+        row = conn.execute("PRAGMA data_version").fetchone()
+        return int(row[0]), int(conn.total_changes)
 
     def _cached(self, key: tuple[Any, ...]) -> tuple[bool, Any]:
         version = self._data_version()
