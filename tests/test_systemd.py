@@ -82,6 +82,7 @@ def test_service_hardening_and_secrets(name: str) -> None:
     }.items():
         assert svc[key] == [value], key
     assert "@system-service" in svc["SystemCallFilter"]
+    assert "ProcSubset" not in svc  # would hide /proc/meminfo and /proc/loadavg from local node probes
     # Both units use one runtime directory that survives the oneshot's stop (PostgreSQL collect lock).
     assert svc["RuntimeDirectory"] == ["metasched"] and svc["RuntimeDirectoryPreserve"] == ["yes"]
     assert "Documentation" not in _parse(name)["Unit"]
