@@ -25,6 +25,8 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Self, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -51,6 +53,7 @@ HISTORY_DAYS = 90  # finished-job history and collect runs older than this are p
 MAX_GAP_S = 3600.0  # see write_snapshot: run times across longer collect gaps are not trusted
 _BATCH = 1000  # rows per multi-row INSERT on PostgreSQL
 _VERSION_KEY = "schema_version"
+_UNSET: Any = object()  # "not parsed yet" in per-call date memos (None is a valid parsed value)
 _DT_FIELD = models.Job.submit_time  # any DateTimeField: its python_value parses SQLite's text form
 
 T = TypeVar("T")
@@ -812,8 +815,10 @@ class Store:
             where, params = self._in_ids(dest_column, wanted)
             columns = '"destination_id", "queue_s", "run_s"'
             sql = f'SELECT {columns} FROM "finished_job" WHERE {matches} AND {where}'
-            for row in self._fetch(sql, [*keys, *params]):
-                found[row[0]].append(row)
+            # A destination's rows mostly arrive together (index order): append them by runs. Any
+            # order gives the same result; this only saves per-row work.
+            for dest, run in groupby(self._fetch(sql, [*keys, *params]), key=itemgetter(0)):
+                found[dest].extend(run)
             many = [dest for dest, rows in found.items() if len(rows) > limit]
             if many:
                 where, params = self._in_ids(dest_column, many)
@@ -918,19 +923,19 @@ class Store:
             f'"fetched_at" FROM "metric" WHERE {where} AND "tool_id" IN ({", ".join([p] * len(tools))}) '
             'ORDER BY "source", "destination_id", "tool_id", "name"'
         )
-        return [
-            MetricRow(
-                src,
-                dest,
-                name,
-                None if value is None else float(value),
-                text,
-                tid,
-                _aware_db(observed),
-                _aware_db(fetched),
-            )
-            for src, dest, name, value, text, tid, observed, fetched in self._fetch(sql, [*params, *tools])
-        ]
+        # Rows of one fetch share a few timestamps (one fetched_at per source): parse each once.
+        dates: dict[Any, datetime | None] = {}
+        out = []
+        for src, dest, name, value, text, tid, observed, fetched in self._fetch(sql, [*params, *tools]):
+            seen = dates.get(observed, _UNSET)
+            if seen is _UNSET:
+                seen = dates[observed] = _aware_db(observed)
+            got = dates.get(fetched, _UNSET)
+            if got is _UNSET:
+                got = dates[fetched] = _aware_db(fetched)
+            # value is a REAL / double precision column: a float or None from either driver.
+            out.append(MetricRow(src, dest, name, value, text, tid, seen, got))
+        return out
 
     # -- settings -----------------------------------------------------------------------------
 
