@@ -70,7 +70,7 @@ def disable(
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Disable DEST: rank marks it infeasible with the reason until `enable` or --until passes.
+    """Disable DESTINATION: rank marks it infeasible with the reason until `enable` or --until passes.
 
     Collecting goes on, so its state is fresh when it comes back. Exit 0 done, 2 unknown destination
     or bad --until.
@@ -90,7 +90,7 @@ def enable(
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Enable DEST again after `metasched disable` (a no-op when it is not disabled)."""
+    """Enable DESTINATION again after `metasched disable` (a no-op when it is not disabled)."""
     setup_logging(verbose)
     try:
         result = _set(destination, None, None, config, database)

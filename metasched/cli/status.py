@@ -208,7 +208,7 @@ def status(
     """Show every destination: reachable, age of the last good collect (stale rows highlighted),
     capacity, nodes unavailable, queue, median queue time, disabled or last error.
 
-    With DEST: that destination's nodes and partitions too.
+    With DESTINATION: its nodes and partitions too.
     """
     setup_logging(verbose)
     try:
