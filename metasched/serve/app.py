@@ -44,6 +44,7 @@ OTHER_THREADS = 2  # status, metrics, health: never queued behind ranking
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 KNOWN_PATHS = frozenset(
     {"/v1/rank", "/process_data", "/v1/status", "/healthz", "/metrics", "/docs", "/openapi.json", "/ping"}
+    | {"/v1/policy"}
 )
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -265,6 +266,22 @@ def create_app(state: ServeState) -> FastAPI:
         if detail is None:
             return _error(404, f"destination: no destination {destination!r}")
         return _json(200, detail)
+
+    @app.get("/v1/policy", tags=["policy"])
+    async def policy_show() -> Response:
+        """Every node group's active policy and recent renice actions (`metasched policy show --json`)."""
+        from metasched.policy.api import show
+
+        return _json(200, await in_pool(lambda: show(state.config, state.store)))
+
+    @app.put("/v1/policy", tags=["policy"])
+    async def policy_set(request: Request) -> Response:
+        """Switch a node group's policy: `{"name", "group", "high_priority"}` (docs/policies.md)."""
+        from metasched.policy.api import put
+
+        body, client = await request.body(), request.client.host if request.client else "unknown"
+        status, answer = await in_pool(lambda: put(state.config, state.store, body, client))
+        return _json(status, answer)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Response:
