@@ -188,7 +188,8 @@ def test_policy_set_is_persisted_and_seen_by_rank_show_and_status(
     res = _cli(["policy", "set", "exclusive", "--group", "sge_b", "-c", str(config)], env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "slurm_a: dynamic -> exclusive (runtime)"
-    assert "policy of group slurm_a changed by alice (cli): dynamic -> exclusive" in res.stderr
+    assert "policy of group slurm_a changed by alice (cli) at " in res.stderr
+    assert ": dynamic -> exclusive (high_priority None -> None)" in res.stderr
 
     # both run jobs: neither is locked out; stop sge_b's job and it is
     sc["state"]["destinations"]["sge_b"]["jobs"] = []

@@ -60,7 +60,8 @@ def test_put_policy_needs_the_token_and_persists(tmp_path: Path, servers: list[S
             "/v1/rank", json={"job": {"tool_id": "t"}, "destinations": [{"id": "slurm_a"}, {"id": "sge_b"}]}
         ).json()
         assert ranked["sorted_destinations"] == ["sge_b", "slurm_a"]
-    assert "policy of group slurm_a changed by api 127.0.0.1: shared -> best_effort" in server.text()
+    assert "policy of group slurm_a changed by api 127.0.0.1 at " in server.text()
+    assert ": shared -> best_effort (high_priority None -> sge_b)" in server.text()
 
     # persisted in the store: the CLI shows it
     shown = cli(["policy", "show", "--json", "-c", str(config)], base_env(tmp_path))

@@ -173,9 +173,10 @@ def set_policy(
         store.set_setting(override_key(gid), json.dumps(asdict(override)))
         new = apply_override(policy, override)
     log.warning(
-        "policy of group %s changed by %s: %s -> %s (high_priority %s -> %s)",
+        "policy of group %s changed by %s at %s: %s -> %s (high_priority %s -> %s)",
         gid,
         by,
+        now.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         old.name,
         new.name,
         old.config.high_priority,
