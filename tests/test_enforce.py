@@ -127,8 +127,10 @@ def test_slurm_job_reniced_over_ssh(
         assert row["last_enforced"]["destination"] == "slurm_a"
         cfg = load_config(config, {})
         with Store.open(str(tmp_path / "state.db")) as store:
+            kept = recent_actions(store)
             again = enforce(cfg, store)
-        assert not [a for a in again.actions if a.job == job]
+            assert not [a for a in again.actions if a.job == job]
+            assert recent_actions(store) == kept  # the same failures again are not recorded twice
 
         # shared at runtime with enforce: true: collect renices to round((1 - 30/100) x 19) = 13
         config = _config(

@@ -207,6 +207,8 @@ def test_policy_set_is_persisted_and_seen_by_rank_show_and_status(
     status = json.loads(_cli(["status", "--json", "-c", str(config)], env).stdout)
     rows = {r["id"]: r for r in status}
     assert rows["sge_b"]["policy"] == {"group": "slurm_a", "name": "exclusive", "source": "runtime"}
+    table = _cli(["status", "-c", str(config)], env).stdout
+    assert "policy exclusive (slurm_a, runtime)" in table
 
     # back to the config's own policy: the override is gone
     res = _cli(["policy", "set", "dynamic", "-c", str(config)], env)

@@ -204,12 +204,20 @@ def describe(active: ActivePolicy) -> dict[str, Any]:
     }
 
 
+_SAME_FAILURE = ("destination", "job", "command", "error")
+
+
 def record_actions(store: Store, actions: Sequence[Mapping[str, Any]]) -> None:
-    """Append enforcement actions to the bounded list ``status`` shows (oldest dropped)."""
-    if not actions:
-        return
-    kept = [*recent_actions(store), *(dict(a) for a in actions)][-MAX_ACTIONS:]
-    store.set_setting(ACTIONS_KEY, json.dumps(kept))
+    """Append enforcement actions to the bounded list ``status`` shows (oldest dropped).
+
+    A failure identical to one already kept (e.g. the same permission error after every collect)
+    is not added again, so repeated failures cannot push the successful actions out of the list.
+    """
+    kept = recent_actions(store)
+    failures = {tuple(a.get(k) for k in _SAME_FAILURE) for a in kept if not a.get("ok")}
+    new = [dict(a) for a in actions if a.get("ok") or tuple(a.get(k) for k in _SAME_FAILURE) not in failures]
+    if new:
+        store.set_setting(ACTIONS_KEY, json.dumps([*kept, *new][-MAX_ACTIONS:]))
 
 
 def recent_actions(store: Store, limit: int = MAX_ACTIONS) -> list[dict[str, Any]]:
