@@ -507,6 +507,17 @@ def test_tool_times_ignore_unknown_parts(store: Store) -> None:
     assert store.tool_times("cat1", ["a"])["a"] == ToolTimes(1, None, None)
 
 
+def test_tool_times_for_a_few_of_many_destinations(store: Store) -> None:
+    """Asking for fewer than half of the stored destinations filters by id in SQL; more, here: same answer."""
+    for i, dest in enumerate(("a", "b", "c", "d", "e")):
+        finish_jobs(store, dest, [(f"{dest}{j}", f"g{j}_cat1_u", i + 1, j + 1) for j in range(4)], 10)
+    few = store.tool_times("cat1", ["b", "nope"], limit=3)
+    assert few == {"b": ToolTimes(3, 120.0, 180.0), "nope": ToolTimes(0, None, None)}
+    most = store.tool_times("cat1", ["b", "c", "d", "nope"], limit=3)
+    assert most["b"] == few["b"]
+    assert most["d"] == ToolTimes(3, 240.0, 180.0)
+
+
 def test_tool_times_over_many_destinations(store: Store) -> None:
     ids = [f"d{i:04d}" for i in range(1200)]  # more than one IN-list chunk
     for dest in ids[::300]:
