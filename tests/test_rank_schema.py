@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from metasched.rank.model import DEFAULT_WEIGHTS
 from metasched.rank.request import METRIC_KEYS, OPTION_KEYS
 from tests.test_rank_scenarios import SCENARIO_DIR, load_scenario, run_scenario
-
-jsonschema = pytest.importorskip("jsonschema")
 
 SCHEMAS = Path(__file__).parents[1] / "metasched" / "schemas"
 
