@@ -2,7 +2,7 @@
 
 An isolated cell in a temporary SGE_ROOT with its own qmaster/execd ports, so it never touches a
 system-wide Grid Engine. The tree is world-readable so the non-root ssh test user can run the clients.
-If the cell cannot come up the fixture skips with the tail of the daemon logs.
+If the cell cannot come up the fixture fails with the tail of the daemon logs (never a silent skip).
 """
 
 from __future__ import annotations
@@ -305,7 +305,7 @@ def start_cell(base: Path, slots: int = 2) -> SGECluster:
 
 
 def log_tail(base: Path, lines: int = 20) -> str:
-    """The end of the daemons' stdout logs and their spool ``messages`` files, for skip messages."""
+    """The end of the daemons' stdout logs and their spool ``messages`` files, for failure messages."""
     chunks = []
     for log in [*sorted(base.glob("*.log")), *sorted(base.glob("spool/**/messages"))]:
         text = log.read_text(errors="replace").splitlines()[-lines:]
@@ -322,7 +322,7 @@ def _queue_ok(cluster: SGECluster) -> bool:
 @pytest.fixture(scope="session")
 def sge() -> Iterator[SGECluster]:
     if not (SGE_SBIN / "sge_qmaster").exists():
-        pytest.skip("gridengine-master is not installed")
+        pytest.fail("gridengine-master is not installed (bash .ci/run installs it)")
     base = Path(tempfile.mkdtemp(prefix="metasched-sge-"))
     base.chmod(0o755)
     cluster: SGECluster | None = None
@@ -334,7 +334,7 @@ def sge() -> Iterator[SGECluster]:
             cluster.stop()
         tail = log_tail(base)
         shutil.rmtree(base, ignore_errors=True)
-        pytest.skip(f"SGE cell did not come up: {exc}\n{tail}")
+        pytest.fail(f"SGE cell did not come up: {exc}\n{tail}")
     try:
         yield cluster
     finally:
