@@ -190,8 +190,9 @@ def test_tables_without_version_are_refused(store_url: str) -> None:
         Store.open(store_url)
 
 
-# Undo schema v3 (largest-node columns, covering tool_key index): the v2 shape.
+# Undo schema v3 (largest-node columns, covering tool_key index, tool_history): the v2 shape.
 TO_V2 = (
+    'DROP TABLE "tool_history"',
     'ALTER TABLE "destination" DROP COLUMN "max_node_cores"',
     'ALTER TABLE "destination" DROP COLUMN "max_node_mem_mb"',
     'ALTER TABLE "destination" DROP COLUMN "max_node_gpus"',
@@ -516,6 +517,39 @@ def test_tool_times_for_a_few_of_many_destinations(store: Store) -> None:
     most = store.tool_times("cat1", ["b", "c", "d", "nope"], limit=3)
     assert most["b"] == few["b"]
     assert most["d"] == ToolTimes(3, 240.0, 180.0)
+
+
+def test_tool_times_samples_match_the_history_itself(store: Store) -> None:
+    """The per-(destination, tool_key) samples write_snapshot keeps give exactly what the raw history
+    gives: several users' keys merged by end time, more jobs than kept, unknown times, pruning."""
+    users = ("alice", "bob_example_org", "")
+
+    def name(n: int) -> str:
+        user = users[n % 3]
+        return f"g{n}_cat1_{user}" if user else f"g{n}_cat1"
+
+    for batch, minute in enumerate((10, 1450, 1452)):
+        jobs = [(f"j{batch}_{n}", name(n), 1 + (n * 7) % 13, 1 + (n * 5) % 11) for n in range(90 + batch)]
+        finish_jobs(store, "a", jobs, minute)
+        finish_jobs(store, "b", jobs[: 10 * (batch + 1)], minute)
+        finish_jobs(store, "b", [(f"x{batch}", f"g{batch}_cat10_alice", 99, 99)], minute + 0.7)
+    # Pending jobs that vanished: they count, without times.
+    write(store, "b", Snapshot(jobs=[Job("p", PENDING, name="g7_cat1_alice", submit_time=at(1454))]), 1454)
+    write(store, "b", Snapshot(), 1455)
+
+    def compare() -> None:
+        for limit in (1, 2, 3, 50, 91, 150, 200):
+            got = store.tool_times("cat1", ["a", "b", "c"], limit=limit)
+            assert got == store._tool_times_from_history("cat1", ["a", "b", "c"], limit), limit
+        assert store.tool_times("cat10", ["b"]) == store._tool_times_from_history("cat10", ["b"], 200)
+
+    compare()
+    assert store.tool_times("cat1", ["a"])["a"].count == 200
+    # A collect a day later prunes the first batch (history_days=1): the samples follow.
+    write(store, "a", Snapshot(), 1460, history_days=1)
+    write(store, "b", Snapshot(), 1460, history_days=1)
+    compare()
+    assert store.tool_times("cat1", ["a"])["a"].count == 91 + 92
 
 
 def test_tool_times_over_many_destinations(store: Store) -> None:

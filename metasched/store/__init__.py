@@ -20,6 +20,7 @@ import logging
 import sqlite3
 import statistics
 import threading
+from array import array
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -45,6 +46,7 @@ from metasched.errors import CollectError, ConfigError
 from metasched.store import models
 from metasched.store.galaxy import parse_galaxy_job_name, tool_key
 from metasched.store.models import SCHEMA_VERSION
+from metasched.store.samples import SAMPLES, end_seconds, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ HISTORY_DAYS = 90  # finished-job history and collect runs older than this are p
 MAX_GAP_S = 3600.0  # see write_snapshot: run times across longer collect gaps are not trusted
 _BATCH = 1000  # rows per multi-row INSERT on PostgreSQL
 _VERSION_KEY = "schema_version"
+_EPOCH = datetime(1970, 1, 1)
 _UNSET: Any = object()  # "not parsed yet" in per-call date memos (None is a valid parsed value)
 _DT_FIELD = models.Job.submit_time  # any DateTimeField: its python_value parses SQLite's text form
 
@@ -673,7 +676,9 @@ class Store:
                 ).where(D.id == dest_id)
             ).execute()
             self._add_run(dest_id, run_id, started, finished, ok=True, error=None)
-            self._prune(dest_id, end_naive - timedelta(days=history_days))
+            cutoff = end_naive - timedelta(days=history_days)
+            self._prune(dest_id, cutoff)
+            self._refresh_tool_history(dest_id, {row[6] for row in finished_rows if row[6]}, cutoff)
         return len(finished_rows)
 
     def _history_row(
@@ -720,6 +725,50 @@ class Store:
                 duration_s=max(0.0, (finished - started).total_seconds()),
             )
         ).execute()
+
+    def _refresh_tool_history(self, dest_id: str, keys: set[str], cutoff: datetime) -> None:
+        """Rebuild the tool_history rows of ``keys`` (new history) and of samples older than ``cutoff``
+        (pruned), from finished_job itself: duplicates it ignored and pruning cannot leave them stale."""
+        p = self._db.param
+        pruned = self._fetch(
+            f'SELECT "tool_key" FROM "tool_history" WHERE "destination_id" = {p} AND "oldest_end" < {p}',
+            [dest_id, self._dt_in(cutoff)],
+        )
+        keys.update(row[0] for row in pruned)
+        if not keys:
+            return
+        # One query for every key, however many users' keys finished since the last collect.
+        where, params = self._in_ids('"tool_key"', sorted(keys))
+        ranked = (
+            'SELECT "tool_key", "end_time", "id", "queue_s", "run_s", ROW_NUMBER() OVER (PARTITION BY '
+            '"tool_key" ORDER BY "end_time" DESC, "id" DESC) AS "rn" FROM "finished_job" '
+            f'WHERE "destination_id" = {p} AND {where}'
+        )
+        rows = self._fetch(
+            f'SELECT "tool_key", "end_time", "id", "queue_s", "run_s" FROM ({ranked}) AS "newest" '
+            f'WHERE "rn" <= {SAMPLES} ORDER BY "tool_key", "rn"',
+            [dest_id, *params],
+        )
+        upserts = []
+        for key, group in groupby(rows, key=itemgetter(0)):
+            samples = list(group)
+            ends = [_naive_db(r[1]) or _EPOCH for r in samples]
+            blob = pack((end_seconds(e), float(r[2]), r[3], r[4]) for e, r in zip(ends, samples, strict=True))
+            upserts.append((dest_id, key, self._dt_in(ends[-1]), blob))
+            keys.discard(key)
+        cursor = self._sql.cursor()
+        if upserts:
+            cursor.executemany(
+                'INSERT INTO "tool_history" ("destination_id", "tool_key", "oldest_end", "samples") '
+                f'VALUES ({p}, {p}, {p}, {p}) ON CONFLICT ("tool_key", "destination_id") DO UPDATE SET '
+                '"oldest_end" = excluded."oldest_end", "samples" = excluded."samples"',
+                upserts,
+            )
+        if keys:  # every sample pruned
+            cursor.executemany(
+                f'DELETE FROM "tool_history" WHERE "destination_id" = {p} AND "tool_key" = {p}',
+                [(dest_id, key) for key in sorted(keys)],
+            )
 
     def _prune(self, dest_id: str, cutoff: datetime) -> None:
         F, R = models.FinishedJob, models.CollectRun
@@ -792,56 +841,113 @@ class Store:
             out.append(Job(**values))
         return out
 
-    def tool_times(self, tool_id: str, dest_ids: Sequence[str], limit: int = 200) -> dict[str, ToolTimes]:
+    def tool_times(self, tool_id: str, dest_ids: Sequence[str], limit: int = SAMPLES) -> dict[str, ToolTimes]:
         """Median queue/run time of the last ``limit`` finished jobs of this tool, per destination.
 
-        Every requested id is in the result (count 0 when there is no history). The tool's rows come
+        Every requested id is in the result (count 0 when there is no history). The tool matches
+        ``tool_key`` ``k`` or ``k_*`` (see ``metasched.store.galaxy``): an equality or a byte-order
+        range (``k_`` <= tool_key < ``k` ``, backquote following underscore). Up to ``SAMPLES``, the
+        samples write_snapshot keeps per (destination, tool_key) answer it: one row per destination
+        and key instead of one per job (most of rank's read at a thousand destinations); the medians
+        are over the newest ``limit`` jobs of all matching keys together, as from the history itself.
+        """
+        wanted = list(dict.fromkeys(dest_ids))
+        key = tool_key(tool_id)
+        if not key or not wanted or limit <= 0:
+            return dict.fromkeys(wanted, ToolTimes(0, None, None))
+        if limit > SAMPLES:
+            return self._tool_times_from_history(key, wanted, limit)
+        p = self._db.param
+        column = '"tool_key" COLLATE "C"' if self._pg else '"tool_key"'
+        sql = (
+            'SELECT "destination_id", "samples" FROM "tool_history" '
+            f'WHERE ("tool_key" = {p} OR ({column} >= {p} AND {column} < {p}))'
+        )
+        params: list[Any] = [key, key + "_", key + "`"]
+        if 2 * len(wanted) < self._destination_count():
+            where, ids = self._in_ids('"destination_id"', wanted)
+            sql += f" AND {where}"
+            params += ids
+        wanted_set = set(wanted)
+        blobs: defaultdict[str, list[bytes]] = defaultdict(list)
+        for dest, blob in self._fetch(sql, params):
+            if dest in wanted_set:
+                blobs[dest].append(blob)
+        out: dict[str, ToolTimes] = {}
+        for dest in wanted:
+            found = blobs.get(dest)
+            if not found:
+                out[dest] = ToolTimes(0, None, None)
+                continue
+            values = unpack(found[0])
+            if len(found) > 1:  # several users' keys: merge, newest (end, id) first, as the history orders
+                records = sorted(
+                    (
+                        tuple(v[i : i + 4])
+                        for v in [values, *map(unpack, found[1:])]
+                        for i in range(0, len(v), 4)
+                    ),
+                    reverse=True,
+                )
+                values = array("d", [x for record in records for x in record])
+            n = min(len(values) // 4, limit)
+            queues = [x for x in values[2 : 4 * n : 4] if x == x]  # NaN: unknown
+            runs = [x for x in values[3 : 4 * n : 4] if x == x]
+            out[dest] = ToolTimes(
+                count=n,
+                median_queue_s=statistics.median(queues) if queues else None,
+                median_run_s=statistics.median(runs) if runs else None,
+            )
+        return out
+
+    def _destination_count(self) -> int:
+        count: int = self._fetch('SELECT COUNT(*) FROM "destination"', [])[0][0]
+        return count
+
+    def _tool_times_from_history(self, key: str, wanted: list[str], limit: int) -> dict[str, ToolTimes]:
+        """tool_times from finished_job itself, for limits beyond the kept samples. The tool's rows come
         from the covering (tool_key, destination_id, end_time, queue_s, run_s) index by an equality
         or a byte-order range (``k_`` <= tool_key < ``k` ``, backquote following underscore), in one
         query with no ordering: ranking every row by end time in the database costs more than the
         whole read. Only destinations with more than ``limit`` such rows are read again, newest
         ``limit`` first.
         """
-        wanted = list(dict.fromkeys(dest_ids))
         found: defaultdict[str, list[tuple[Any, ...]]] = defaultdict(list)
-        key = tool_key(tool_id)
-        if key and wanted and limit > 0:
-            p = self._db.param
-            column = '"tool_key" COLLATE "C"' if self._pg else '"tool_key"'
-            matches = f'("tool_key" = {p} OR ({column} >= {p} AND {column} < {p}))'
-            keys = [key, key + "_", key + "`"]
-            # SQLite's planner (no statistics) would rather walk the (destination_id, end_time) index,
-            # i.e. every history row of those destinations; a unary + takes that index out of the race.
-            dest_column = '"destination_id"' if self._pg else '+"destination_id"'
-            columns = '"destination_id", "queue_s", "run_s"'
-            sql = f'SELECT {columns} FROM "finished_job" WHERE {matches}'
-            params: list[Any] = []
-            # TPV asks about the destinations it is configured with, i.e. usually most of the store:
-            # then testing every row against the id list in SQL costs more than dropping the few
-            # rows of other destinations here.
-            stored = self._fetch('SELECT COUNT(*) FROM "destination"', [])[0][0]
-            if 2 * len(wanted) < stored:
-                where, params = self._in_ids(dest_column, wanted)
-                sql += f" AND {where}"
-            wanted_set = set(wanted)
-            # A destination's rows mostly arrive together (index order): append them by runs. Any
-            # order gives the same result; this only saves per-row work.
-            for dest, run in groupby(self._fetch(sql, [*keys, *params]), key=itemgetter(0)):
-                if dest in wanted_set:
-                    found[dest].extend(run)
-            many = [dest for dest, rows in found.items() if len(rows) > limit]
-            if many:
-                where, params = self._in_ids(dest_column, many)
-                recent = (
-                    f"SELECT {columns}, ROW_NUMBER() OVER (PARTITION BY "
-                    '"destination_id" ORDER BY "end_time" DESC, "id" DESC) AS "rn" FROM "finished_job" '
-                    f"WHERE {matches} AND {where}"
-                )
-                sql = f'SELECT {columns} FROM ({recent}) AS "recent" WHERE "rn" <= {p}'
-                for dest in many:
-                    found[dest] = []
-                for row in self._fetch(sql, [*keys, *params, limit]):
-                    found[row[0]].append(row)
+        p = self._db.param
+        column = '"tool_key" COLLATE "C"' if self._pg else '"tool_key"'
+        matches = f'("tool_key" = {p} OR ({column} >= {p} AND {column} < {p}))'
+        keys = [key, key + "_", key + "`"]
+        # SQLite's planner (no statistics) would rather walk the (destination_id, end_time) index,
+        # i.e. every history row of those destinations; a unary + takes that index out of the race.
+        dest_column = '"destination_id"' if self._pg else '+"destination_id"'
+        columns = '"destination_id", "queue_s", "run_s"'
+        sql = f'SELECT {columns} FROM "finished_job" WHERE {matches}'
+        params: list[Any] = []
+        # TPV asks about the destinations it is configured with, i.e. usually most of the store:
+        # then testing every row against the id list in SQL costs more than dropping the few
+        # rows of other destinations here.
+        if 2 * len(wanted) < self._destination_count():
+            where, params = self._in_ids(dest_column, wanted)
+            sql += f" AND {where}"
+        wanted_set = set(wanted)
+        # A destination's rows mostly arrive together (index order): append them by runs. Any
+        # order gives the same result; this only saves per-row work.
+        for dest, run in groupby(self._fetch(sql, [*keys, *params]), key=itemgetter(0)):
+            if dest in wanted_set:
+                found[dest].extend(run)
+        many = [dest for dest, rows in found.items() if len(rows) > limit]
+        if many:
+            where, params = self._in_ids(dest_column, many)
+            recent = (
+                f"SELECT {columns}, ROW_NUMBER() OVER (PARTITION BY "
+                '"destination_id" ORDER BY "end_time" DESC, "id" DESC) AS "rn" FROM "finished_job" '
+                f"WHERE {matches} AND {where}"
+            )
+            sql = f'SELECT {columns} FROM ({recent}) AS "recent" WHERE "rn" <= {p}'
+            for dest in many:
+                found[dest] = []
+            for row in self._fetch(sql, [*keys, *params, limit]):
+                found[row[0]].append(row)
         out: dict[str, ToolTimes] = {}
         for dest in wanted:
             rows = found.get(dest)

@@ -13,6 +13,9 @@ extend the migration test with a database of the old shape.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
+from itertools import groupby, islice
+from operator import itemgetter
 from typing import Any
 
 from peewee import Database, PostgresqlDatabase
@@ -20,6 +23,7 @@ from playhouse.migrate import PostgresqlMigrator, SchemaMigrator, SqliteMigrator
 
 from metasched.errors import MetaschedError
 from metasched.store.models import SCHEMA_VERSION
+from metasched.store.samples import SAMPLES, end_seconds, pack
 
 Step = Callable[[Database], None]
 
@@ -37,20 +41,27 @@ def migrator_for(db: Database) -> SchemaMigrator:
     return PostgresqlMigrator(db) if isinstance(db, PostgresqlDatabase) else SqliteMigrator(db)
 
 
+_FINISHED_JOB_TOOL_KEY_C = (
+    'CREATE INDEX IF NOT EXISTS "finished_job_tool_key_c" ON "finished_job" '
+    '("tool_key" COLLATE "C", "destination_id", "end_time")'
+)
+_TOOL_HISTORY_TOOL_KEY_C = (
+    'CREATE INDEX IF NOT EXISTS "tool_history_tool_key_c" ON "tool_history" '
+    '("tool_key" COLLATE "C", "destination_id")'
+)
+
+
 def postgres_extras(db: Database) -> None:
     """Objects the models cannot declare portably: on PostgreSQL, tool_key range lookups need byte order.
 
     ``Store.tool_times`` matches ``tool_key = k OR k_ <= tool_key < k```, which is only a prefix test
     under byte-wise ("C") collation; a site's linguistic default collation does not (glibc en_US
-    ignores ``_``, ICU en-US puts ``Cat1_u`` inside the range). The query uses ``COLLATE "C"`` and this
-    index serves it. SQLite compares bytes already.
+    ignores ``_``, ICU en-US puts ``Cat1_u`` inside the range). The queries use ``COLLATE "C"`` and
+    these indexes serve them. SQLite compares bytes already.
     """
     if isinstance(db, PostgresqlDatabase):
-        _execute(
-            db,
-            'CREATE INDEX IF NOT EXISTS "finished_job_tool_key_c" ON "finished_job" '
-            '("tool_key" COLLATE "C", "destination_id", "end_time")',
-        )
+        _execute(db, _FINISHED_JOB_TOOL_KEY_C)
+        _execute(db, _TOOL_HISTORY_TOOL_KEY_C)
 
 
 def _v1_to_v2(db: Database) -> None:
@@ -73,11 +84,12 @@ def _v1_to_v2(db: Database) -> None:
         m.add_index("finished_job", ("destination_id", "end_time"), False),
         m.add_index("collect_run", ("destination_id", "started"), False),
     )
-    postgres_extras(db)
+    if isinstance(db, PostgresqlDatabase):
+        _execute(db, _FINISHED_JOB_TOOL_KEY_C)
 
 
 def _v2_to_v3(db: Database) -> None:
-    """Largest available node per destination (rank's per-node feasibility); covering tool_key index."""
+    """Largest available node per destination (rank's per-node feasibility); per-tool samples for rank."""
     for column in ("max_node_cores", "max_node_mem_mb", "max_node_gpus"):
         _execute(db, f'ALTER TABLE "destination" ADD COLUMN "{column}" INTEGER')
     # Filled from the stored snapshot, so a fresh summary does not read as "largest node unknown"
@@ -96,6 +108,47 @@ def _v2_to_v3(db: Database) -> None:
     migrate(
         m.add_index("finished_job", ("tool_key", "destination_id", "end_time", "queue_s", "run_s"), False)
     )
+    pg = isinstance(db, PostgresqlDatabase)
+    _execute(
+        db,
+        f'CREATE TABLE "tool_history" ("id" {"SERIAL" if pg else "INTEGER"} NOT NULL PRIMARY KEY, '
+        '"destination_id" VARCHAR(255) NOT NULL, "tool_key" VARCHAR(255) NOT NULL, '
+        f'"oldest_end" {"TIMESTAMP" if pg else "DATETIME"} NOT NULL, '
+        f'"samples" {"BYTEA" if pg else "BLOB"} NOT NULL)',
+    )
+    _execute(
+        db,
+        'CREATE UNIQUE INDEX "tool_history_tool_key_destination_id" ON "tool_history" '
+        '("tool_key", "destination_id")',
+    )
+    if pg:
+        _execute(db, _TOOL_HISTORY_TOOL_KEY_C)
+    _fill_tool_history(db)
+
+
+def _fill_tool_history(db: Database) -> None:
+    """One tool_history row per (destination, tool_key) of the existing history (format v3, frozen)."""
+    handle: Any = db
+    cursor = handle.execute_sql(
+        'SELECT "destination_id", "tool_key", "end_time", "id", "queue_s", "run_s" FROM "finished_job" '
+        'WHERE "tool_key" IS NOT NULL ORDER BY "destination_id", "tool_key", "end_time" DESC, "id" DESC'
+    )
+    p = handle.param
+    insert = (
+        'INSERT INTO "tool_history" ("destination_id", "tool_key", "oldest_end", "samples") '
+        f"VALUES ({p}, {p}, {p}, {p})"
+    )
+    for (dest, key), group in groupby(cursor.fetchall(), key=itemgetter(0, 1)):
+        rows = list(islice(group, SAMPLES))
+        ends = [_naive(r[2]) for r in rows]
+        blob = pack((end_seconds(e), float(r[3]), r[4], r[5]) for e, r in zip(ends, rows, strict=True))
+        oldest = ends[-1] if isinstance(db, PostgresqlDatabase) else str(ends[-1])
+        handle.execute_sql(insert, (dest, key, oldest, blob))
+
+
+def _naive(value: Any) -> datetime:
+    """A stored end time (SQLite text, PostgreSQL naive datetime) as a naive UTC datetime."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
 STEPS: dict[int, Step] = {1: _v1_to_v2, 2: _v2_to_v3}

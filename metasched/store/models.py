@@ -9,6 +9,7 @@ from __future__ import annotations
 from peewee import (
     SQL,
     AutoField,
+    BlobField,
     BooleanField,
     CharField,
     DateTimeField,
@@ -176,6 +177,23 @@ class FinishedJob(BaseModel):
         )
 
 
+class ToolHistory(BaseModel):
+    """Newest finished-job samples per (destination, tool_key), kept by write_snapshot (schema v3).
+
+    Derived from FinishedJob (see ``metasched.store.samples``) so rank reads one row per destination
+    and tool instead of every history row; FinishedJob stays the record.
+    """
+
+    id = AutoField()
+    destination_id = CharField()
+    tool_key = CharField()
+    oldest_end = DateTimeField()  # end time of the oldest sample: pruning below it refreshes the row
+    samples = BlobField()
+
+    class Meta:
+        indexes = ((("tool_key", "destination_id"), True),)
+
+
 class Metric(BaseModel):
     """Values pulled from external metric sources (InfluxDB), cached so rank never waits on the network."""
 
@@ -193,4 +211,14 @@ class Metric(BaseModel):
         indexes = ((("source", "destination_id", "tool_id", "name"), True),)
 
 
-MODELS: list[type[BaseModel]] = [Setting, Destination, Node, Partition, Job, CollectRun, FinishedJob, Metric]
+MODELS: list[type[BaseModel]] = [
+    Setting,
+    Destination,
+    Node,
+    Partition,
+    Job,
+    CollectRun,
+    FinishedJob,
+    ToolHistory,
+    Metric,
+]
