@@ -190,9 +190,10 @@ def test_tables_without_version_are_refused(store_url: str) -> None:
         Store.open(store_url)
 
 
-# Undo schema v3 (largest-node columns, covering tool_key index, tool_history): the v2 shape.
+# Undo schema v4 (tool_history) and v3 (largest-node columns, covering tool_key index).
+TO_V3 = ('DROP TABLE "tool_history"',)
 TO_V2 = (
-    'DROP TABLE "tool_history"',
+    *TO_V3,
     'ALTER TABLE "destination" DROP COLUMN "max_node_cores"',
     'ALTER TABLE "destination" DROP COLUMN "max_node_mem_mb"',
     'ALTER TABLE "destination" DROP COLUMN "max_node_gpus"',
@@ -261,6 +262,26 @@ def test_opening_a_v2_database_migrates_it(store_url: str) -> None:
     indexes = index_names(store_url, "finished_job")
     assert "finished_job_tool_key_destination_id_end_time_queue_s_run_s" in indexes
     assert "finished_job_tool_key_destination_id_end_time" not in indexes
+
+
+def test_opening_a_v3_database_fills_the_tool_samples(store_url: str) -> None:
+    """v3 -> v4: tool_history is built from the history already stored, so rank keeps its medians."""
+    with Store.open(store_url) as s:
+        finish_jobs(s, "d", [("1", "g1_cat1_u", 1, 2), ("2", "g2_cat1_v", 3, 4), ("3", "g3_cat10", 9, 9)], 5)
+        finish_jobs(s, "e", [("1", "g1_cat1", 5, 6)], 5)
+        before = s.tool_times("cat1", ["d", "e"])
+    execute_raw(store_url, *TO_V3, "UPDATE setting SET value = '3' WHERE key = 'schema_version'")
+    with Store.open(store_url) as s:
+        assert s.schema_version() == SCHEMA_VERSION
+        assert (
+            s.tool_times("cat1", ["d", "e"])
+            == before
+            == {
+                "d": ToolTimes(2, 120.0, 180.0),
+                "e": ToolTimes(1, 300.0, 360.0),
+            }
+        )
+        assert s.tool_times("cat10", ["d"]) == {"d": ToolTimes(1, 540.0, 540.0)}
 
 
 # -- snapshots ------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def _v1_to_v2(db: Database) -> None:
 
 
 def _v2_to_v3(db: Database) -> None:
-    """Largest available node per destination (rank's per-node feasibility); per-tool samples for rank."""
+    """Largest available node per destination (rank's per-node feasibility); covering tool_key index."""
     for column in ("max_node_cores", "max_node_mem_mb", "max_node_gpus"):
         _execute(db, f'ALTER TABLE "destination" ADD COLUMN "{column}" INTEGER')
     # Filled from the stored snapshot, so a fresh summary does not read as "largest node unknown"
@@ -108,6 +108,10 @@ def _v2_to_v3(db: Database) -> None:
     migrate(
         m.add_index("finished_job", ("tool_key", "destination_id", "end_time", "queue_s", "run_s"), False)
     )
+
+
+def _v3_to_v4(db: Database) -> None:
+    """Per-(destination, tool_key) samples of the newest finished jobs (rank's per-tool read)."""
     pg = isinstance(db, PostgresqlDatabase)
     _execute(
         db,
@@ -127,7 +131,7 @@ def _v2_to_v3(db: Database) -> None:
 
 
 def _fill_tool_history(db: Database) -> None:
-    """One tool_history row per (destination, tool_key) of the existing history (format v3, frozen)."""
+    """One tool_history row per (destination, tool_key) of the existing history (format v4, frozen)."""
     handle: Any = db
     cursor = handle.execute_sql(
         'SELECT "destination_id", "tool_key", "end_time", "id", "queue_s", "run_s" FROM "finished_job" '
@@ -151,7 +155,7 @@ def _naive(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
-STEPS: dict[int, Step] = {1: _v1_to_v2, 2: _v2_to_v3}
+STEPS: dict[int, Step] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def upgrade(db: Database, from_version: int, to_version: int = SCHEMA_VERSION) -> list[int]:

@@ -20,7 +20,7 @@ from peewee import (
     TextField,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class BaseModel(Model):
@@ -178,7 +178,7 @@ class FinishedJob(BaseModel):
 
 
 class ToolHistory(BaseModel):
-    """Newest finished-job samples per (destination, tool_key), kept by write_snapshot (schema v3).
+    """Newest finished-job samples per (destination, tool_key), kept by write_snapshot (schema v4).
 
     Derived from FinishedJob (see ``metasched.store.samples``) so rank reads one row per destination
     and tool instead of every history row; FinishedJob stays the record.

@@ -1,4 +1,4 @@
-"""The newest finished-job samples of one (destination, tool_key), packed for ``tool_history`` (schema v3).
+"""The newest finished-job samples of one (destination, tool_key), packed for ``tool_history`` (schema v4).
 
 rank needs, per destination, the medians of the newest finished jobs of one tool over every
 ``tool_key`` that matches it (Galaxy may append the user to the tool in job names). Reading those
@@ -6,7 +6,7 @@ rows one by one is most of rank's time at a thousand destinations; one packed ro
 (destination, tool_key) is read and unpacked in C instead. The samples are the raw values, so the
 medians are still taken over the matched jobs themselves, never medians of medians.
 
-Format (frozen with schema v3): little-endian IEEE doubles, four per job, newest first:
+Format (frozen with schema v4): little-endian IEEE doubles, four per job, newest first:
 end time (seconds since the epoch, naive UTC), history row id, queue_s, run_s; NaN for a missing
 duration. Ordering by (end time, id) descending is the order ``Store.tool_times`` defines.
 """
