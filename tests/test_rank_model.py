@@ -228,3 +228,41 @@ def test_observe_precedence_request_then_summary_then_metrics() -> None:
     obs, stale_state, _ = observe(plain, old, None, rows, None, **kw)
     assert stale_state and obs.free_cores is None and obs.queued_jobs == 99  # stale: unknown, metrics fill in
     assert obs.disabled is None  # the disable ended (until == now)
+
+
+def test_largest_node_decides_feasibility_after_the_totals() -> None:
+    """A job runs on one node: totals that fit are not enough. Unknown (None) or unreported (0)
+    largest-node figures check nothing; a destination with no GPU at all keeps its totals reason."""
+    from metasched.rank.model import MB_PER_GB, infeasibility
+    from metasched.rank.request import DestinationRequest
+    from metasched.rank.state import observe
+
+    kw: dict[str, Any] = dict(tool_id="t", now=NOW, max_state_age=300, max_metric_age=900)
+    plain = DestinationRequest(id="a", index=0)
+    nodes = {
+        "max_node_cores": 32,
+        "max_node_mem_mb": 128 * 1024,
+        "max_node_gpus": 2,
+        "mem_total_mb": 512 * 1024,
+    }
+    obs, _, _ = observe(plain, _summary(gpus_total=8, **nodes), None, [], None, **kw)
+    assert (obs.max_node_cores, obs.max_node_mem_mb, obs.max_node_gpus) == (32, 128 * MB_PER_GB, 2)
+    big = JobSpec("t", cores=48, mem_mb=200 * MB_PER_GB, gpus=4)
+    assert infeasibility(big, Candidate(id="a", index=0, observed=obs)) == [
+        "needs 48 cores, largest node has 32",
+        "needs 200 GB, largest node has 128.0 GB",
+        "needs 4 GPUs, largest node has 2",
+    ]
+    fits = JobSpec("t", cores=32, mem_mb=128 * MB_PER_GB, gpus=2)
+    assert infeasibility(fits, Candidate(id="a", index=0, observed=obs)) == []
+    unknown = {
+        "max_node_cores": None,
+        "max_node_mem_mb": 0,
+        "max_node_gpus": None,
+        "mem_total_mb": 512 * 1024,
+    }
+    obs, _, _ = observe(plain, _summary(gpus_total=8, **unknown), None, [], None, **kw)
+    assert (obs.max_node_cores, obs.max_node_mem_mb, obs.max_node_gpus) == (None, None, None)
+    assert infeasibility(big, Candidate(id="a", index=0, observed=obs)) == []
+    obs, _, _ = observe(plain, _summary(gpus_total=0, **nodes), None, [], None, **kw)
+    assert "needs 4 GPUs > 0 GPUs in service" in infeasibility(big, Candidate(id="a", index=0, observed=obs))

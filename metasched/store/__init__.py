@@ -869,7 +869,7 @@ class Store:
             sql += f" AND {where}"
             params += ids
         wanted_set = set(wanted)
-        blobs: defaultdict[str, list[bytes]] = defaultdict(list)
+        blobs: defaultdict[str, list[bytes | memoryview]] = defaultdict(list)
         for dest, blob in self._fetch(sql, params):
             if dest in wanted_set:
                 blobs[dest].append(blob)

@@ -41,8 +41,9 @@ def pack(samples: Iterable[Sample]) -> bytes:
     return values.tobytes()
 
 
-def unpack(blob: bytes) -> array[float]:
-    """The stored bytes -> a flat array (end, id, queue_s, run_s, end, id, ...), newest first."""
+def unpack(blob: bytes | memoryview) -> array[float]:
+    """The stored bytes (a memoryview from PostgreSQL's driver) -> a flat array of
+    (end, id, queue_s, run_s, end, id, ...), newest first."""
     values = array("d")
     values.frombytes(blob)
     if sys.byteorder != "little":
