@@ -56,4 +56,31 @@ def main() -> None:
         code = fast_main(sys.argv[2:], os.environ)
         if code is not None:
             sys.exit(code)
-    build_app()()
+    sys.exit(run_app(build_app(), sys.argv[1:]))
+
+
+def run_app(app: typer.Typer, argv: list[str]) -> int:
+    """Run the Typer app; a usage error (bad option, bad value) is one line on stderr and exit 2.
+
+    Click's standalone mode would print a boxed usage block instead: journald and scripts want one line
+    that names the command and the option. A bare ``metasched`` still shows the help.
+    """
+    import typer
+
+    try:
+        result = app(args=argv, prog_name="metasched", standalone_mode=False)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        print("metasched: aborted", file=sys.stderr)
+        return 1
+    except typer.TyperException as exc:  # click's UsageError / BadParameter / NoSuchOption ...
+        message = exc.format_message()
+        if "\n" in message:  # the help screen of a group called without a command
+            print(message, file=sys.stderr)
+        else:
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "metasched"
+            print(f"{where}: {message} (see --help)", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
+    return result if isinstance(result, int) else 0
