@@ -82,7 +82,7 @@ def open_existing_store(url: str) -> tuple[Store | None, str | None]:
 
 
 def load_state(store: Store, dest_ids: Sequence[str], tool_id: str) -> StoredState:
-    """Three queries in total, whatever the number of destinations."""
+    """A handful of queries (one per kind of state), whatever the number of destinations."""
     summaries = {s.id: s for s in store.summaries(dest_ids)}
     times = store.tool_times(tool_id, dest_ids)
     by_dest: dict[str, list[MetricRow]] = {}
