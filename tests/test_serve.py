@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -661,3 +662,52 @@ def test_rank_follows_the_store_at_once_on_sqlite_and_postgresql(
         assert cli(["enable", "d2"], env).returncode == 0
         assert next(r for r in ranked()["ranked"] if r["id"] == "d2")["feasible"]
     assert server.stop() == 0
+
+
+def test_a_storm_of_sighups_is_coalesced_and_sigterm_still_stops(
+    tmp_path: Path, servers: list[Serve]
+) -> None:
+    """200 SIGHUPs in a tight loop while requests flow: signals only schedule a reload, reloads run one at
+    a time and coalesce, so the server keeps answering, applies the last config and stops on SIGTERM."""
+    config = tmp_path / "config.yml"
+    first = {
+        "collect": {"interval": 3600},
+        "destinations": [{"id": "a", "scheduler": "node", "host": "local"}],
+    }
+    write_config(config, first)
+    server = start_serve(tmp_path, config, "--database", str(tmp_path / "s.db"), "--no-collect")
+    servers.append(server)
+    answered: list[int] = []
+    done = threading.Event()
+
+    def traffic() -> None:
+        with server.client() as http:
+            while not done.is_set():
+                try:
+                    answered.append(http.get("/healthz", timeout=10).status_code)
+                except httpx.HTTPError:
+                    answered.append(0)
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        for i in range(200):
+            server.proc.send_signal(signal.SIGHUP)
+            if i == 100:
+                write_config(
+                    config, {**first, "destinations": [{"id": "b", "scheduler": "node", "host": "local"}]}
+                )
+        last = {**first, "destinations": [{"id": "c", "scheduler": "node", "host": "local"}]}
+        write_config(config, last)
+        server.proc.send_signal(signal.SIGHUP)
+        with server.client() as http:
+            wait_for(lambda: [r["id"] for r in http.get("/v1/status").json()] == ["c"], 30, "the last config")
+            assert http.get("/healthz").status_code == 200
+    finally:
+        done.set()
+        worker.join(30)
+    assert answered and set(answered) == {200}
+    assert server.proc.poll() is None
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0, server.text()
+    assert server.text().count("config reloaded from") < 200  # coalesced, not one reload per signal

@@ -2,11 +2,15 @@
 
 SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests, then the lifespan waits for a
 running collect cycle (each destination's snapshot is one transaction: it commits or rolls back).
-SIGHUP: reload the config. Exit status 0 after a clean stop.
+SIGHUP: reload the config. The signal only marks a reload as wanted (the event loop's own signal
+handling, so nothing runs in signal context); reloads run one at a time in a worker thread, and any
+number of SIGHUPs during one collapse into one more reload, which reads the file as it is then.
+Exit status 0 after a clean stop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 from types import FrameType
@@ -16,6 +20,33 @@ from metasched.serve.state import ServeState
 log = logging.getLogger("metasched.serve")
 
 GRACEFUL_TIMEOUT_S = 30  # in-flight requests get this long after SIGTERM
+
+
+class Reloader:
+    """Coalesces reload requests; every method runs on the event loop thread."""
+
+    def __init__(self, state: ServeState) -> None:
+        self._state = state
+        self._wanted = False
+        self._task: asyncio.Task[None] | None = None
+
+    def request(self) -> None:
+        self._wanted = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._wanted:
+            self._wanted = False
+            log.info("SIGHUP: reloading the config")
+            await loop.run_in_executor(None, self._state.reload)
+
+    async def finish(self) -> None:
+        """Let a running reload end (it only parses a file) so the loop closes without pending work."""
+        self._wanted = False
+        if self._task is not None:
+            await self._task
 
 
 def run(state: ServeState) -> int:
@@ -36,18 +67,32 @@ def run(state: ServeState) -> int:
         proxy_headers=False,
     )
     server = uvicorn.Server(config)
+    early: list[bool] = []  # SIGHUPs before the event loop runs: only remembered (list.append is atomic)
 
-    def hangup(_sig: int, _frame: FrameType | None) -> None:
-        log.info("SIGHUP: reloading the config")
-        state.reload()
+    def hangup_early(_sig: int, _frame: FrameType | None) -> None:
+        early.append(True)
 
     def stopped(_sig: int, _frame: FrameType | None) -> None:
         """uvicorn re-raises the signal that stopped it once it is done; by then we exit normally."""
 
-    signal.signal(signal.SIGHUP, hangup)
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reloader = Reloader(state)
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
+        if early:
+            reloader.request()
+        try:
+            await server.serve()
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # stopping: a reload now would change nothing
+            await reloader.finish()
+
+    signal.signal(signal.SIGHUP, hangup_early)
     previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run()
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(main())
     except SystemExit as exc:  # uvicorn's own exit when it cannot listen (its code 3 means PARTIAL here)
         log.error(
             "not serving: could not listen on %s:%d (exit status %s from uvicorn)",
