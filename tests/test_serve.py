@@ -711,3 +711,37 @@ def test_a_storm_of_sighups_is_coalesced_and_sigterm_still_stops(
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(30) == 0, server.text()
     assert server.text().count("config reloaded from") < 200  # coalesced, not one reload per signal
+
+
+def test_an_internal_error_is_a_500_and_one_log_line(tmp_path: Path, servers: list[Serve]) -> None:
+    """Another tool drops the `node` table: the detail view fails inside serve. The client gets a JSON
+    500 naming the exception type; journald gets one line, no traceback (that needs -vv)."""
+    from datetime import UTC, datetime
+
+    from metasched.collect.types import Node, Snapshot
+
+    db = tmp_path / "state.db"
+    now = datetime.now(UTC)
+    with Store.open(str(db)) as store:
+        store.write_snapshot(
+            "d0", Snapshot([Node("n0", "idle", True, 4)]), run_id="r", started=now, finished=now
+        )
+    config = write_config(
+        tmp_path / "config.yml", {"destinations": [{"id": "d0", "scheduler": "node", "host": "local"}]}
+    )
+    server = start_serve(tmp_path, config, "--database", str(db), "--no-collect")
+    servers.append(server)
+    with server.client() as http:
+        assert http.get("/v1/status/d0").status_code == 200
+        before = server.text().splitlines()
+        with sqlite3.connect(db, timeout=10) as conn:
+            conn.execute("DROP TABLE node")
+        r = http.get("/v1/status/d0")
+        assert r.status_code == 500
+        assert r.json() == {"detail": "internal error: OperationalError"}
+        assert http.get("/ping").status_code == 200  # the server goes on
+        added = server.text().splitlines()[len(before) :]
+    assert len(added) == 1, added
+    assert "internal error on GET /v1/status/d0: OperationalError: no such table: node" in added[0]
+    assert server.stop() == 0
+    assert "Traceback" not in server.text() and "Exception in ASGI application" not in server.text()

@@ -96,7 +96,7 @@ class Gate:
             return
         started = time.perf_counter()
         path: str = scope["path"]
-        status = [500]
+        status = [0]
 
         async def send_status(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -105,7 +105,17 @@ class Gate:
 
         try:
             await self._gate(scope, receive, send_status, path)
+        except Exception as exc:
+            # Handled here, not by Starlette's ServerErrorMiddleware: that one re-raises to uvicorn,
+            # which logs "Exception in ASGI application" and a long traceback. One line per event.
+            log.error(
+                "internal error on %s %s: %s: %s", scope["method"], path, type(exc).__name__, _one_line(exc)
+            )
+            log.debug("internal error", exc_info=exc)  # the traceback with -vv
+            if status[0] == 0:
+                await _error(500, f"internal error: {type(exc).__name__}")(scope, receive, send_status)
         finally:
+            status[0] = status[0] or 500
             label = _path_label(path)
             self.state.requests.observe(label, scope["method"], status[0], time.perf_counter() - started)
 
@@ -163,6 +173,10 @@ def _path_label(path: str) -> str:
     if path.startswith("/v1/status/"):
         return "/v1/status/{destination}"
     return "other"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _is_open(path: str, open_endpoints: tuple[str, ...]) -> bool:
@@ -301,14 +315,6 @@ def create_app(state: ServeState) -> FastAPI:
     async def ping() -> Response:
         """Trivial answer without store or thread pool: the baseline of the benchmark."""
         return Response(b'{"pong":true}', media_type="application/json")
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.error(
-            "internal error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc
-        )
-        log.debug("internal error", exc_info=exc)  # the traceback with -vv; one line otherwise
-        return _error(500, f"internal error: {type(exc).__name__}")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
