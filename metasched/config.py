@@ -100,6 +100,8 @@ class DestinationConfig:
     vhost: str | None = None  # AMQP vhost used by htcondor_cluster_usage
     sge: SGESettings = field(default_factory=SGESettings)
     yarn_url: str | None = None  # ResourceManager REST base URL as seen from the head node
+    # yarn.nodemanager.local-dirs on the NodeManagers (enforcement reads the container pid files there)
+    yarn_local_dirs: tuple[str, ...] = ()
     enabled: bool = True
 
     @property
@@ -149,7 +151,8 @@ class ServeSettings:
     port: int = 8000
     token: str | None = None  # bearer token; from token, token_file, $METASCHED_TOKEN or a credential
     max_body_bytes: int = 1 << 20  # larger request bodies get 413
-    open_endpoints: tuple[str, ...] = ("/healthz", "/metrics")  # reachable without the token
+    # Reachable without the token: health, metrics and the API docs carry no data.
+    open_endpoints: tuple[str, ...] = ("/healthz", "/metrics", "/docs", "/openapi.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -649,6 +652,7 @@ _DEST_KEYS = (
     "vhost",
     "sge",
     "yarn_url",
+    "yarn_local_dirs",
     "enabled",
 )
 _INFLUX_KEYS = (
@@ -885,6 +889,14 @@ def _destination(
             c.add(f"{path}.yarn_url", f"must start with http:// or https://, got {yarn_url!r}")
         if scheduler is not None and scheduler != "yarn":
             c.add(f"{path}.yarn_url", f"only applies to scheduler yarn (this destination is {scheduler})")
+    local_dirs: list[str] = []
+    for _, dp, item in c.items(m.get("yarn_local_dirs"), f"{path}.yarn_local_dirs"):
+        if not isinstance(item, str) or not item.startswith("/") or _CONTROL.search(item):
+            c.add(dp, f"must be an absolute directory path, got {_describe(item)}")
+        else:
+            local_dirs.append(item)
+    if m.get("yarn_local_dirs") is not None and scheduler is not None and scheduler != "yarn":
+        c.add(f"{path}.yarn_local_dirs", f"only applies to scheduler yarn (this destination is {scheduler})")
     enabled = c.boolean(m, "enabled", path, True)
     object_store = c.string(m, "object_store", path)
     runner = c.string(m, "runner", path)
@@ -904,6 +916,7 @@ def _destination(
         vhost=vhost,
         sge=sge,
         yarn_url=yarn_url,
+        yarn_local_dirs=tuple(local_dirs),
         enabled=enabled,
     )
 

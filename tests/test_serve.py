@@ -360,8 +360,12 @@ def test_bearer_token_from_a_systemd_credential(
     servers.append(server)
     request = {"job": {"tool_id": "t"}, "destinations": [{"id": "local"}]}
     with server.client() as anon, server.client("wrong") as wrong, server.client("t0ken-123") as good:
-        for path in ("/v1/status", "/docs", "/openapi.json"):
+        for path in ("/v1/status", "/v1/status/local", "/v1/policy"):
             assert anon.get(path).status_code == 401
+        docs = anon.get("/docs")  # the Swagger UI and its spec carry no data: open by default
+        assert docs.status_code == 200 and "swagger" in docs.text.lower()
+        assert "/v1/rank" in anon.get("/openapi.json").json()["paths"]
+        assert anon.get("/docs/oauth2-redirect").status_code == 200
         r = anon.post("/v1/rank", json=request)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert wrong.post("/v1/rank", json=request).status_code == 401
@@ -369,6 +373,27 @@ def test_bearer_token_from_a_systemd_credential(
         assert good.get("/v1/status").status_code == 200
         assert anon.get("/healthz").status_code == 200  # open by default, like /metrics
         assert anon.get("/metrics").status_code == 200
+
+
+def test_open_endpoints_are_configurable(tmp_path: Path, servers: list[Serve]) -> None:
+    """Opening /v1/status opens each destination's view too; [] protects even the docs."""
+    config = tmp_path / "config.yml"
+    dests = [{"id": "local", "scheduler": "node", "host": "local"}]
+    serve_block = {"token": "t0ken", "open_endpoints": ["/v1/status"]}
+    write_config(config, {"serve": serve_block, "destinations": dests})
+    server = start_serve(tmp_path, config, "--database", str(tmp_path / "s.db"), "--no-collect")
+    servers.append(server)
+    with server.client() as anon:
+        assert anon.get("/v1/status").status_code == 200
+        assert anon.get("/v1/status/local").status_code == 200
+        assert anon.get("/v1/status/nope").status_code == 404
+        for path in ("/docs", "/openapi.json", "/healthz", "/metrics"):
+            assert anon.get(path).status_code == 401, path
+        write_config(config, {"serve": {**serve_block, "open_endpoints": []}, "destinations": dests})
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: anon.get("/v1/status/local").status_code == 401, 10, "the reload")
+        assert anon.get("/docs").status_code == 401
+    assert server.stop() == 0
 
 
 # --- the collect loop dies ----------------------------------------------------------------------

@@ -40,7 +40,12 @@ DEST = "destinations:\n  - {id: a, scheduler: node, host: local}\n"
 def test_serve_defaults(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, DEST), {})
     assert (cfg.serve.host, cfg.serve.port, cfg.serve.token) == ("127.0.0.1", 8000, None)
-    assert cfg.serve.max_body_bytes == 1 << 20 and cfg.serve.open_endpoints == ("/healthz", "/metrics")
+    assert cfg.serve.max_body_bytes == 1 << 20 and cfg.serve.open_endpoints == (
+        "/healthz",
+        "/metrics",
+        "/docs",
+        "/openapi.json",
+    )
 
 
 def test_token_sources_in_order(tmp_path: Path) -> None:

@@ -180,9 +180,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _is_open(path: str, open_endpoints: tuple[str, ...]) -> bool:
+    """An open endpoint opens what lies under it too: /v1/status/{id}, /docs/oauth2-redirect."""
     if path in open_endpoints:
         return True
-    return path.startswith("/docs/") and "/docs" in open_endpoints
+    return any(path.startswith(f"{e}/") for e in ("/v1/status", "/docs") if e in open_endpoints)
 
 
 def create_app(state: ServeState) -> FastAPI:
