@@ -136,12 +136,37 @@ def test_memory_units(text: str, mb: int) -> None:
         ("hqw", HELD),
         ("hRwq", HELD),
         ("Eqw", HELD),
+        ("Er", HELD),
+        ("hr", RUNNING),
+        ("hRr", RUNNING),
+        ("ht", RUNNING),
         ("s", OTHER),
-        ("dr", OTHER),
+        ("S", OTHER),
+        ("rs", OTHER),
+        ("T", OTHER),
+        ("dr", RUNNING),
+        ("dt", RUNNING),
+        ("dqw", OTHER),
+        ("dhqw", OTHER),
     ],
 )
 def test_job_states(raw: str, state: str) -> None:
     assert job_state(raw) == state
+
+
+def test_predecessors_hold_only_jobs_not_yet_running() -> None:
+    assert job_state("qw", has_predecessors=True) == HELD
+    assert job_state("hqw", has_predecessors=True) == HELD
+    assert job_state("r", has_predecessors=True) == RUNNING
+
+
+def test_hold_on_running_job_in_real_shape() -> None:
+    """``qhold`` on a running job shows ``hr``: it still runs on its slots (captured file, state edited)."""
+    jobs = by_id(
+        parse_qstat_jobs(fixture("qstat_jobs.xml").replace("<state>r</state>", "<state>hr</state>", 1))
+    )
+    assert (jobs["2"].state, jobs["2"].raw_state, jobs["2"].reason) == (RUNNING, "hr", "")
+    assert {jid for jid, j in jobs.items() if j.state == RUNNING} == {"2", "3"}
 
 
 def test_constructed_eqw_and_execd_down_in_real_shape() -> None:

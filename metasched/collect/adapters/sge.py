@@ -100,13 +100,23 @@ def sge_time(text: str, tz: timezone) -> datetime:
 
 
 def job_state(raw: str, has_predecessors: bool = False) -> str:
-    """Normalise SGE state letters: errors (E), holds (h) and ``-hold_jid`` waits are HELD, not demand."""
-    if "E" in raw or "h" in raw or (has_predecessors and "r" not in raw and "t" not in raw):
+    """Normalise SGE state letters; held (h), error (E) and ``-hold_jid`` waits are HELD, not demand.
+
+    Precedence: an error (E) wins; then suspension (s, S, T: not using its slots now, OTHER); then
+    running or transferring (r, t: a hold applied to a running job, ``hr``, does not stop it); a job
+    being deleted while running (``dr``) stays RUNNING, since it holds its slots until the kill lands;
+    a deleted job that never ran (``dqw``) is OTHER; then holds and predecessors; then queued/waiting.
+    """
+    if "E" in raw:
         return HELD
-    if set(raw) & set("sSTd"):
-        return OTHER  # suspended or being deleted
+    if set(raw) & set("sST"):
+        return OTHER
     if "r" in raw or "t" in raw:
         return RUNNING
+    if "d" in raw:
+        return OTHER
+    if "h" in raw or has_predecessors:
+        return HELD
     if "q" in raw or "w" in raw:
         return PENDING
     return OTHER
@@ -191,7 +201,9 @@ def parse_qstat_jobs(text: str, tz: timezone = UTC) -> list[Job]:
             submit = sge_time(submit_raw, tz) if submit_raw else None
         except ValueError as exc:
             raise ParseError(f"{cmd}: job {number}: bad time ({exc})") from None
-        if "E" in raw:
+        if state != HELD:
+            reason = ""  # a hold or dependency on a job already running no longer keeps it waiting
+        elif "E" in raw:
             reason = "error"
         elif has_pred:
             reason = "dependency"
