@@ -8,11 +8,18 @@ real daemons here (Slurm 22.05, SGE 8.1.9, procps).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -36,7 +43,8 @@ PID      JOBID    STEPID   LOCALID GLOBALID
 
 def test_parsers_on_real_output() -> None:
     assert parse_listpids(LISTPIDS) == [8625, 8626]
-    assert parse_ps("    1     1   0\n 8625  8625  10\n   17     0   -\n") == {1: (1, 0), 8625: (8625, 10)}
+    ps = "    1     0     0 -10\n 8625  8620  8625  10\n   17     2     0   -\n"
+    assert parse_ps(ps) == {1: (0, 0, -10), 8625: (8620, 8625, 10)}
     sconf = "#global:\nexecd_spool_dir              /var/spool/gridengine/execd\nmailer /bin/true\n"
     assert spool_dir(sconf) == "/var/spool/gridengine/execd"
 
@@ -215,3 +223,265 @@ def test_exclusive_renices_nothing(tmp_path: Path, sshd: SSHServer, slurm: Slurm
     with Store.open(str(tmp_path / "state.db")) as store:
         report = enforce(cfg, store)
     assert report.actions == [] and report.notes == ["slurm_a: exclusive: nothing to renice"]
+
+
+# --- YARN and HTCondor ---------------------------------------------------------------------------
+# No YARN or HTCondor daemon exists here. Their job -> pid data is reproduced exactly as documented:
+# the ResourceManager REST bodies (/ws/v1/cluster/apps, /ws/v1/cluster/nodes) from a loopback HTTP
+# server, the NodeManager's container pid files
+# <yarn.nodemanager.local-dirs>/nmPrivate/<app>/<container>/<container>.pid in a tree in mstest's home,
+# and `condor_q -af` / `condor_who -af JobId '#PID'` output printed by stand-in scripts on mstest's PATH.
+# The pids in them are REAL processes started here; the renice runs over the real sshd and the nice
+# value is read back with ps.
+
+APP = "application_1795400000000_0117"
+FINISHED_APP = "application_1795400000000_0101"
+
+
+def test_discovery_parsers_on_documented_shapes() -> None:
+    from metasched.policy.enforce import (
+        Proc,
+        family,
+        parse_condor_q_running,
+        parse_condor_who,
+        parse_container_pids,
+    )
+
+    root = "/tmp/hadoop-yarn/nm-local-dir/nmPrivate"
+    c1 = "container_1795400000000_0117_01_000001"
+    c2 = "container_e17_1795400000000_0117_01_000002"
+    other = "container_1795400000000_0118_01_000001"  # filed under the wrong application: ignored
+    text = (
+        f"{root}/{APP}/{c1}/{c1}.pid:4242\n{root}/{APP}/{c2}/{c2}.pid:4250\n"
+        f"{root}/{APP}/{other}/{other}.pid:1\n{root}/{APP}/{c1}/launch_container.sh:#!/bin/bash\n"
+        f"/tmp/usercache/u/appcache/{APP}/{c1}/{c1}.pid:2\n"
+    )
+    assert parse_container_pids(text) == {APP: [4242, 4250]}
+    q = "123 0 slot1_1@exec1.example.org\n124 3 slot1_2@exec2.example.org\n125 0 undefined\n"
+    assert parse_condor_q_running(q) == [("123.0", "exec1.example.org"), ("124.3", "exec2.example.org")]
+    assert parse_condor_who("123.0 7776\n124.3 \n") == {"123.0": 7776}
+    table = {
+        10: Proc(1, 10, 0),
+        11: Proc(10, 10, 0),
+        12: Proc(11, 12, 0),
+        13: Proc(1, 10, 0),
+        14: Proc(1, 14, 0),
+    }
+    assert family(table, 10) == [10, 11, 12, 13]  # the group, and a child that left it
+    assert family(table, 12) == [12] and family(table, 99) == []
+
+
+def _start_job(user: str | None) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """A job-like process tree: a session-leading shell (as YARN's launch shell) and its sleep."""
+    proc = subprocess.Popen(
+        ["sh", "-c", "sleep 600; true"], user=user, start_new_session=True, stdin=subprocess.DEVNULL
+    )
+
+    def child() -> bool:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True)
+        return bool(out.stdout.strip())
+
+    wait_for(child, 10, "the job's sleep")
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True)
+    return proc, [proc.pid, *map(int, out.stdout.split())]
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def _mstest_dir(sshd: SSHServer, name: str) -> Path:
+    base = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=sshd.home))
+    shutil.chown(base, sshd.user, sshd.user)
+    return base
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _chown_tree(base: Path, owner: str) -> None:
+    for p in [base, *base.rglob("*")]:
+        shutil.chown(p, owner, owner)
+
+
+def _nm_tree(base: Path, owner: str, pids: dict[str, int]) -> Path:
+    """``nm-local-dir/nmPrivate/<app>/<container>/<container>.pid`` as the NodeManager writes them."""
+    local = base / "nm-local-dir"
+    for i, (app, pid) in enumerate(pids.items(), 1):
+        container = f"container_{app.split('_', 1)[1]}_01_{i:06d}"
+        _write(local / "nmPrivate" / app / container / f"{container}.pid", f"{pid}\n")
+    (local / "nmPrivate").chmod(0o700)
+    _chown_tree(base, owner)
+    return local
+
+
+class _RMBodies(BaseHTTPRequestHandler):
+    """The RM's documented JSON: one RUNNING NodeManager, one RUNNING application (what an RM answers
+    for ``states=RUNNING``: FINISHED_APP is not listed, though its pid file is still there)."""
+
+    bodies: ClassVar[dict[str, Any]] = {
+        "/ws/v1/cluster/apps": {
+            "apps": {
+                "app": [
+                    {
+                        "id": APP,
+                        "user": "mstest",
+                        "name": "word count",
+                        "queue": "default",
+                        "state": "RUNNING",
+                        "finalStatus": "UNDEFINED",
+                        "startedTime": 1795400100000,
+                        "launchTime": 1795400101000,
+                        "amHostHttpAddress": "nm1.example.org:8042",
+                        "allocatedMB": 2048,
+                        "allocatedVCores": 2,
+                    }
+                ]
+            }
+        },
+        "/ws/v1/cluster/nodes": {
+            "nodes": {
+                "node": [
+                    {
+                        "id": "nm1.example.org:45454",
+                        "nodeHostName": "nm1.example.org",
+                        "nodeHTTPAddress": "nm1.example.org:8042",
+                        "state": "RUNNING",
+                        "numContainers": 2,
+                        "usedMemoryMB": 2048,
+                        "availMemoryMB": 6144,
+                        "usedVirtualCores": 2,
+                        "availableVirtualCores": 6,
+                        "healthReport": "",
+                    }
+                ]
+            }
+        },
+    }
+
+    def do_GET(self) -> None:
+        body = json.dumps(self.bodies[self.path.partition("?")[0]]).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def rm_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RMBodies)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _ssh_dest(sshd: SSHServer, **kw: Any) -> dict[str, Any]:
+    return {
+        "host": sshd.host,
+        "user": sshd.user,
+        "key_file": str(sshd.key_file),
+        "known_hosts": str(sshd.known_hosts),
+        "port": sshd.port,
+        **kw,
+    }
+
+
+def _seed2_like(tmp_path: Path, sshd: SSHServer, other: dict[str, Any], policy: dict[str, Any]) -> Path:
+    """Seed 2's example: SGE high priority, the other scheduler on the same nodes, best_effort."""
+    data = {
+        "database": str(tmp_path / "state.db"),
+        "destinations": [
+            {"id": "sge", "scheduler": "node", **_ssh_dest(sshd)},
+            {"id": "other", **_ssh_dest(sshd), **other},
+        ],
+        "policies": [{"destinations": ["sge", "other"], "high_priority": "sge", **policy}],
+    }
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_yarn_containers_reniced_over_ssh(
+    tmp_path: Path,
+    sshd: SSHServer,
+    rm_url: str,
+    env: dict[str, str],  # noqa: F811
+) -> None:
+    running, pids = _start_job("mstest")
+    finished, old_pids = _start_job("mstest")
+    try:
+        local = _nm_tree(_mstest_dir(sshd, "nm"), sshd.user, {APP: running.pid, FINISHED_APP: finished.pid})
+        yarn = {"scheduler": "yarn", "yarn_url": rm_url, "yarn_local_dirs": [str(local)]}
+        config = _seed2_like(tmp_path, sshd, yarn, {"name": "best_effort", "nice": 12})
+
+        res = _cli(["enforce", "--dry-run", "-c", str(config)], env)
+        assert res.returncode == 0, res.stderr
+        expected = f"renice -n 12 -p {' '.join(map(str, sorted(pids)))}"
+        assert res.stdout == f"{expected}  # on {sshd.host}:{sshd.port}: other job {APP} on nm1.example.org\n"
+        assert [nice_of(p) for p in pids] == [0, 0]
+
+        res = _cli(["enforce", "-c", str(config)], env)
+        assert res.returncode == 0, res.stderr
+        assert [nice_of(p) for p in pids] == [12, 12]
+        assert [nice_of(p) for p in old_pids] == [0, 0]  # its application is no longer RUNNING
+    finally:
+        _stop(running)
+        _stop(finished)
+
+
+def _condor_stand_ins(base: Path, owner: str, queue: str, who: str) -> Path:
+    """``condor_q`` / ``condor_who`` printing documented ``-af`` output and recording their argv."""
+    bin_dir = base / "bin"
+    for name, out in (("condor_q", queue), ("condor_who", who)):
+        _write(base / f"{name}.out", out)
+        script = f'#!/bin/sh\nprintf "%s\\n" "$*" >> {base}/{name}.argv\ncat {base}/{name}.out\n'
+        _write(bin_dir / name, script, 0o755)
+    _chown_tree(base, owner)
+    return bin_dir
+
+
+def test_htcondor_job_reniced_over_ssh(
+    tmp_path: Path,
+    sshd: SSHServer,
+    env: dict[str, str],  # noqa: F811
+) -> None:
+    job, pids = _start_job("mstest")
+    try:
+        base = _mstest_dir(sshd, "condor")
+        queue = "123 0 slot1_1@exec1.example.org\n124 0 slot1_2@exec1.example.org\n"
+        who = f"123.0 {job.pid}\n124.0 \n"  # 124.0: the starter log names no pid yet
+        bin_dir = _condor_stand_ins(base, sshd.user, queue, who)
+        condor = {"scheduler": "htcondor", "env": {"PATH": f"{bin_dir}:/usr/bin:/bin"}}
+        config = _seed2_like(tmp_path, sshd, condor, {"name": "shared", "weights": {"sge": 60, "other": 40}})
+
+        res = _cli(["enforce", "--json", "-c", str(config)], env)
+        assert res.returncode == 0, res.stderr
+        report = json.loads(res.stdout)
+        (action,) = report["actions"]
+        assert action["job"] == "123.0" and action["node"] == "exec1.example.org" and action["ok"]
+        assert action["command"] == f"renice -n 11 -p {' '.join(map(str, sorted(pids)))}"  # (1-0.4)*19
+        assert [nice_of(p) for p in pids] == [11, 11]
+        assert report["notes"] == [
+            "other job 124.0 on exec1.example.org: pids unknown: "
+            f"condor_who on {sshd.host}:{sshd.port} names no pid for job 124.0"
+        ]
+        assert (base / "condor_q.argv").read_text() == (
+            "-allusers -constraint JobStatus == 2 -af ClusterId ProcId RemoteHost\n"
+        )
+        assert (base / "condor_who.argv").read_text() == "-af JobId #PID\n"  # once per host
+    finally:
+        _stop(job)

@@ -8,7 +8,15 @@ job -> pid data, never from matching process names.
 - SGE: running jobs and hosts from ``qstat -xml``; the execd spool (``qconf -sconf``:
   ``execd_spool_dir``) holds ``<host>/active_jobs/<job>.<task>/job_pid`` (found with ``find``: the
   execd's own host name may differ from qstat's), the job's process-group leader; every process of
-  that group (``ps -e -o pid=,pgid=,ni=``) is the job.
+  that group (``ps -e -o pid=,ppid=,pgid=,ni=``) and its descendants are the job.
+- YARN: running applications and NodeManager hosts from the ResourceManager REST API (``curl`` on the
+  head node, as collect does); on each NodeManager the container pid files the NM writes itself,
+  ``<yarn.nodemanager.local-dirs>/nmPrivate/<app>/<container>/<container>.pid`` (``yarn_local_dirs``,
+  default the NM's ``${hadoop.tmp.dir}/nm-local-dir`` for user yarn). Each pid is the container's launch
+  shell, started with ``setsid``: its process group and descendants are the container.
+- HTCondor: running jobs and their execute hosts from ``condor_q`` (``RemoteHost``); on each execute
+  host ``condor_who -af JobId '#PID'`` gives each job's pid as the startd and starter know it; the job
+  is that process and its descendants (and its group when it leads one).
 
 A command runs on the node's ``node`` destination from the policy's ``nodes`` (matched by id or host),
 else on the scheduler destination's own host. Every command is an argv list the transport quotes;
@@ -22,11 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import re
 import shlex
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from metasched.config import Config, DestinationConfig
 from metasched.errors import CollectError, MetaschedError
@@ -38,8 +48,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("metasched.enforce")
 
-SUPPORTED = ("slurm", "sge")
+SUPPORTED = ("slurm", "sge", "yarn", "htcondor")
 MAX_NICE = 19
+# yarn.nodemanager.local-dirs defaults to ${hadoop.tmp.dir}/nm-local-dir, hadoop.tmp.dir to
+# /tmp/hadoop-${user.name}; the NodeManager runs as user yarn.
+YARN_LOCAL_DIRS = ("/tmp/hadoop-yarn/nm-local-dir",)
+PS_ARGV = ["ps", "-e", "-o", "pid=,ppid=,pgid=,ni="]
+_APP_ID = re.compile(r"application_\d+_\d+")
+_CONTAINER_ID = re.compile(r"container_(?:e\d+_)?\d+_\d+_\d+_\d+")
+
+
+class Proc(NamedTuple):
+    ppid: int
+    pgid: int
+    nice: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +123,76 @@ def parse_listpids(text: str) -> list[int]:
     return pids
 
 
-def parse_ps(text: str) -> dict[int, tuple[int, int]]:
-    """``ps -e -o pid=,pgid=,ni=``: pid -> (pgid, nice). Kernel threads print ``-`` for nice: skipped."""
-    out: dict[int, tuple[int, int]] = {}
+def parse_ps(text: str) -> dict[int, Proc]:
+    """``ps -e -o pid=,ppid=,pgid=,ni=``: pid -> Proc. Real-time tasks print ``-`` for nice: skipped."""
+    out: dict[int, Proc] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 3 and all(p.lstrip("-").isdigit() for p in parts):
-            out[int(parts[0])] = (int(parts[1]), int(parts[2]))
+        if len(parts) == 4 and all(p.lstrip("-").isdigit() for p in parts):
+            out[int(parts[0])] = Proc(int(parts[1]), int(parts[2]), int(parts[3]))
+    return out
+
+
+def family(table: dict[int, Proc], leader: int) -> list[int]:
+    """``leader``, its process group when it leads one, and every descendant of those (by ppid)."""
+    if leader not in table:
+        return []
+    found = {leader}
+    if table[leader].pgid == leader:
+        found |= {p for p, proc in table.items() if proc.pgid == leader}
+    children: dict[int, list[int]] = {}
+    for p, proc in table.items():
+        children.setdefault(proc.ppid, []).append(p)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return sorted(found)
+
+
+def parse_container_pids(text: str) -> dict[str, list[int]]:
+    """``awk`` over ``<local-dir>/nmPrivate/<app>/<container>/<container>.pid``: app id -> container pids.
+
+    Lines are ``PATH:PID``; a path not shaped like the NodeManager's own (the container directory and
+    file named by the same container id of that application), or an empty pid file the NM has not
+    finished writing, is ignored.
+    """
+    out: dict[str, list[int]] = {}
+    for line in text.splitlines():
+        path, sep, pid = line.rpartition(":")
+        parts = path.split("/")
+        if not sep or not pid.strip().isdigit() or len(parts) < 4 or parts[-4] != "nmPrivate":
+            continue
+        app, container, name = parts[-3], parts[-2], parts[-1]
+        if not (_APP_ID.fullmatch(app) and _CONTAINER_ID.fullmatch(container) and name == f"{container}.pid"):
+            continue
+        if container.split("_")[-4:-2] != app.split("_")[1:]:  # the container of another application
+            continue
+        out.setdefault(app, []).append(int(pid))
+    return out
+
+
+def parse_condor_q_running(text: str) -> list[tuple[str, str]]:
+    """``condor_q -allusers -constraint 'JobStatus == 2' -af ClusterId ProcId RemoteHost``:
+    (``Cluster.Proc``, execute host). RemoteHost is ``slotN[_M]@host``; a job without one is skipped."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and "@" in parts[2]:
+            rows.append((f"{parts[0]}.{parts[1]}", parts[2].rpartition("@")[2]))
+    return rows
+
+
+def parse_condor_who(text: str) -> dict[str, int]:
+    """``condor_who -af JobId '#PID'``: job id -> its pid (condor_who leaves the pid empty when the
+    starter log does not name it yet: such jobs are skipped)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and re.fullmatch(r"\d+\.\d+", parts[0]) and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
     return out
 
 
@@ -199,15 +284,73 @@ def _sge_jobs(head: Transport, dest: DestinationConfig) -> tuple[list[tuple[str,
     return [(j.job_id, j.nodes) for j in jobs if j.state == "running" and j.nodes], spool
 
 
-def _job_pids(
-    scheduler: str, runner: Transport, dest: DestinationConfig, job: str, node: str, spool: str | None
-) -> tuple[list[int], dict[int, tuple[int, int]]]:
-    """The job's pids on ``node`` and that host's (pgid, nice) table."""
-    if scheduler == "slurm":
-        # dest.env (SLURM_CONF, ...) also when the command runs on a policy `nodes` host
-        pids = parse_listpids(runner.run(["scontrol", "listpids", job, node], env=dest.env))
-        table = parse_ps(runner.run(["ps", "-e", "-o", "pid=,pgid=,ni="]))
-        return [p for p in pids if p in table], table
+@dataclass(slots=True)
+class _Found:
+    """What one destination's discovery learnt beyond its (job, node) list, shared by its jobs' lookups."""
+
+    spool: str | None = None  # SGE execd_spool_dir
+    listings: dict[str, Any] = field(default_factory=dict)  # transport label -> parsed per-host listing
+
+
+def _yarn_fetch(head: Transport, dest: DestinationConfig, path: str) -> str:
+    from metasched.collect.adapters.yarn import DEFAULT_URL
+
+    max_time = max(1, math.floor(dest.ssh.command_timeout * 0.8))
+    url = (dest.yarn_url or DEFAULT_URL).rstrip("/") + path
+    return head.run(["curl", "-fsS", "--max-time", str(max_time), "-H", "Accept: application/json", url])
+
+
+def _yarn_pid_files(runner: Transport, dest: DestinationConfig) -> dict[str, list[int]]:
+    """The NodeManager's container pid files on this host: app id -> container launch-shell pids."""
+    dirs = [f"{d.rstrip('/')}/nmPrivate" for d in (dest.yarn_local_dirs or YARN_LOCAL_DIRS)]
+    argv = ["find", *dirs, "-mindepth", "3", "-maxdepth", "3", "-type", "f", "-name", "container_*.pid"]
+    argv += ["-exec", "awk", '{ print FILENAME ":" $0 }', "{}", "+"]
+    return parse_container_pids(runner.run(argv))
+
+
+def _yarn_jobs(
+    head: Transport, dest: DestinationConfig, hosts: _Hosts, found: _Found, report: Report
+) -> list[tuple[str, str]]:
+    """(application, NodeManager host) for every RUNNING application with a container pid file there."""
+    from metasched.collect.adapters.yarn import NODES_PATH, parse_apps, parse_nodes
+
+    apps = {j.job_id for j in parse_apps(_yarn_fetch(head, dest, "/ws/v1/cluster/apps?states=RUNNING"))}
+    nodes = [n.name for n in parse_nodes(_yarn_fetch(head, dest, NODES_PATH)) if n.available]
+    out: list[tuple[str, str]] = []
+    for node in nodes:
+        try:
+            runner = hosts.for_node(node, dest)
+            if runner.label in found.listings:  # several NodeManagers reached on one host: listed once
+                continue
+            found.listings[runner.label] = listing = _yarn_pid_files(runner, dest)
+        except MetaschedError as exc:
+            report.notes.append(f"{dest.id} on {node}: container pids unknown: {exc}")
+            log.warning("enforce %s on %s: container pids unknown: %s", dest.id, node, exc)
+            continue
+        out.extend((app, node) for app in sorted(listing) if app in apps)
+    return out
+
+
+def _condor_jobs(head: Transport, dest: DestinationConfig) -> list[tuple[str, str]]:
+    argv = ["condor_q", "-allusers", "-constraint", "JobStatus == 2"]
+    argv += ["-af", "ClusterId", "ProcId", "RemoteHost"]
+    return parse_condor_q_running(head.run(argv, env=dest.env))
+
+
+def _jobs(
+    head: Transport, dest: DestinationConfig, hosts: _Hosts, found: _Found, report: Report
+) -> list[tuple[str, str]]:
+    if dest.scheduler == "slurm":
+        return _slurm_jobs(head, dest)
+    if dest.scheduler == "sge":
+        jobs, found.spool = _sge_jobs(head, dest)
+        return jobs
+    if dest.scheduler == "yarn":
+        return _yarn_jobs(head, dest, hosts, found, report)
+    return _condor_jobs(head, dest)
+
+
+def _sge_leader(runner: Transport, job: str, spool: str | None) -> int:
     if spool is None:
         raise CollectError("execd_spool_dir not found in qconf -sconf")
     number, _, task = job.partition("_")
@@ -215,25 +358,42 @@ def _job_pids(
         raise CollectError(f"unexpected SGE job id {job!r}")
     # execd names its spool directory as it resolves its own host, which may differ from qstat's
     # host name (host_aliases): look for the job's directory under every host directory.
-    found = runner.run(
-        [
-            "find",
-            spool,
-            "-mindepth",
-            "4",
-            "-maxdepth",
-            "4",
-            "-path",
-            f"*/active_jobs/{number}.{task or 1}/job_pid",
-        ]
-    ).split()
+    pattern = f"*/active_jobs/{number}.{task or 1}/job_pid"
+    found = runner.run(["find", spool, "-mindepth", "4", "-maxdepth", "4", "-path", pattern]).split()
     if len(found) != 1:
         raise CollectError(f"job_pid of {number}.{task or 1} under {spool}: found {len(found)} files")
     leader = runner.run(["cat", found[0]]).strip()
     if not leader.isdigit():
         raise CollectError(f"{found[0]}: not a pid: {leader[:40]!r}")
-    table = parse_ps(runner.run(["ps", "-e", "-o", "pid=,pgid=,ni="]))
-    return sorted(p for p, (pgid, _) in table.items() if pgid == int(leader)), table
+    return int(leader)
+
+
+def _job_pids(
+    runner: Transport, dest: DestinationConfig, job: str, node: str, found: _Found
+) -> tuple[list[int], dict[int, Proc]]:
+    """The job's pids on ``node`` and that host's process table."""
+    if dest.scheduler == "slurm":
+        # dest.env (SLURM_CONF, ...) also when the command runs on a policy `nodes` host
+        pids = parse_listpids(runner.run(["scontrol", "listpids", job, node], env=dest.env))
+        table = parse_ps(runner.run(PS_ARGV))
+        return [p for p in pids if p in table], table
+    if dest.scheduler == "sge":
+        leader = _sge_leader(runner, job, found.spool)
+        table = parse_ps(runner.run(PS_ARGV))
+        return family(table, leader), table
+    if dest.scheduler == "yarn":
+        leaders = found.listings.get(runner.label, {}).get(job, [])
+    else:
+        if runner.label not in found.listings:
+            found.listings[runner.label] = parse_condor_who(
+                runner.run(["condor_who", "-af", "JobId", "#PID"], env=dest.env)
+            )
+        pid = found.listings[runner.label].get(job)
+        if pid is None:
+            raise CollectError(f"condor_who on {runner.label} names no pid for job {job}")
+        leaders = [pid]
+    table = parse_ps(runner.run(PS_ARGV))
+    return sorted({p for leader in leaders for p in family(table, leader)}), table
 
 
 def enforce(
@@ -280,13 +440,9 @@ def _enforce_destination(
     if dest.scheduler not in SUPPORTED:
         report.notes.append(f"{dest_id}: enforcement not supported for {dest.scheduler} (job pids unknown)")
         return
+    found = _Found()
     try:
-        head = hosts.get(dest)
-        spool: str | None = None
-        if dest.scheduler == "slurm":
-            jobs = _slurm_jobs(head, dest)
-        else:
-            jobs, spool = _sge_jobs(head, dest)
+        jobs = _jobs(hosts.get(dest), dest, hosts, found, report)
     except MetaschedError as exc:
         report.notes.append(f"{dest_id}: running jobs unknown: {exc}")
         log.warning("enforce %s: running jobs unknown: %s", dest_id, exc)
@@ -294,12 +450,12 @@ def _enforce_destination(
     for job, node in jobs:
         try:
             runner = hosts.for_node(node, dest)
-            pids, table = _job_pids(dest.scheduler, runner, dest, job, node, spool)
+            pids, table = _job_pids(runner, dest, job, node, found)
         except MetaschedError as exc:
             report.notes.append(f"{dest_id} job {job} on {node}: pids unknown: {exc}")
             log.warning("enforce %s job %s on %s: pids unknown: %s", dest_id, job, node, exc)
             continue
-        todo = [p for p in pids if table[p][1] != nice]
+        todo = [p for p in pids if table[p].nice != nice]
         if not todo:
             continue
         argv = renice_command(nice, todo, policy.config.sudo)
