@@ -400,7 +400,7 @@ def test_open_endpoints_are_configurable(tmp_path: Path, servers: list[Serve]) -
 
 
 def test_healthz_turns_503_when_collect_cycles_fail(tmp_path: Path, servers: list[Serve]) -> None:
-    """Another tool drops a table under the running service: every collect write fails from then on."""
+    """Another tool damages the schema under the running service: every collect write fails from then on."""
     config = write_config(
         tmp_path / "config.yml",
         {
@@ -414,7 +414,10 @@ def test_healthz_turns_503_when_collect_cycles_fail(tmp_path: Path, servers: lis
     with server.client() as http:
         wait_for(lambda: http.get("/healthz").status_code == 200, 30, "a healthy service")
         with sqlite3.connect(db, timeout=10) as conn:
-            conn.execute("DROP TABLE collect_run")
+            # Reads still work, every collect's write fails (as a damaged schema would make it).
+            conn.execute(
+                "CREATE TRIGGER frozen BEFORE INSERT ON collect_run BEGIN SELECT RAISE(ABORT, 'frozen'); END"
+            )
 
         def unhealthy() -> bool:
             return http.get("/healthz").status_code == 503
@@ -422,7 +425,7 @@ def test_healthz_turns_503_when_collect_cycles_fail(tmp_path: Path, servers: lis
         wait_for(unhealthy, 30, "/healthz to fail")
         body = http.get("/healthz").json()
         assert body["status"] == "unavailable"
-        assert "collect cycle failed" in body["reason"] and "collect_run" in body["reason"]
+        assert "collect cycle failed" in body["reason"] and "frozen" in body["reason"]
         assert metric_values(http.get("/metrics").text)[("metasched_collect_loop_up", ())] == 0
         # Reads still work: ranking goes on from the last good state.
         assert (
@@ -432,10 +435,12 @@ def test_healthz_turns_503_when_collect_cycles_fail(tmp_path: Path, servers: lis
             == 200
         )
     assert server.stop() == 0
-    assert "collect cycle failed: OperationalError" in server.text()
+    assert "collect cycle failed: IntegrityError: frozen" in server.text()
 
 
-def test_healthz_503_when_the_store_is_unreadable(tmp_path: Path, servers: list[Serve]) -> None:
+@pytest.mark.parametrize("table", ["setting", "node", "collect_run"])
+def test_healthz_503_when_the_store_is_unreadable(tmp_path: Path, servers: list[Serve], table: str) -> None:
+    """Any table `status` or rank reads: /healthz must not say ok while /v1/status/DEST gives a 500."""
     config = write_config(
         tmp_path / "config.yml",
         {
@@ -449,9 +454,10 @@ def test_healthz_503_when_the_store_is_unreadable(tmp_path: Path, servers: list[
     with server.client() as http:
         assert http.get("/healthz").status_code == 200
         with sqlite3.connect(db, timeout=10) as conn:
-            conn.execute("DROP TABLE setting")
+            conn.execute(f"DROP TABLE {table}")
         r = http.get("/healthz")
         assert r.status_code == 503 and "store unreadable" in r.json()["reason"]
+        assert table in r.json()["reason"]
 
 
 # --- signals --------------------------------------------------------------------------------------
@@ -770,3 +776,54 @@ def test_an_internal_error_is_a_500_and_one_log_line(tmp_path: Path, servers: li
     assert "internal error on GET /v1/status/d0: OperationalError: no such table: node" in added[0]
     assert server.stop() == 0
     assert "Traceback" not in server.text() and "Exception in ASGI application" not in server.text()
+
+
+def test_collect_health_and_errors_come_from_the_store_with_no_collect(
+    tmp_path: Path, servers: list[Serve]
+) -> None:
+    """serve --no-collect beside the timer's `metasched collect` (here run by the test): error counts,
+    durations and /healthz follow what the other process recorded in the store."""
+    from datetime import UTC, datetime, timedelta
+
+    from metasched.collect.types import Node, Snapshot
+
+    db = tmp_path / "state.db"
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    with Store.open(str(db)) as store:  # the timer stopped an hour ago
+        store.write_snapshot(
+            "local", Snapshot([Node("n0", "idle", True, 4)]), run_id="r0", started=long_ago, finished=long_ago
+        )
+    config = write_config(
+        tmp_path / "config.yml",
+        {
+            "collect": {"interval": 60},
+            "ssh": {"connect_timeout": 2},
+            "destinations": [
+                {"id": "local", "scheduler": "node", "host": "local"},
+                {"id": "closed", "scheduler": "node", "host": "127.0.0.1", "port": free_port()},
+            ],
+        },
+    )
+    env = {**base_env(tmp_path), "METASCHED_CONFIG": str(config), "METASCHED_DATABASE": str(db)}
+    server = start_serve(tmp_path, config, "--no-collect", env=env)
+    servers.append(server)
+    with server.client() as http:
+        r = http.get("/healthz")
+        assert r.status_code == 503 and re.search(r"no collect for \d+s", r.json()["reason"]), r.text
+
+        def errors() -> float:
+            values = metric_values(http.get("/metrics").text)
+            return values[("metasched_destination_collect_errors_total", (("destination", "closed"),))]
+
+        for _ in range(2):
+            assert cli(["collect"], env).returncode == 3  # partial: `closed` failed
+        assert http.get("/healthz").json() == {"status": "ok"}
+        assert errors() == 2
+        assert cli(["collect"], env).returncode == 3
+        assert errors() == 3  # counted on from the last page, not again from the start
+        values = metric_values(http.get("/metrics").text)
+        local = (("destination", "local"),)
+        assert values[("metasched_destination_collect_errors_total", local)] == 0
+        assert values[("metasched_destination_last_collect_duration_seconds", local)] >= 0
+        assert values[("metasched_destination_last_success_timestamp_seconds", local)] > long_ago.timestamp()
+    assert server.stop() == 0

@@ -168,7 +168,8 @@ def test_metrics_page_parses_with_hostile_ids() -> None:
             summary("off", reachable=False, disabled_reason="y", disabled_until=NOW - timedelta(hours=1)),
         ],
         {},
-        LoopStats(cycles={"ok": 3, "skipped": 1}, errors={"off": 2}, last_cycle_end=NOW, alive=True),
+        {"off": 2},
+        LoopStats(cycles={"ok": 3, "skipped": 1}, last_cycle_end=NOW, alive=True),
         requests,
         NOW,
     )

@@ -25,7 +25,7 @@ from metasched.errors import ConfigError, InputError
 from metasched.serve.auth import authorized
 from metasched.serve.metrics import render
 from metasched.serve.state import ServeState
-from metasched.store import DestinationSummary, RunRecord
+from metasched.store import DestinationSummary
 
 log = logging.getLogger("metasched.serve")
 
@@ -369,17 +369,19 @@ def _metrics(state: ServeState) -> str:
     """The page degrades instead of failing: a store problem drops the destination series, and
     ``metasched_store_up`` says why they are missing."""
     summaries: list[DestinationSummary] = []
-    last_runs: dict[str, RunRecord] = {}
     store_up = True
     try:
         summaries = state.store.summaries()
-        for s in summaries:
-            runs = state.store.last_runs(s.id, 1)
-            if runs:
-                last_runs[s.id] = runs[0]
+        state.runs.update(state.store)
     except Exception as exc:
-        log.warning("metrics: store read failed: %s: %s", type(exc).__name__, exc)
+        log.warning("metrics: store read failed: %s: %s", type(exc).__name__, _one_line(exc))
         store_up = False
     return render(
-        summaries, last_runs, state.loop_stats(), state.requests, datetime.now(UTC), store_up=store_up
+        summaries,
+        state.runs.latest(),
+        state.runs.errors(),
+        state.loop_stats(),
+        state.requests,
+        datetime.now(UTC),
+        store_up=store_up,
     )

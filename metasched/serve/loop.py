@@ -38,7 +38,6 @@ class CollectLoop:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="collect-loop", daemon=True)
         self._cycles: dict[str, int] = {}
-        self._errors: dict[str, int] = {}
         self._failure: str | None = None  # why the last cycle raised
         self._crash: str | None = None  # why the thread ended, if it did by an exception
         self._cycle_started: float | None = None  # time.monotonic() of the running cycle
@@ -73,7 +72,6 @@ class CollectLoop:
         with self._lock:
             return LoopStats(
                 cycles=dict(self._cycles),
-                errors=dict(self._errors),
                 last_cycle_end=self._last_end,
                 alive=self._thread.is_alive() and self._failure is None,
             )
@@ -95,19 +93,14 @@ class CollectLoop:
             self._store.close()
 
     def _cycle(self) -> None:
-        from metasched.collect.runner import CollectAlreadyRunning, DestinationResult, collect_all
-
-        def progress(result: DestinationResult) -> None:
-            if not result.ok:
-                with self._lock:
-                    self._errors[result.id] = self._errors.get(result.id, 0) + 1
+        from metasched.collect.runner import CollectAlreadyRunning, collect_all
 
         config = self._config()
         with self._lock:
             self._cycle_started = time.monotonic()
         outcome = "failed"
         try:
-            report = collect_all(config, self._store, on_progress=progress)
+            report = collect_all(config, self._store)
         except CollectAlreadyRunning as exc:
             outcome = "skipped"
             log.info("collect cycle skipped: %s", exc)

@@ -1,7 +1,7 @@
 """Prometheus text exposition (format 0.0.4), written by hand: a few dozen series, no client library.
 
-Destination series come from the store (so they are right whichever process collected); request and
-collect-cycle counters are this process's own.
+Destination series come from the store (so they are right whichever process collected, this one's
+loop or the timer's ``metasched collect``); request and collect-cycle counters are this process's own.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from metasched.store import DestinationSummary, RunRecord
+from metasched.store import DestinationSummary, RunRecord, Store
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -91,9 +91,65 @@ class LoopStats:
     """What the collect loop of this process has done (see loop.CollectLoop.stats)."""
 
     cycles: Mapping[str, int]  # result -> count (ok, partial, failed, skipped)
-    errors: Mapping[str, int]  # destination -> failed collects
     last_cycle_end: datetime | None
     alive: bool
+
+
+class RunTally:
+    """Failed collect attempts per destination, counted from the store's collect-run records.
+
+    The records are read newest first, only as far back as the last update saw, so a scrape costs one
+    small query however long the history (it holds one row per destination per collect for
+    ``collect.history_days``). The first update counts the newest FIRST_READ records. Collects never
+    overlap (the collect lock), so one run's records are adjacent and a destination's start times
+    only grow: a record is new when it started after the newest one counted for its destination.
+    """
+
+    FIRST_READ = 10_000
+    BATCH = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._primed = False
+        self._errors: dict[str, int] = {}
+        self._latest: dict[str, RunRecord] = {}
+
+    def update(self, store: Store) -> None:
+        with self._lock:
+            rows = store.runs(limit=self._reach(store))
+            for r in reversed(rows):
+                seen = self._latest.get(r.destination_id)
+                if seen is not None and r.started <= seen.started:
+                    continue
+                self._latest[r.destination_id] = r
+                if not r.ok:
+                    self._errors[r.destination_id] = self._errors.get(r.destination_id, 0) + 1
+            self._primed = True
+
+    def _reach(self, store: Store) -> int:
+        """How many newest records cover everything new: up to the first run counted before."""
+        if not self._primed:
+            return self.FIRST_READ
+        n = self.BATCH
+        while n < self.FIRST_READ:
+            rows = store.runs(limit=n)
+            counted = next((r for r in rows if self._counted(r)), None)
+            if len(rows) < n or (counted is not None and rows[-1].run_id != counted.run_id):
+                return n
+            n *= 4
+        return n
+
+    def _counted(self, r: RunRecord) -> bool:
+        seen = self._latest.get(r.destination_id)
+        return seen is not None and r.started <= seen.started
+
+    def errors(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._errors)
+
+    def latest(self) -> dict[str, RunRecord]:
+        with self._lock:
+            return dict(self._latest)
 
 
 def _gauge(name: str, help_text: str, kind: str = "gauge") -> list[str]:
@@ -103,6 +159,7 @@ def _gauge(name: str, help_text: str, kind: str = "gauge") -> list[str]:
 def render(
     summaries: Sequence[DestinationSummary],
     last_runs: Mapping[str, RunRecord],
+    errors: Mapping[str, int],
     loop: LoopStats,
     requests: RequestStats,
     now: datetime,
@@ -134,8 +191,8 @@ def render(
     )
     series(
         "metasched_destination_collect_errors_total",
-        "Failed collect attempts by this process's collect loop.",
-        (({"destination": s.id}, float(loop.errors.get(s.id, 0))) for s in summaries),
+        "Failed collect attempts recorded in the store (by any collecting process) since serve started.",
+        (({"destination": s.id}, float(errors.get(s.id, 0))) for s in summaries),
         "counter",
     )
     per_dest(

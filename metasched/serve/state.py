@@ -7,15 +7,20 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from metasched.config import Config, SSHSettings, load_config
 from metasched.errors import ConfigError
 from metasched.serve.loop import CollectLoop
-from metasched.serve.metrics import LoopStats, RequestStats
+from metasched.serve.metrics import LoopStats, RequestStats, RunTally
 from metasched.store import Store
 
 log = logging.getLogger("metasched.serve")
+
+STALE_FACTOR = 3  # /healthz fails when the newest collect in the store is older than this many intervals
+STALE_MIN_S = 60.0  # ... and older than this (tiny intervals: a cycle skipped for the timer is no outage)
+PROBE_ID = "\x00healthz"  # no destination has this id: the probe reads each table, finds nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,8 @@ class ServeState:
         self.host = config.serve.host
         self.port = config.serve.port
         self.requests = RequestStats()
+        self.runs = RunTally()
+        self.started = datetime.now(UTC)
         self.loop: CollectLoop | None = CollectLoop(lambda: self._config, store) if collect else None
         self._reload_lock = threading.Lock()
 
@@ -123,16 +130,35 @@ class ServeState:
             return True
 
     def health(self) -> str | None:
-        """None when healthy; else why not (store unreadable, collect loop dead or failing)."""
+        """None when healthy; else why not (store unreadable, collect loop dead or stalled or failing,
+        or no collect recorded in the store for STALE_FACTOR intervals, whichever process collects)."""
+        store = self.store
         try:
-            self.store.get_setting("schema_version")
+            # A read of every table `status` and rank use, each an indexed lookup that finds nothing.
+            store.get_setting("schema_version")
+            store.summaries([PROBE_ID])
+            store.nodes(PROBE_ID)
+            store.partitions(PROBE_ID)
+            store.history(PROBE_ID, 1)
+            store.tool_times("", [PROBE_ID])
+            store.metrics([PROBE_ID])
+            newest = store.runs(limit=1)
         except Exception as exc:
             return f"store unreadable: {type(exc).__name__}: {' '.join(str(exc).split())}"
         if self.loop is not None:
-            return self.loop.health()
+            reason = self.loop.health()
+            if reason is not None:
+                return reason
+        now = datetime.now(UTC)
+        last = newest[0].finished if newest else self.started  # a new store: count from our start
+        age = (now - last).total_seconds()
+        limit = max(STALE_MIN_S, STALE_FACTOR * self._config.collect.interval)
+        if age > limit:
+            what = "newest collect run in the store" if newest else "no collect run in the store"
+            return f"no collect for {age:.0f}s ({what}; limit {limit:.0f}s)"
         return None
 
     def loop_stats(self) -> LoopStats:
         if self.loop is None:
-            return LoopStats(cycles={}, errors={}, last_cycle_end=None, alive=False)
+            return LoopStats(cycles={}, last_cycle_end=None, alive=False)
         return self.loop.stats()
