@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -485,3 +486,75 @@ def test_htcondor_job_reniced_over_ssh(
         assert (base / "condor_who.argv").read_text() == "-af JobId #PID\n"  # once per host
     finally:
         _stop(job)
+
+
+def test_plain_status_shows_the_last_enforcement(tmp_path: Path, env: dict[str, str]) -> None:  # noqa: F811
+    """The issue: "Every action is logged and shown in status" — also in the piped table, not only --json."""
+    from metasched.policy import record_actions
+
+    data = {
+        "database": str(tmp_path / "state.db"),
+        "destinations": [
+            {"id": "sge", "scheduler": "node", "host": "local"},
+            {"id": "hadoop", "scheduler": "yarn", "host": "local"},
+            {"id": "slurm_a", "scheduler": "slurm", "host": "local"},
+        ],
+        "policies": [
+            {
+                "name": "shared",
+                "destinations": ["sge", "hadoop", "slurm_a"],
+                "weights": {"sge": 60, "hadoop": 30, "slurm_a": 10},
+            }
+        ],
+    }
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump(data))
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    action = {"group": "sge", "policy": "shared", "job": "1", "node": "n1", "host": "local", "dry_run": False}
+    with Store.open(str(tmp_path / "state.db")) as store:
+        record_actions(
+            store,
+            [
+                {
+                    **action,
+                    "destination": "hadoop",
+                    "at": "2026-01-02T03:04:05Z",
+                    "nice": 13,
+                    "pids": [5, 6],
+                    "command": "renice -n 13 -p 5 6",
+                    "ok": True,
+                    "error": None,
+                },
+                {
+                    **action,
+                    "destination": "hadoop",
+                    "at": f"{today}T20:30:00Z",
+                    "nice": 13,
+                    "pids": [7, 8, 9],
+                    "command": "renice -n 13 -p 7 8 9",
+                    "ok": True,
+                    "error": None,
+                },
+                {
+                    **action,
+                    "destination": "slurm_a",
+                    "at": f"{today}T20:31:00Z",
+                    "nice": 17,
+                    "pids": [4],
+                    "command": "renice -n 17 -p 4",
+                    "ok": False,
+                    "error": "local: command failed (exit 1): renice -n 17 -p 4: Operation not permitted",
+                },
+            ],
+        )
+    res = _cli(["status", "-c", str(config)], env)
+    assert res.returncode == 0, res.stderr
+    rows = {line.split()[0]: line for line in res.stdout.splitlines()[1:]}
+    assert rows["hadoop"].endswith("policy shared (sge); reniced 3 procs to 13 at 20:30 UTC")
+    assert rows["slurm_a"].endswith(
+        "policy shared (sge); renice to 17 FAILED at 20:31 UTC: Operation not permitted"
+    )
+    assert rows["sge"].endswith("policy shared (sge)")
+    res = _cli(["status", "hadoop", "-c", str(config)], env)
+    assert res.returncode == 0, res.stderr
+    assert "reniced 3 procs to 13 at 20:30 UTC" in res.stdout.split("\n\n")[0]

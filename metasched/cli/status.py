@@ -86,8 +86,25 @@ def _note(row: dict[str, Any]) -> str:
     if policy:  # seed-2 node group (docs/policies.md)
         runtime = ", runtime" if policy["source"] == "runtime" else ""
         note = f"{note}; " if note else ""
-        return f"{note}policy {policy['name']} ({policy['group']}{runtime})"
-    return note
+        note = f"{note}policy {policy['name']} ({policy['group']}{runtime})"
+    enforced = _enforced(row.get("last_enforced"))
+    return f"{note}; {enforced}" if note and enforced else note or enforced
+
+
+def _enforced(action: dict[str, Any] | None) -> str:
+    """The latest renice of this destination's jobs, so the plain table shows what enforcement did."""
+    if not action:
+        return ""
+    try:
+        at = datetime.fromisoformat(str(action.get("at"))).astimezone(UTC)
+    except ValueError:
+        return ""
+    when = at.strftime("%H:%M UTC" if at.date() == datetime.now(UTC).date() else "%Y-%m-%d %H:%M UTC")
+    pids = action.get("pids") or []
+    if action.get("ok"):
+        return f"reniced {len(pids)} proc{'s' if len(pids) != 1 else ''} to {action.get('nice')} at {when}"
+    reason = str(action.get("error") or "").rpartition(": ")[2]
+    return f"renice to {action.get('nice')} FAILED at {when}: {reason}"
 
 
 def _state_note(row: dict[str, Any]) -> str:
