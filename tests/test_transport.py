@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -10,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from metasched.collect.transport import LocalTransport, SSHTransport, open_transport
+from metasched.collect.adapters.slurm import squeue_command
+from metasched.collect.transport import LocalTransport, SSHTransport, command_name, open_transport
 from metasched.config import DestinationConfig, SSHSettings
 from metasched.errors import TransportError
 from tests.infra.procs import free_port
@@ -51,6 +54,15 @@ def pwned() -> Iterator[Path]:
     path.unlink(missing_ok=True)
 
 
+@pytest.fixture
+def readable_dir() -> Iterator[Path]:
+    """A directory the ssh test user can read (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="metasched-transport-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def test_env_passing(dest: DestinationConfig) -> None:
     with open_transport(dest) as t:
         assert t.run(["printenv", "FROM_CONFIG"]) == "cfg value\n"
@@ -72,8 +84,37 @@ def test_nonzero_exit_names_host_and_stderr_tail(dest: DestinationConfig) -> Non
     with open_transport(dest) as t, pytest.raises(TransportError) as err:
         t.run(["sh", "-c", "echo lots of noise >&2; echo the real problem >&2; exit 4"])
     msg = str(err.value)
-    assert "exit 4" in msg and "the real problem" in msg and "\n" not in msg
-    assert msg.startswith("local:" if dest.is_local else "127.0.0.1:")
+    label = "local" if dest.is_local else f"127.0.0.1:{dest.ssh.port}"
+    assert msg.startswith(f"sh failed (exit 4) on {label}: ") and msg.endswith("the real problem")
+    assert "\n" not in msg and "echo" not in msg  # the program, not its arguments
+
+
+def test_failure_names_the_program_not_the_env_prefix(dest: DestinationConfig, readable_dir: Path) -> None:
+    """Slurm's commands start with ~700 characters of ``env -u ...``; the message names squeue."""
+    bad_conf = readable_dir / "slurm.conf"
+    bad_conf.write_text("Garbage=\n")  # squeue: fatal: Unable to process configuration file
+    bad_conf.chmod(0o644)
+    with open_transport(dest) as t, pytest.raises(TransportError) as err:
+        t.run(squeue_command(), env={"SLURM_CONF": str(bad_conf)})
+    msg = str(err.value)
+    label = "local" if dest.is_local else f"127.0.0.1:{dest.ssh.port}"
+    assert msg.startswith(f"squeue failed (exit 1) on {label}: ")
+    assert msg.endswith("squeue: fatal: Unable to process configuration file")
+    assert "SQUEUE_" not in msg and "\n" not in msg and len(msg) < 400
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["squeue", "-h"], "squeue"),
+        (["/opt/sge/bin/lx-amd64/qstat", "-xml"], "qstat"),
+        (["env", "-u", "A", "--unset", "B", "-i", "X=1", "--", "sinfo"], "sinfo"),
+        (["timeout", "-k", "2", "--signal=TERM", "30", "env", "X=1", "qhost"], "qhost"),
+        (["env", "X=1"], "env"),
+    ],
+)
+def test_command_name(argv: list[str], name: str) -> None:
+    assert command_name(argv) == name
 
 
 def test_command_timeout_closes_channel_and_keeps_connection(dest: DestinationConfig) -> None:

@@ -45,10 +45,57 @@ def build_command(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
     return ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _tail(text: str) -> str:
     """The end of stderr on one line: where the real error message usually is."""
-    one_line = " ".join(text.split())
+    one_line = _one_line(text)
     return one_line if len(one_line) <= _STDERR_TAIL else "..." + one_line[-_STDERR_TAIL:]
+
+
+_ENV_VALUE_OPTS = frozenset({"-u", "--unset", "-C", "--chdir", "-S", "--split-string"})
+_TIMEOUT_VALUE_OPTS = frozenset({"-k", "--kill-after", "-s", "--signal"})
+_SHOWN_ARGS = 100
+
+
+def _strip_wrappers(argv: Sequence[str]) -> list[str]:
+    """``argv`` without leading ``env [options] [NAME=VALUE...]`` and ``timeout [options] DURATION``.
+
+    Error messages name the program that failed, not the environment plumbing around it (Slurm's
+    ``env -u SQUEUE_... `` prefix alone is hundreds of characters).
+    """
+    rest = list(argv)
+    while rest and Path(rest[0]).name in ("env", "timeout"):
+        wrapper, i = Path(rest[0]).name, 1
+        value_opts = _ENV_VALUE_OPTS if wrapper == "env" else _TIMEOUT_VALUE_OPTS
+        while i < len(rest):
+            arg = rest[i]
+            if arg == "--":
+                i += 1
+                break
+            if arg in value_opts:
+                i += 2
+            elif arg.startswith("-") or (wrapper == "env" and "=" in arg):
+                i += 1
+            else:
+                break
+        if wrapper == "timeout":
+            i += 1  # the duration
+        rest = rest[i:]
+    return rest or list(argv)
+
+
+def command_name(argv: Sequence[str]) -> str:
+    """The program an ``argv`` really runs (``squeue`` for Slurm's ``env -u ... squeue ...``)."""
+    return Path(_strip_wrappers(argv)[0]).name
+
+
+def _shown(argv: Sequence[str]) -> str:
+    """The command for a message: wrappers dropped, bounded, one line."""
+    text = " ".join(shlex.join(_strip_wrappers(argv)).split())
+    return text if len(text) <= _SHOWN_ARGS else text[:_SHOWN_ARGS] + "..."
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -87,9 +134,7 @@ class Transport:
         status, out, err = self._execute(argv, full_env, self.dest.ssh.command_timeout)
         if status != 0:
             detail = _tail(err) or "no stderr"
-            raise TransportError(
-                f"{self.label}: command failed (exit {status}): {shlex.join(argv)}: {detail}"
-            )
+            raise TransportError(f"{command_name(argv)} failed (exit {status}) on {self.label}: {detail}")
         return out
 
     def __enter__(self) -> Transport:
@@ -119,7 +164,7 @@ class LocalTransport(Transport):
                 start_new_session=True,  # so a timeout kills the whole process group
             )
         except OSError as exc:
-            raise TransportError(f"local: cannot run {shlex.join(argv)}: {exc.strerror or exc}") from None
+            raise TransportError(f"local: cannot run {_shown(argv)}: {exc.strerror or exc}") from None
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -127,7 +172,7 @@ class LocalTransport(Transport):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             raise TransportError(
-                f"local: command timed out after {_fmt_seconds(timeout)}: {shlex.join(argv)}"
+                f"local: command timed out after {_fmt_seconds(timeout)}: {_shown(argv)}"
             ) from None
         return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
@@ -262,10 +307,10 @@ class SSHTransport(Transport):
             status, out, err = _exec_channel(self._conn.client.get_transport(), command, timeout)
         except _CommandTimeout:
             raise TransportError(
-                f"{self.label}: command timed out after {_fmt_seconds(timeout)}: {shlex.join(argv)}"
+                f"{self.label}: command timed out after {_fmt_seconds(timeout)}: {_shown(argv)}"
             ) from None
         except Exception as exc:
-            msg = f"{self.label}: {type(exc).__name__} running {shlex.join(argv)}: {exc}"
+            msg = f"{self.label}: {type(exc).__name__} running {command_name(argv)}: {_one_line(str(exc))}"
             raise TransportError(msg) from None
         return status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
