@@ -558,3 +558,69 @@ def test_plain_status_shows_the_last_enforcement(tmp_path: Path, env: dict[str, 
     res = _cli(["status", "hadoop", "-c", str(config)], env)
     assert res.returncode == 0, res.stderr
     assert "reniced 3 procs to 13 at 20:30 UTC" in res.stdout.split("\n\n")[0]
+
+
+@pytest.fixture
+def sudo_renice(sshd: SSHServer) -> Iterator[Path]:
+    """Real sudo (Debian's ``sudo`` package): a drop-in letting the ssh user run only /usr/bin/renice as
+    root without a password, checked with visudo and removed afterwards."""
+    if shutil.which("sudo") is None or shutil.which("visudo") is None:
+        pytest.fail("the sudo package is not installed (.ci/run installs it)")
+    drop_in = Path(f"/etc/sudoers.d/metasched-test-{os.getpid()}")  # no '.' or '~': sudo would skip it
+    staged = Path(tempfile.mkdtemp()) / "sudoers"
+    staged.write_text(f"{sshd.user} ALL=(root) NOPASSWD: /usr/bin/renice\n")
+    subprocess.run(["visudo", "-c", "-q", "-f", str(staged)], check=True)
+    staged.chmod(0o440)
+    shutil.move(staged, drop_in)
+    try:
+        yield drop_in
+    finally:
+        drop_in.unlink(missing_ok=True)
+        shutil.rmtree(staged.parent, ignore_errors=True)
+
+
+def test_sudo_renices_a_root_process_over_ssh(
+    tmp_path: Path,
+    sshd: SSHServer,
+    rm_url: str,
+    sudo_renice: Path,
+    env: dict[str, str],  # noqa: F811
+) -> None:
+    """``sudo: true``: ``sudo -n renice`` over the real sshd reaches a ROOT-owned container process the
+    ssh user cannot renice itself, raises its nice and then lowers it again (only root may lower)."""
+    job, pids = _start_job(None)  # root's
+    try:
+        assert {
+            subprocess.run(["ps", "-o", "user=", "-p", str(p)], capture_output=True, text=True).stdout.strip()
+            for p in pids
+        } == {"root"}
+        local = _nm_tree(_mstest_dir(sshd, "nm"), sshd.user, {APP: job.pid})
+        yarn = {"scheduler": "yarn", "yarn_url": rm_url, "yarn_local_dirs": [str(local)]}
+        config = _seed2_like(tmp_path, sshd, yarn, {"name": "best_effort", "nice": 15, "sudo": True})
+        expected = f"sudo -n renice -n 15 -p {' '.join(map(str, sorted(pids)))}"
+
+        res = _cli(["enforce", "--dry-run", "-c", str(config)], env)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith(f"{expected}  # on {sshd.host}:{sshd.port}: other job {APP}")
+        assert [nice_of(p) for p in pids] == [0, 0]
+
+        res = _cli(["enforce", "--json", "-c", str(config)], env)
+        assert res.returncode == 0, res.stderr
+        (action,) = json.loads(res.stdout)["actions"]
+        assert action["ok"] and action["command"] == expected, action
+        assert [nice_of(p) for p in pids] == [15, 15]
+
+        config = _seed2_like(tmp_path, sshd, yarn, {"name": "best_effort", "nice": 5, "sudo": True})
+        res = _cli(["enforce", "-c", str(config)], env)
+        assert res.returncode == 0, res.stderr
+        assert [nice_of(p) for p in pids] == [5, 5]
+
+        # the same without sudo: refused by the kernel, recorded as a failure, exit 3
+        config = _seed2_like(tmp_path, sshd, yarn, {"name": "best_effort", "nice": 9})
+        res = _cli(["enforce", "--json", "-c", str(config)], env)
+        assert res.returncode == 3
+        (action,) = json.loads(res.stdout)["actions"]
+        assert not action["ok"] and "Operation not permitted" in action["error"]
+        assert [nice_of(p) for p in pids] == [5, 5]
+    finally:
+        _stop(job)
