@@ -827,3 +827,49 @@ def test_collect_health_and_errors_come_from_the_store_with_no_collect(
         assert values[("metasched_destination_last_collect_duration_seconds", local)] >= 0
         assert values[("metasched_destination_last_success_timestamp_seconds", local)] > long_ago.timestamp()
     assert server.stop() == 0
+
+
+def test_healthz_503_while_a_collect_cycle_hangs_and_ok_again_after(
+    tmp_path: Path, sshd: SSHServer, slurm: SlurmCluster, servers: list[Serve]
+) -> None:
+    """The loop catches every failure of a cycle, so its thread does not die of one; what stops it in
+    practice is a cycle that hangs. Here `sinfo` sleeps 5 s within a 60 s command_timeout: past the
+    stall limit (lock_timeout + 3 intervals = 2 s) /healthz says the loop stalled, and recovers once
+    the cycle ends."""
+    wrap = Path(tempfile.mkdtemp(prefix="metasched-hang-"))
+    wrap.chmod(0o755)  # mstest runs the wrapper
+    (wrap / "sinfo").write_text('#!/bin/bash\nsleep 5\nexec /usr/bin/sinfo "$@"\n')
+    (wrap / "sinfo").chmod(0o755)
+    config = write_config(
+        tmp_path / "config.yml",
+        {
+            "collect": {"interval": 0.5, "lock_timeout": 0.5},
+            "destinations": [
+                {
+                    "id": "hangs",
+                    "scheduler": "slurm",
+                    "host": sshd.host,
+                    "port": sshd.port,
+                    "user": sshd.user,
+                    "key_file": str(sshd.key_file),
+                    "known_hosts": str(sshd.known_hosts),
+                    "command_timeout": 60,
+                    "env": {**slurm.env, "PATH": f"{wrap}:{BASE_PATH}"},
+                }
+            ],
+        },
+    )
+    server = start_serve(tmp_path, config, "--database", str(tmp_path / "s.db"))
+    servers.append(server)
+    try:
+        with server.client() as http:
+            wait_for(lambda: http.get("/healthz").status_code == 503, 30, "/healthz to see the stall")
+            reason = http.get("/healthz").json()["reason"]
+            assert re.fullmatch(r"collect loop stalled: cycle running for \d+s \(limit 2s\)", reason), reason
+            assert http.get("/ping").status_code == 200  # HTTP is not blocked by the hung cycle
+            (wrap / "sinfo").unlink()  # the next cycles are quick
+            wait_for(lambda: http.get("/healthz").status_code == 200, 30, "/healthz to recover")
+        assert server.stop() == 0
+    finally:
+        (wrap / "sinfo").unlink(missing_ok=True)
+        wrap.rmdir()

@@ -4,7 +4,9 @@ Cycles never overlap: the thread runs them one after the other, and ``collect_al
 lock shared with the timer-driven ``metasched collect`` (a cycle that finds it held is skipped, the
 other process does the work). Per-destination failures are normal results; a cycle that raises (the
 store cannot be written, a bug) is logged, makes /healthz fail until a later cycle succeeds, and the
-loop carries on.
+loop carries on. So the thread does not die of a failing cycle (only of a BaseException, which
+/healthz reports); what can go wrong is a cycle that hangs, which the heartbeat (the running cycle's
+start time) turns into "collect loop stalled" once it exceeds ``stall_limit``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ from metasched.store import Store
 log = logging.getLogger("metasched.serve.collect")
 
 JITTER = 0.1  # each wait is the interval +- 10 %, so a fleet of servers does not collect in step
-STALL_FACTOR = 5  # a cycle running longer than this many intervals (at least STALL_MIN_S) is stuck
-STALL_MIN_S = 600.0
+STALL_FACTOR = 3  # a cycle running longer than the lock wait plus this many intervals is stalled
 
 
 class CollectLoop:
@@ -63,9 +64,9 @@ class CollectLoop:
             return f"last collect cycle failed: {failure}"
         if started is not None:
             running = time.monotonic() - started
-            limit = max(STALL_MIN_S, STALL_FACTOR * self._config().collect.interval)
+            limit = stall_limit(self._config())
             if running > limit:
-                return f"collect cycle running for {running:.0f}s (more than {limit:.0f}s)"
+                return f"collect loop stalled: cycle running for {running:.0f}s (limit {limit:.0f}s)"
         return None
 
     def stats(self) -> LoopStats:
@@ -123,6 +124,14 @@ class CollectLoop:
             self._failure = failure
             self._cycles[outcome] = self._cycles.get(outcome, 0) + 1
             self._last_end = datetime.now(UTC)
+
+
+def stall_limit(config: Config) -> float:
+    """How long a cycle may run before /healthz calls the loop stalled: the wait for the collect lock
+    plus STALL_FACTOR intervals. Deliberately not derived from the SSH timeouts: a destination whose
+    command hangs within a generous command_timeout still leaves the state stale, which is what the
+    health check is for (the cycle goes on and the check recovers when it ends)."""
+    return config.collect.lock_timeout + STALL_FACTOR * config.collect.interval
 
 
 def _one_line(exc: BaseException) -> str:
