@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import random
 import shutil
 import socket
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -16,7 +19,7 @@ from metasched.collect.adapters.slurm import squeue_command
 from metasched.collect.transport import LocalTransport, SSHTransport, command_name, open_transport
 from metasched.config import DestinationConfig, SSHSettings
 from metasched.errors import TransportError
-from tests.infra.procs import free_port
+from tests.infra.procs import free_port, wait_for
 from tests.infra.sshd import SSHServer, make_key
 
 
@@ -123,6 +126,29 @@ def test_command_timeout_closes_channel_and_keeps_connection(dest: DestinationCo
         with pytest.raises(TransportError, match=r"command timed out after 1s: sleep 30"):
             t.run(["sleep", "30"])
         assert t.run(["echo", "still", "usable"]) == "still usable\n"
+
+
+def remote_alive(pattern: str) -> bool:
+    """Is a process matching ``pattern`` running? sshd is on this machine, so pgrep sees its commands."""
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("ignores_term", [False, True], ids=["term", "kill"])
+def test_command_timeout_kills_the_remote_command(sshd: SSHServer, ignores_term: bool) -> None:
+    """Closing the channel alone would leave a hung command running on the head node."""
+    seconds = f"{random.randint(100_000, 999_999)}.{os.getpid()}"  # unique: pgrep finds only ours
+    trap = 'trap "" TERM; ' if ignores_term else ""  # ignored TERM is inherited: only -k KILL works
+    dest = sshd.destination("d", "node", command_timeout=1.0)
+    with open_transport(dest) as t:
+        with pytest.raises(TransportError, match=r"^127.0.0.1:\d+: command timed out after 1s: sh -c"):
+            t.run(["sh", "-c", f"{trap}sleep {seconds}"])
+        wait_for(lambda: not remote_alive(f"sleep {seconds}"), timeout=10, what=f"sleep {seconds} to die")
+        assert t.run(["echo", "still", "usable"]) == "still usable\n"
+
+
+def test_exit_124_from_a_quick_command_is_not_a_timeout(dest: DestinationConfig) -> None:
+    with open_transport(dest) as t, pytest.raises(TransportError, match=r"^sh failed \(exit 124\)"):
+        t.run(["sh", "-c", "exit 124"])
 
 
 def test_invalid_env_name_rejected(dest: DestinationConfig) -> None:

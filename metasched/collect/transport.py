@@ -1,4 +1,4 @@
-"""Run a destination's commands: over SSH (fabric, one connection per destination) or locally.
+"""Run a destination's commands: over SSH (fabric) or locally.
 
 Both transports share quoting, environment handling, timeouts and error messages, so ``host: local``
 behaves like a remote head node. Every failure is a one-line ``TransportError`` naming the host.
@@ -55,6 +55,11 @@ def _tail(text: str) -> str:
     return one_line if len(one_line) <= _STDERR_TAIL else "..." + one_line[-_STDERR_TAIL:]
 
 
+_KILL_AFTER_S = 2  # remote ``timeout -k``: SIGKILL this long after SIGTERM is ignored
+_BACKSTOP_GRACE_S = 3.0  # the client gives the remote ``timeout`` this long to report before giving up
+# coreutils timeout: 124 when TERM did it; when KILL had to, it kills its own process group too, so
+# sshd reports a signal, not a status (paramiko: -1); 137 is how a shell would report that.
+_TIMED_OUT = (124, 137, -1)
 _ENV_VALUE_OPTS = frozenset({"-u", "--unset", "-C", "--chdir", "-S", "--split-string"})
 _TIMEOUT_VALUE_OPTS = frozenset({"-k", "--kill-after", "-s", "--signal"})
 _SHOWN_ARGS = 100
@@ -96,6 +101,11 @@ def _shown(argv: Sequence[str]) -> str:
     """The command for a message: wrappers dropped, bounded, one line."""
     text = " ".join(shlex.join(_strip_wrappers(argv)).split())
     return text if len(text) <= _SHOWN_ARGS else text[:_SHOWN_ARGS] + "..."
+
+
+def _duration(seconds: float) -> str:
+    """A ``timeout`` DURATION argument: plain decimal seconds (never ``1e-05``)."""
+    return f"{max(seconds, 0.001):.3f}".rstrip("0").rstrip(".")  # 0 would mean no limit at all
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -300,11 +310,18 @@ class SSHTransport(Transport):
         return f"{where}: cannot connect: {type(exc).__name__}: {exc}"
 
     def _execute(self, argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
-        command = shlex.join(build_command(argv, env))
+        # Closing the channel does not stop the remote command (no pty, no SIGHUP): coreutils timeout
+        # kills its process group on the head node, so a hung qstat cannot pile up one process per
+        # timer tick. The client deadline, a little later, is the backstop if even that does not answer.
+        remote = ["timeout", "-k", str(_KILL_AFTER_S), _duration(timeout), *build_command(argv, env)]
         if self._conn is None:
             self.open()
+        started = time.monotonic()
+        backstop = timeout + _KILL_AFTER_S + _BACKSTOP_GRACE_S
         try:
-            status, out, err = _exec_channel(self._conn.client.get_transport(), command, timeout)
+            status, out, err = _exec_channel(self._conn.client.get_transport(), shlex.join(remote), backstop)
+            if status in _TIMED_OUT and time.monotonic() - started >= timeout:
+                raise _CommandTimeout
         except _CommandTimeout:
             raise TransportError(
                 f"{self.label}: command timed out after {_fmt_seconds(timeout)}: {_shown(argv)}"
