@@ -1,0 +1,744 @@
+"""Replay benchmark of ranking quality: the same Galaxy workload placed by TPV's default, at random,
+by metasched and by a perfect-knowledge greedy oracle, scored by the jobs' turnaround.
+
+What "good" means here is the product goal: the job finishes soonest. Each job's turnaround is
+staging its inputs at the chosen destination + waiting in that destination's queue + running there.
+
+The simulator (see docs/replay.md):
+
+- destinations with different node shapes, per-tool speed factors, ingress bandwidth, object stores,
+  coordinates; one starts with a large backlog, one is on the other side of the world, two have GPUs;
+- each destination schedules first-come-first-served with conservative backfill on exact run times:
+  a job reserves the earliest slot on one node where its cores/memory/GPUs fit for its whole run,
+  from the moment its inputs are staged, without delaying any earlier reservation;
+- background (non-Galaxy) jobs keep every destination busy to its own degree;
+- Galaxy jobs arrive in workflow bursts; staging = bytes not in the destination's object store /
+  bandwidth(distance), transfers do not contend.
+
+metasched sees what `metasched collect` would: at each arrival (and every ``--collect-every``
+seconds of simulated time) every destination whose state changed is written into a real SQLite
+store with ``Store.write_snapshot`` — nodes with their allocations, jobs pending/running/held under
+Galaxy names ``g<id>_<tool>_<user>`` with their submit/start times — so the store learns per-tool
+queue and run times from jobs that disappear, exactly as in production. The ranking is
+``metasched.rank.rank`` called in process with a TPV-shaped request; the job goes to the first id of
+``sorted_destinations``.
+
+    python bench/replay.py [--jobs 3000] [--seed 1] [--collect-every 60] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from metasched.collect.types import HELD, PENDING, RUNNING, Job, Node, Snapshot
+from metasched.config import Config, SSHSettings
+from metasched.rank import rank
+from metasched.rank.geo import haversine_km
+from metasched.store import Store
+
+EPOCH = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)  # simulated time 0 (a Monday morning)
+HALVING_KM = 2000.0  # the simulator's own distance penalty (the model's default happens to agree)
+INF = math.inf
+
+
+# --------------------------------------------------------------------------------------------
+# Scenario
+
+
+@dataclass(frozen=True, slots=True)
+class NodeShape:
+    count: int
+    cores: int
+    mem_gb: int
+    gpus: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """One destination. ``speed`` multiplies a tool's run time here (missing: ``default_speed``)."""
+
+    id: str
+    lat: float
+    lon: float
+    object_store: str | None
+    nodes: tuple[NodeShape, ...]
+    ingress_mb_s: float = 100.0  # base transfer throughput into this site over zero distance (10^6 bytes/s)
+    tpv_score: float = 0.0  # TPV's tag score for CPU tools (the admins' preference)
+    gpu_tpv_score: float = 0.0  # ... for GPU tools
+    utilisation: float = 0.5  # share of the cores background jobs keep busy on average
+    backlog_core_s: float = 0.0  # background work already queued at time 0
+    default_speed: float = 1.0
+    speed: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    key: str  # what Galaxy job names carry (tool_key of the id)
+    tool_id: str
+    cores: int
+    mem_gb: int
+    gpus: int
+    median_run_s: float
+    sigma: float  # log-normal spread of run times
+    input_min_b: float
+    input_max_b: float
+    weight: float  # share of the workload
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    sites: tuple[Site, ...]
+    tools: tuple[Tool, ...]
+    objectstores: Mapping[str, tuple[float, float]]
+    store_weights: Mapping[str, float]  # where users' data lives; "" = unknown to Galaxy
+
+
+def _toolshed(owner: str, repo: str, tool: str, version: str) -> str:
+    return f"toolshed.g2.bx.psu.edu/repos/{owner}/{repo}/{tool}/{version}"
+
+
+GB = 1e9
+TB = 1e12
+MB = 1e6
+
+
+def _tool(key: str, owner_repo: str, version: str, cores: int, mem_gb: int, gpus: int, *rest: float) -> Tool:
+    owner, repo = owner_repo.split("/")
+    run, sigma, lo, hi, weight = rest
+    return Tool(key, _toolshed(owner, repo, key, version), cores, mem_gb, gpus, run, sigma, lo, hi, weight)
+
+
+TOOLS: tuple[tuple[Any, ...], ...] = (
+    # key, owner/repo, version, cores, mem GB, GPUs, median run s, sigma, input min, max bytes, share
+    ("fastqc", "devteam/fastqc", "0.74", 1, 4, 0, 90, 0.6, 10 * MB, 2 * GB, 0.35),
+    ("featurecounts", "iuc/featurecounts", "2.0.3", 4, 16, 0, 400, 0.5, 200 * MB, 20 * GB, 0.20),
+    ("bwa_mem", "devteam/bwa", "0.7.17.2", 16, 32, 0, 2400, 0.5, 2 * GB, 100 * GB, 0.20),
+    ("kraken2", "iuc/kraken2", "2.1.1", 8, 96, 0, 600, 0.5, GB, 50 * GB, 0.13),
+    ("spades", "nml/spades", "3.15.4", 32, 200, 0, 10800, 0.6, 5 * GB, 200 * GB, 0.04),
+    ("alphafold", "galaxy-australia/alphafold2", "2.3.1", 8, 64, 1, 3600, 0.4, 10 * MB, 500 * MB, 0.05),
+    ("cellranger", "iuc/cellranger", "7.1.0", 32, 128, 0, 7200, 0.5, 100 * GB, 5 * TB, 0.03),
+)
+
+BUILTIN = Scenario(
+    sites=(
+        # The admins' home cluster (TPV prefers it), holding 3.5 h of other users' work at time 0.
+        Site(
+            "eu_big",
+            47.99,
+            7.85,
+            "os_eu",
+            (NodeShape(16, 64, 256),),
+            ingress_mb_s=200,
+            tpv_score=3,
+            utilisation=0.55,
+            backlog_core_s=3.5 * 1024 * 3600,
+        ),
+        # Small, fast, close to eu_big, no object store of its own; nodes too small for spades.
+        Site(
+            "eu_small",
+            50.85,
+            4.35,
+            None,
+            (NodeShape(8, 32, 128),),
+            tpv_score=1,
+            utilisation=0.4,
+            default_speed=0.8,
+        ),
+        # Few fat-memory nodes on older CPUs.
+        Site(
+            "uk",
+            52.20,
+            0.12,
+            "os_uk",
+            (NodeShape(4, 64, 1024),),
+            tpv_score=1,
+            utilisation=0.35,
+            default_speed=1.2,
+        ),
+        # Far away but quick; two GPU nodes.
+        Site(
+            "us",
+            40.80,
+            -77.86,
+            "os_us",
+            (NodeShape(12, 48, 384), NodeShape(2, 32, 192, 4)),
+            utilisation=0.5,
+            default_speed=0.9,
+        ),
+        # The other side of the world, mostly idle, slow ingress.
+        Site("au", -37.81, 144.96, "os_au", (NodeShape(12, 32, 256),), ingress_mb_s=60, utilisation=0.3),
+        # GPU nodes (TPV sends GPU tools here, and keeps CPU tools away: tag score -1).
+        Site(
+            "gpu",
+            50.91,
+            6.41,
+            None,
+            (NodeShape(4, 32, 512, 4),),
+            tpv_score=-1,
+            gpu_tpv_score=2,
+            utilisation=0.3,
+            speed={"alphafold": 0.6},
+        ),
+    ),
+    tools=tuple(_tool(*row) for row in TOOLS),
+    objectstores={
+        "os_eu": (47.99, 7.85),
+        "os_uk": (52.20, 0.12),
+        "os_us": (40.80, -77.86),
+        "os_au": (-37.81, 144.96),
+    },
+    store_weights={"os_eu": 0.45, "os_uk": 0.15, "os_us": 0.2, "os_au": 0.15, "": 0.05},
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Workload
+
+
+@dataclass(frozen=True, slots=True)
+class SimJob:
+    """One job; ``base`` is its intrinsic size (run time at speed 1), the same under every policy."""
+
+    id: int
+    arrival: float
+    cores: int
+    mem_gb: float
+    gpus: int
+    base_run_s: float
+    tool: Tool | None = None  # None: a background (non-Galaxy) job
+    user: str = ""
+    site: str = ""  # background jobs: where they are submitted
+    datasets: tuple[tuple[str, str | None, float], ...] = ()  # (id, object store known to Galaxy, bytes)
+    real_stores: tuple[str, ...] = ()  # where each dataset really is (for datasets Galaxy cannot locate)
+
+
+def _pick(rng: random.Random, weights: Mapping[str, float]) -> str:
+    keys = list(weights)
+    return rng.choices(keys, weights=[weights[k] for k in keys])[0]
+
+
+def make_workload(scn: Scenario, n_jobs: int, seed: int) -> tuple[list[SimJob], float]:
+    """Galaxy jobs in workflow bursts plus each site's background jobs, in arrival order; and the horizon."""
+    rng = random.Random(seed)
+    users = [f"user{i}" for i in range(12)]
+    horizon = n_jobs * 45.0  # 80 Galaxy jobs per simulated hour: ~70 % busy with the background
+    jobs: list[SimJob] = []
+    next_id = 1000
+    ds_id = 0
+    tool_weights = {t.key: t.weight for t in scn.tools}
+    tools = {t.key: t for t in scn.tools}
+    real_stores = [s for s in scn.store_weights if s]
+    galaxy = 0
+    while galaxy < n_jobs:
+        t0 = rng.uniform(0.0, horizon)
+        tool = tools[_pick(rng, tool_weights)]
+        user = rng.choice(users)
+        store = _pick(rng, scn.store_weights)
+        burst = 1 if rng.random() < 0.3 else min(n_jobs - galaxy, 1 + int(rng.expovariate(1 / 12)))
+        for _ in range(burst):
+            arrival = t0 + rng.uniform(0.0, 60.0)
+            datasets = []
+            reals = []
+            for _ in range(rng.choice((1, 1, 2, 3))):
+                size = math.exp(rng.uniform(math.log(tool.input_min_b), math.log(tool.input_max_b)))
+                ds_id += 1
+                datasets.append((str(ds_id), store or None, round(size)))
+                reals.append(store or rng.choice(real_stores))
+            jobs.append(
+                SimJob(
+                    id=next_id,
+                    arrival=arrival,
+                    cores=tool.cores,
+                    mem_gb=tool.mem_gb,
+                    gpus=tool.gpus,
+                    base_run_s=tool.median_run_s * math.exp(rng.gauss(0.0, tool.sigma)),
+                    tool=tool,
+                    user=user,
+                    datasets=tuple(datasets),
+                    real_stores=tuple(reals),
+                )
+            )
+            next_id += 1
+            galaxy += 1
+    bg_shapes = ((1, 4), (4, 16), (8, 32), (16, 64), (32, 120))
+    for site in scn.sites:
+        cores = sum(s.count * s.cores for s in site.nodes)
+        max_node = max(s.cores for s in site.nodes)
+        shapes = [s for s in bg_shapes if s[0] <= max_node // 2]
+        mean_cores = statistics.fmean(c for c, _ in shapes)
+        mean_run = 3600.0 * math.exp(0.7**2 / 2)
+        rate = site.utilisation * cores / (mean_cores * mean_run)  # jobs per second
+        t = 0.0
+        backlog = site.backlog_core_s
+        while backlog > 0:  # queued at time 0, in submission order
+            c, m = shapes[-1]
+            run = 3600.0 * math.exp(rng.gauss(0.0, 0.3))
+            jobs.append(SimJob(next_id, -1.0, c, m, 0, run, user="hpc", site=site.id))
+            next_id += 1
+            backlog -= c * run
+        while True:
+            t += rng.expovariate(rate)
+            if t > horizon * 1.2:
+                break
+            c, m = rng.choice(shapes)
+            run = 3600.0 * math.exp(rng.gauss(0.0, 0.7))
+            jobs.append(SimJob(next_id, t, c, m, 0, run, user="hpc", site=site.id))
+            next_id += 1
+    jobs.sort(key=lambda j: (j.arrival, j.id))
+    return jobs, horizon
+
+
+# --------------------------------------------------------------------------------------------
+# Destinations
+
+
+class NodeProfile:
+    """Free cores/memory/GPUs of one node as a step function of time (reservations included)."""
+
+    __slots__ = ("cores", "free", "gpus", "mem", "times")
+
+    def __init__(self, cores: int, mem_gb: int, gpus: int) -> None:
+        self.cores, self.mem, self.gpus = cores, float(mem_gb), gpus
+        self.times: list[float] = [-INF]  # segment i is [times[i], times[i + 1])
+        self.free: list[list[float]] = [[float(cores), float(mem_gb), float(gpus)]]
+
+    def earliest(self, t0: float, dur: float, need: tuple[float, float, float]) -> float:
+        """The earliest start >= t0 at which ``need`` is free for ``dur`` seconds (one linear pass)."""
+        times, free = self.times, self.free
+        i = bisect.bisect_right(times, t0) - 1
+        cand = t0
+        n = len(times)
+        while True:
+            f = free[i]
+            if f[0] < need[0] or f[1] < need[1] or f[2] < need[2]:
+                if i + 1 >= n:
+                    return INF  # never fits (larger than the node)
+                cand = times[i + 1]
+            elif i + 1 >= n or times[i + 1] >= cand + dur:
+                return cand
+            i += 1
+
+    def _split(self, t: float) -> int:
+        i = bisect.bisect_right(self.times, t) - 1
+        if self.times[i] == t:
+            return i
+        self.times.insert(i + 1, t)
+        self.free.insert(i + 1, list(self.free[i]))
+        return i + 1
+
+    def reserve(self, start: float, end: float, need: tuple[float, float, float]) -> None:
+        a = self._split(start)
+        b = self._split(end)
+        for f in self.free[a:b]:
+            f[0] -= need[0]
+            f[1] -= need[1]
+            f[2] -= need[2]
+
+    def used_at(self, t: float) -> tuple[float, float, float]:
+        f = self.free[bisect.bisect_right(self.times, t) - 1]
+        return self.cores - f[0], self.mem - f[1], self.gpus - f[2]
+
+    def forget_before(self, t: float) -> None:
+        """Drop segments that ended before ``t`` (keeps the scans short)."""
+        i = bisect.bisect_right(self.times, t) - 1
+        if i > 8:
+            del self.times[1:i]
+            del self.free[:i]
+            self.free.insert(0, [float(self.cores), self.mem, float(self.gpus)])
+
+
+@dataclass(slots=True)
+class Placed:
+    job: SimJob
+    site: str
+    node: int
+    dispatch: float  # when Galaxy handed it over (its arrival)
+    ready: float  # inputs staged: it enters the scheduler's queue
+    start: float
+    end: float
+
+
+@dataclass(slots=True)
+class Destination:
+    site: Site
+    nodes: list[NodeProfile]
+    active: list[Placed] = field(default_factory=list)
+    written_at: float = -INF  # last snapshot written to the store
+    next_change: float = -INF  # earliest state transition after written_at
+
+    @classmethod
+    def build(cls, site: Site) -> Destination:
+        nodes = [NodeProfile(s.cores, s.mem_gb, s.gpus) for s in site.nodes for _ in range(s.count)]
+        return cls(site, nodes)
+
+    def fits_at_all(self, job: SimJob) -> bool:
+        return any(job.cores <= n.cores and job.mem_gb <= n.mem and job.gpus <= n.gpus for n in self.nodes)
+
+    def plan(self, job: SimJob, ready: float, run_s: float) -> tuple[float, int]:
+        """(earliest start, node) for the job on this destination, without reserving."""
+        need = (float(job.cores), float(job.mem_gb), float(job.gpus))
+        best, best_node = INF, -1
+        for i, node in enumerate(self.nodes):
+            s = node.earliest(ready, run_s, need)
+            if s < best:
+                best, best_node = s, i
+        return best, best_node
+
+    def place(self, job: SimJob, now: float, ready: float, run_s: float) -> Placed:
+        start, node = self.plan(job, ready, run_s)
+        need = (float(job.cores), float(job.mem_gb), float(job.gpus))
+        self.nodes[node].reserve(start, start + run_s, need)
+        placed = Placed(job, self.site.id, node, now, ready, start, start + run_s)
+        self.active.append(placed)
+        self.next_change = min(self.next_change, now)  # the queue changed: the next collect must see it
+        return placed
+
+    def snapshot(self, now: float) -> Snapshot:
+        """What squeue/sinfo would show at ``now``; finished jobs leave ``active`` here."""
+        self.active = [p for p in self.active if p.end > now]
+        nodes = []
+        for i, n in enumerate(self.nodes):
+            n.forget_before(now)
+            cores, mem, gpus = n.used_at(now)
+            state = "idle" if cores == 0 else ("allocated" if cores >= n.cores else "mixed")
+            nodes.append(
+                Node(
+                    name=f"{self.site.id}-n{i:02d}",
+                    state=state,
+                    available=True,
+                    cores_total=n.cores,
+                    cores_alloc=round(cores),
+                    mem_total_mb=round(n.mem * 1024),
+                    mem_alloc_mb=round(mem * 1024),
+                    gpus_total=n.gpus,
+                    gpus_alloc=round(gpus),
+                )
+            )
+        jobs = []
+        change = INF
+        for p in self.active:
+            j = p.job
+            if now < p.ready:
+                state, submit, start, change = HELD, None, None, min(change, p.ready)
+            elif now < p.start:
+                state, submit, start, change = PENDING, p.ready, None, min(change, p.start)
+            else:
+                state, submit, start, change = RUNNING, p.ready, p.start, min(change, p.end)
+            name = f"g{j.id}_{j.tool.key}_{j.user}" if j.tool is not None else f"bg{j.id}"
+            jobs.append(
+                Job(
+                    job_id=str(j.id),
+                    state=state,
+                    name=name,
+                    user="galaxy" if j.tool is not None else j.user,
+                    cores=j.cores,
+                    mem_mb=round(j.mem_gb * 1024),
+                    gpus=j.gpus,
+                    submit_time=_at(max(submit, 0.0)) if submit is not None else None,
+                    start_time=_at(max(start, 0.0)) if start is not None else None,
+                    nodes=f"{self.site.id}-n{p.node:02d}",
+                )
+            )
+        self.written_at = now
+        self.next_change = change
+        return Snapshot(nodes=nodes, jobs=jobs)
+
+
+def _at(t: float) -> datetime:
+    return EPOCH + timedelta(seconds=t)
+
+
+def run_time(job: SimJob, site: Site) -> float:
+    speed = site.speed.get(job.tool.key, site.default_speed) if job.tool is not None else 1.0
+    return job.base_run_s * speed
+
+
+def staging_s(job: SimJob, site: Site, objectstores: Mapping[str, tuple[float, float]]) -> float:
+    """Real transfer time: every byte not in the site's own object store, over the link's bandwidth."""
+    total = 0.0
+    for (_, _, size), real in zip(job.datasets, job.real_stores, strict=True):
+        if real == site.object_store:
+            continue
+        lat, lon = objectstores[real]
+        km = haversine_km(lat, lon, site.lat, site.lon)
+        total += size / (site.ingress_mb_s * 1e6 / (1.0 + km / HALVING_KM))
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# Policies
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a policy sees: the job, TPV's candidates (TPV's order) and the whole simulator."""
+
+    job: SimJob
+    now: float
+    candidates: Sequence[Site]
+
+
+Policy = Callable[[Decision], str]
+
+
+def tpv_score(job: SimJob, site: Site) -> float:
+    return site.gpu_tpv_score if job.gpus else site.tpv_score
+
+
+def tpv_candidates(scn: Scenario, dests: Mapping[str, Destination], job: SimJob) -> list[Site]:
+    """TPV's matching destinations (the job fits a node there) in TPV's order: tag score, then config."""
+    fit = [s for s in scn.sites if dests[s.id].fits_at_all(job)]
+    return sorted(fit, key=lambda s: -tpv_score(job, s))
+
+
+def tpv_default(d: Decision) -> str:
+    return d.candidates[0].id
+
+
+def random_policy(seed: int) -> Policy:
+    rng = random.Random(seed)
+    return lambda d: rng.choice(d.candidates).id
+
+
+def oracle_policy(scn: Scenario, dests: Mapping[str, Destination]) -> Policy:
+    """Greedy earliest finish with perfect knowledge of staging, run time and every reservation."""
+
+    def choose(d: Decision) -> str:
+        best, best_id = INF, d.candidates[0].id
+        for site in d.candidates:
+            run = run_time(d.job, site)
+            ready = d.now + staging_s(d.job, site, scn.objectstores)
+            start, _ = dests[site.id].plan(d.job, ready, run)
+            if start + run < best:
+                best, best_id = start + run, site.id
+        return best_id
+
+    return choose
+
+
+class MetaschedPolicy:
+    """Writes the simulator's state into a real Store, then asks ``metasched.rank.rank``."""
+
+    def __init__(
+        self, scn: Scenario, dests: Mapping[str, Destination], db: Path, collect_every: float
+    ) -> None:
+        self.scn = scn
+        self.dests = dests
+        self.store = Store.open(str(db))
+        self.config = Config(path=None, database=None, ssh=SSHSettings(), destinations=())
+        self.collect_every = collect_every
+        self.writes = 0
+        self.rank_s = 0.0
+        self.write_s = 0.0
+        self.objectstores = {k: {"latitude": v[0], "longitude": v[1]} for k, v in scn.objectstores.items()}
+
+    def close(self) -> None:
+        self.store.close()
+
+    def collect(self, now: float, force: bool = False) -> None:
+        """Write every destination whose state changed since its last snapshot (or that is getting old)."""
+        t = time.perf_counter()
+        for dest in self.dests.values():
+            if force or now >= dest.next_change or now - dest.written_at >= self.collect_every * 4:
+                snap = dest.snapshot(now)
+                stamp = _at(now)
+                self.store.write_snapshot(
+                    dest.site.id, snap, run_id=f"r{self.writes}", started=stamp, finished=stamp
+                )
+                self.writes += 1
+        self.write_s += time.perf_counter() - t
+
+    def request(self, d: Decision) -> dict[str, Any]:
+        job = d.job
+        assert job.tool is not None
+        return {
+            "job": {
+                "tool_id": job.tool.tool_id,
+                "job_id": str(job.id),
+                "cores": job.cores,
+                "mem": job.mem_gb,
+                "gpus": job.gpus,
+            },
+            "destinations": [
+                {
+                    "id": s.id,
+                    "tpv_score": tpv_score(job, s),
+                    "latitude": s.lat,
+                    "longitude": s.lon,
+                    "object_store_id": s.object_store,
+                    "max_accepted_cores": max(n.cores for n in s.nodes),
+                    "max_accepted_mem": max(n.mem_gb for n in s.nodes),
+                    "max_accepted_gpus": max(n.gpus for n in s.nodes),
+                }
+                for s in d.candidates
+            ],
+            "datasets": {ds: {"object_store_id": store, "size": size} for ds, store, size in job.datasets},
+            "objectstores": self.objectstores,
+        }
+
+    def __call__(self, d: Decision) -> str:
+        self.collect(d.now)
+        t = time.perf_counter()
+        answer = rank(self.request(d), self.config, self.store, _at(d.now))
+        self.rank_s += time.perf_counter() - t
+        first: str = answer["sorted_destinations"][0]
+        return first
+
+
+# --------------------------------------------------------------------------------------------
+# Replay
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    name: str
+    placed: list[Placed]
+    seconds: float  # wall time of the replay
+    notes: str = ""
+
+    def turnarounds(self) -> list[float]:
+        return [p.end - p.dispatch for p in self.placed]
+
+
+def replay(
+    scn: Scenario,
+    workload: Sequence[SimJob],
+    make_policy: Callable[[Mapping[str, Destination]], Policy],
+    name: str,
+    collect_every: float = 60.0,
+) -> Result:
+    """Feed the workload in arrival order: background jobs to their site, Galaxy jobs as the policy says."""
+    wall = time.perf_counter()
+    dests = {s.id: Destination.build(s) for s in scn.sites}
+    policy = make_policy(dests)
+    tick = getattr(policy, "collect", None)
+    placed: list[Placed] = []
+    next_tick = 0.0
+    for job in workload:
+        now = max(job.arrival, 0.0)
+        if tick is not None:
+            while next_tick < now:  # collect's own cycle between arrivals (history end times)
+                tick(next_tick)
+                next_tick += collect_every
+        if job.tool is None:
+            site = dests[job.site].site
+            dests[job.site].place(job, now, now, run_time(job, site))
+            continue
+        cands = tpv_candidates(scn, dests, job)
+        choice = policy(Decision(job, now, cands))
+        site = dests[choice].site
+        ready = now + staging_s(job, site, scn.objectstores)
+        placed.append(dests[choice].place(job, now, ready, run_time(job, site)))
+    notes = ""
+    if isinstance(policy, MetaschedPolicy):
+        notes = (
+            f"{policy.writes} snapshots written in {policy.write_s:.1f} s, "
+            f"{len(placed)} rank calls in {policy.rank_s:.1f} s"
+        )
+        policy.close()
+    return Result(name, placed, time.perf_counter() - wall, notes)
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def summarize(r: Result) -> dict[str, float | str]:
+    ta = r.turnarounds()
+    return {
+        "policy": r.name,
+        "mean_s": statistics.fmean(ta),
+        "p50_s": _pct(ta, 0.5),
+        "p95_s": _pct(ta, 0.95),
+        "queue_s": statistics.fmean(p.start - p.ready for p in r.placed),
+        "staging_s": statistics.fmean(p.ready - p.dispatch for p in r.placed),
+        "run_s": statistics.fmean(p.end - p.start for p in r.placed),
+        "makespan_s": max(p.end for p in r.placed) - min(p.dispatch for p in r.placed),
+        "wall_s": r.seconds,
+    }
+
+
+def table(rows: Sequence[Mapping[str, float | str]]) -> str:
+    cols = ("mean_s", "p50_s", "p95_s", "queue_s", "staging_s", "run_s", "makespan_s", "wall_s")
+    head = f"{'policy':<10}" + "".join(f"{c:>13}" for c in cols)
+    lines = [head]
+    for row in rows:
+        lines.append(f"{row['policy']!s:<10}" + "".join(f"{float(row[c]):>13,.0f}" for c in cols))
+    return "\n".join(lines)
+
+
+def shares(r: Result, sites: Sequence[Site]) -> str:
+    count = {s.id: 0 for s in sites}
+    for p in r.placed:
+        count[p.site] += 1
+    return ", ".join(f"{k} {v}" for k, v in count.items())
+
+
+def run_all(n_jobs: int, seed: int, collect_every: float, workdir: Path) -> tuple[list[Result], float]:
+    scn = BUILTIN
+    workload, horizon = make_workload(scn, n_jobs, seed)
+    results = [
+        replay(scn, workload, lambda dests: tpv_default, "tpv"),
+        replay(scn, workload, lambda dests: random_policy(seed), "random"),
+        replay(
+            scn,
+            workload,
+            lambda dests: MetaschedPolicy(scn, dests, workdir / "replay.sqlite", collect_every),
+            "metasched",
+            collect_every,
+        ),
+        replay(scn, workload, lambda dests: oracle_policy(scn, dests), "oracle"),
+    ]
+    return results, horizon
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--jobs", type=int, default=3000, help="Galaxy jobs in the workload (default 3000)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--collect-every", type=float, default=60.0, help="simulated seconds between metasched collects"
+    )
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="metasched-replay-") as tmp:
+        results, horizon = run_all(args.jobs, args.seed, args.collect_every, Path(tmp))
+    rows = [summarize(r) for r in results]
+    by = {str(r["policy"]): r for r in rows}
+    ms = float(by["metasched"]["mean_s"])
+    ratios = {
+        "metasched/tpv": ms / float(by["tpv"]["mean_s"]),
+        "metasched/random": ms / float(by["random"]["mean_s"]),
+        "metasched/oracle": ms / float(by["oracle"]["mean_s"]),
+    }
+    if args.json:
+        json.dump({"rows": rows, "ratios": ratios}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    print(
+        f"{args.jobs} Galaxy jobs over {horizon / 3600:.1f} simulated hours, seed {args.seed}, "
+        f"collect every {args.collect_every:g} s; turnaround = staging + queue + run (seconds)"
+    )
+    print(table(rows))
+    print("mean turnaround ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
+    for r in results:
+        print(f"{r.name:<10} placed: {shares(r, BUILTIN.sites)}" + (f"; {r.notes}" if r.notes else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
