@@ -624,3 +624,55 @@ def test_sudo_renices_a_root_process_over_ssh(
         assert [nice_of(p) for p in pids] == [5, 5]
     finally:
         _stop(job)
+
+
+SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
+DROP_IN = SYSTEMD / "enforce-local.conf.example"
+
+
+def _exposed(unit_dir: Path, name: str) -> set[str]:
+    """The checks ``systemd-analyze security --offline`` marks ✗ for the unit and its drop-ins."""
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit_dir / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:"},
+        check=False,
+    )
+    assert "Overall exposure level" in proc.stdout, proc.stderr
+    return {line[2:].split()[0] for line in proc.stdout.splitlines() if line.startswith("✗ ")}
+
+
+@pytest.mark.parametrize("name", ["metasched-collect.service", "metasched-serve.service"])
+def test_local_enforcement_drop_in_relaxes_exactly_renice(tmp_path: Path, name: str) -> None:
+    """systemd/enforce-local.conf.example, installed as a drop-in, verifies cleanly and opens exactly
+    what renice on this machine needs: CAP_SYS_NICE (bounding + ambient), setpriority from @resources,
+    and a visible process tree. NoNewPrivileges, @privileged and every other capability stay closed."""
+    exe = shutil.which("metasched")
+    assert exe is not None
+    text = (SYSTEMD / name).read_text().replace("/opt/metasched/bin/metasched", exe)
+    plain, dropped = tmp_path / "plain", tmp_path / "dropped"
+    for d in (plain, dropped):
+        d.mkdir()
+        (d / name).write_text(text)
+    (dropped / f"{name}.d").mkdir()
+    shutil.copy(DROP_IN, dropped / f"{name}.d" / "enforce-local.conf")
+
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(dropped / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{dropped}:"},
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
+
+    opened = _exposed(dropped, name) - _exposed(plain, name)
+    assert opened == {
+        "AmbientCapabilities=",
+        "CapabilityBoundingSet=~CAP_SYS_(NICE|RESOURCE)",
+        "SystemCallFilter=~@resources",
+        "ProtectProc=",
+    }
