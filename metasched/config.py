@@ -61,6 +61,7 @@ SEED2_SCHEDULERS: Mapping[str, str] = MappingProxyType(
 
 
 SEED2_NAMES = "Apache Hadoop, HTCondor, Hadoop, SGE, Slurm, YARN"  # the spellings the seed's docs use
+SEED2_SSH_USER = "metascheduler"  # the seed's --ssh-user default: its cluster files assume that login
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,7 @@ class CollectSettings:
     fanout: int = 32  # destinations collected concurrently
     lock_timeout: float = 5.0  # seconds a second collect waits for a running one before giving up
     interval: float = 60.0  # serve: seconds between collect cycles
+    jitter: float = 0.1  # serve: random share of the interval added/taken per wait, and first-cycle delay
     history_days: int = 90  # finished-job history kept this long
 
 
@@ -798,11 +800,12 @@ def _collect(c: _Checker, raw: Any) -> CollectSettings:
     m = c.mapping(raw, "collect")
     if m is None:
         return d
-    c.keys(m, "collect", ("fanout", "lock_timeout", "interval", "history_days"))
+    c.keys(m, "collect", ("fanout", "lock_timeout", "interval", "jitter", "history_days"))
     return CollectSettings(
         fanout=c.integer(m, "fanout", "collect", d.fanout, 1, 1024),
         lock_timeout=c.number(m, "lock_timeout", "collect", d.lock_timeout, lo=0),
         interval=c.number(m, "interval", "collect", d.interval, positive=True),
+        jitter=c.number(m, "jitter", "collect", d.jitter, lo=0, hi=1),
         history_days=c.integer(m, "history_days", "collect", d.history_days, 1, None),
     )
 
@@ -1242,6 +1245,8 @@ def _seed2_cluster(
     if m is None:
         return [], None
     c.keys(m, p, ("policy", "nodes", "schedulers"), required=("nodes", "schedulers"))
+    if ssh.user is None:
+        ssh = replace(ssh, user=SEED2_SSH_USER)
 
     nodes: list[tuple[str, int] | None] = []
     for _, np_, node in c.items(m.get("nodes"), f"{p}.nodes"):

@@ -163,6 +163,26 @@ def test_seed2_file_takes_top_level_ssh_defaults(tmp_path: Path) -> None:
     assert first.ssh.key_file == str(tmp_path / "keys" / "id")
 
 
+def test_seed2_file_logs_in_as_metascheduler_like_the_seed(tmp_path: Path) -> None:
+    """The seed's --ssh-user defaulted to metascheduler; its cluster files carry no user."""
+    cfg = load_config(FIXTURES / "seed2-test.config", {})
+    assert {d.ssh.user for d in cfg.destinations} == {"metascheduler"}
+    data = json.loads(SEED2.read_text())
+    data["ssh"] = {"key_file": "keys/id"}  # an ssh block without a user keeps the seed's user
+    assert {
+        d.ssh.user for d in load_config(write(tmp_path, json.dumps(data), "a.json"), {}).destinations
+    } == {"metascheduler"}
+    # metasched serve --ssh-user/--ssh-key-file still win over the seed's default
+    from metasched.serve.state import Overrides, apply_overrides
+
+    served = apply_overrides(cfg, Overrides(ssh_user="ops", ssh_key_file="/etc/metasched/id"))
+    assert {(d.ssh.user, d.ssh.key_file) for d in served.destinations} == {("ops", "/etc/metasched/id")}
+    data["ssh"] = {"user": "galaxy"}
+    assert {
+        d.ssh.user for d in load_config(write(tmp_path, json.dumps(data), "b.json"), {}).destinations
+    } == {"galaxy"}
+
+
 def test_seed2_problems_name_the_json_path() -> None:
     path = FIXTURES / "seed2-broken.json"
     expected = (FIXTURES / "seed2-broken.expected").read_text().replace("{FILE}", str(path)).splitlines()
