@@ -167,7 +167,7 @@ def cluster_config(tmp_path: Path, sshd: SSHServer, slurm: SlurmCluster) -> Path
         tmp_path / "config.yml",
         {
             "ssh": {"known_hosts": str(sshd.known_hosts), "connect_timeout": 5, "command_timeout": 15},
-            "collect": {"interval": 3600},
+            "collect": {"interval": 3600, "jitter": 0},
             "destinations": [
                 {
                     "id": "slurm_ok",
@@ -281,7 +281,7 @@ def test_serve_collects_and_answers_like_the_cli(
 
 
 LOCAL_CONFIG = {
-    "collect": {"interval": 3600},
+    "collect": {"interval": 3600, "jitter": 0},
     "serve": {"max_body_bytes": 4096},
     "destinations": [{"id": "local", "scheduler": "node", "host": "local"}],
 }
@@ -444,7 +444,7 @@ def test_healthz_503_when_the_store_is_unreadable(tmp_path: Path, servers: list[
     config = write_config(
         tmp_path / "config.yml",
         {
-            "collect": {"interval": 3600},
+            "collect": {"interval": 3600, "jitter": 0},
             "destinations": [{"id": "local", "scheduler": "node", "host": "local"}],
         },
     )
@@ -519,7 +519,7 @@ def test_sigterm_lets_a_running_collect_finish(
     config = write_config(
         tmp_path / "config.yml",
         {
-            "collect": {"interval": 3600},
+            "collect": {"interval": 3600, "jitter": 0},
             "destinations": [
                 {
                     "id": "slow",
@@ -554,7 +554,7 @@ def test_sighup_reloads_a_good_config_and_keeps_the_old_on_a_bad_one(
 ) -> None:
     config = tmp_path / "config.yml"
     first = {
-        "collect": {"interval": 3600},
+        "collect": {"interval": 3600, "jitter": 0},
         "destinations": [{"id": "a", "scheduler": "node", "host": "local"}],
     }
     write_config(config, first)
@@ -702,22 +702,23 @@ def test_a_storm_of_sighups_is_coalesced_and_sigterm_still_stops(
     a time and coalesce, so the server keeps answering, applies the last config and stops on SIGTERM."""
     config = tmp_path / "config.yml"
     first = {
-        "collect": {"interval": 3600},
+        "collect": {"interval": 3600, "jitter": 0},
         "destinations": [{"id": "a", "scheduler": "node", "host": "local"}],
     }
     write_config(config, first)
     server = start_serve(tmp_path, config, "--database", str(tmp_path / "s.db"), "--no-collect")
     servers.append(server)
-    answered: list[int] = []
+    answered: list[int | str] = []
     done = threading.Event()
 
     def traffic() -> None:
         with server.client() as http:
             while not done.is_set():
                 try:
-                    answered.append(http.get("/healthz", timeout=10).status_code)
-                except httpx.HTTPError:
-                    answered.append(0)
+                    r = http.get("/healthz", timeout=10)
+                    answered.append(r.status_code if r.status_code == 200 else f"{r.status_code} {r.text}")
+                except httpx.HTTPError as exc:
+                    answered.append(repr(exc))
 
     worker = threading.Thread(target=traffic)
     worker.start()
@@ -737,7 +738,7 @@ def test_a_storm_of_sighups_is_coalesced_and_sigterm_still_stops(
     finally:
         done.set()
         worker.join(30)
-    assert answered and set(answered) == {200}
+    assert answered and set(answered) == {200}, (set(answered), server.text()[-3000:])
     assert server.proc.poll() is None
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(30) == 0, server.text()
@@ -873,3 +874,22 @@ def test_healthz_503_while_a_collect_cycle_hangs_and_ok_again_after(
     finally:
         (wrap / "sinfo").unlink(missing_ok=True)
         wrap.rmdir()
+
+
+def test_the_first_cycle_waits_a_random_share_of_the_interval(tmp_path: Path, servers: list[Serve]) -> None:
+    """collect.jitter 0.5 of a 2 s interval: the first cycle starts 0..1 s after serve, as logged."""
+    config = write_config(
+        tmp_path / "config.yml",
+        {
+            "collect": {"interval": 2, "jitter": 0.5},
+            "destinations": [{"id": "local", "scheduler": "node", "host": "local"}],
+        },
+    )
+    server = start_serve(tmp_path, config, "--database", str(tmp_path / "s.db"))
+    servers.append(server)
+    wait_for(lambda: "collect cycle: 1 ok" in server.text(), 30, "the first cycle")
+    delay = re.search(r"first collect cycle in (\d+\.\d+)s", server.text())
+    assert delay is not None and 0 <= float(delay.group(1)) <= 1.0
+    log = server.text()
+    assert log.index("first collect cycle in") < log.index("collect cycle: 1 ok")
+    assert server.stop() == 0

@@ -24,7 +24,6 @@ from metasched.store import Store
 
 log = logging.getLogger("metasched.serve.collect")
 
-JITTER = 0.1  # each wait is the interval +- 10 %, so a fleet of servers does not collect in step
 STALL_FACTOR = 3  # a cycle running longer than the lock wait plus this many intervals is stalled
 
 
@@ -79,11 +78,19 @@ class CollectLoop:
 
     def _run(self) -> None:
         try:
+            # A fleet restarted together (a deploy, a power cut) would otherwise collect in step for
+            # ever: the first cycle waits a random 0..jitter share of the interval, each later wait
+            # is the interval +- that share.
+            settings = self._config().collect
+            delay = self._rng.uniform(0, settings.jitter * settings.interval)
+            log.info("first collect cycle in %.2fs (collect.jitter)", delay)
+            self._stop.wait(delay)
             while not self._stop.is_set():
                 started = time.monotonic()
                 self._cycle()
-                interval = self._config().collect.interval
-                wait = interval * (1 + self._rng.uniform(-JITTER, JITTER)) - (time.monotonic() - started)
+                settings = self._config().collect
+                share = self._rng.uniform(-settings.jitter, settings.jitter)
+                wait = settings.interval * (1 + share) - (time.monotonic() - started)
                 self._stop.wait(max(0.0, wait))
         except BaseException as exc:  # the thread is gone: /healthz must say so, with the cause
             with self._lock:
