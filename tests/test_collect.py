@@ -150,16 +150,53 @@ def test_failed_collect_keeps_old_snapshot(tmp_path: Path, sshd: SSHServer, slur
         assert [r.ok for r in store.runs(dest_id="flaky")] == [False, True]
 
 
-def test_one_connection_per_destination(
-    sshd_factory: SSHDFactory, slurm: SlurmCluster, tmp_path: Path
+def logins(server: SSHServer) -> int:
+    return server.log.read_text().count("Accepted publickey")
+
+
+def test_one_connection_per_host(
+    sshd_factory: SSHDFactory, slurm: SlurmCluster, wrappers: Path, tmp_path: Path
 ) -> None:
+    """Like seed-2's node-<ip> and the scheduler whose master is that node: one login per host, each
+    destination still with its own env, command_timeout, result and error."""
     servers = sshd_factory.many(3)
     dests = [s.destination(f"d{i}", "slurm", env=slurm.env) for i, s in enumerate(servers)]
+    shared = servers[0]
+    dests += [
+        shared.destination("node_on_d0", "node"),
+        shared.destination(
+            "hangs_on_d0",
+            "slurm",
+            env={**slurm.env, "PATH": f"{wrappers}/hang:{BASE_PATH}"},
+            command_timeout=1.0,
+        ),
+    ]
+    seen: list[str] = []
     with Store.open(str(tmp_path / "db")) as store:
-        report = collect_all(config_of(tmp_path / "db", *dests, fanout=2), store)
-    assert report.exit_code == 0, report
-    for server in servers:  # slurm runs three commands; each server saw one login
-        assert server.log.read_text().count("Accepted publickey") == 1
+        report = collect_all(
+            config_of(tmp_path / "db", *dests, fanout=2), store, on_progress=lambda r: seen.append(r.id)
+        )
+        summaries = {s.id: s for s in store.summaries()}
+    assert sorted(seen) == sorted(d.id for d in dests)
+    results = {r.id: r for r in report.results}
+    assert [r.ok for r in report.results] == [True, True, True, True, False], report
+    assert results["node_on_d0"].nodes == 1 and results["d0"].jobs > 0
+    assert "command timed out after 1s" in str(results["hangs_on_d0"].error)
+    assert summaries["node_on_d0"].reachable and not summaries["hangs_on_d0"].reachable
+    for server in servers:  # d0's host served three destinations (seven commands) over one login
+        assert logins(server) == 1
+
+
+def test_connection_failure_fails_every_destination_on_the_host(sshd: SSHServer, tmp_path: Path) -> None:
+    port = free_port()
+    dests = [sshd.destination(i, "node", port=port) for i in ("a", "b")]
+    dests.append(DestinationConfig(id="here", scheduler="node", host="local", ssh=SSHSettings()))
+    with Store.open(str(tmp_path / "db")) as store:
+        report = collect_all(config_of(tmp_path / "db", *dests), store)
+        summaries = {s.id: s for s in store.summaries()}
+    assert [(r.id, r.ok) for r in report.results] == [("a", False), ("b", False), ("here", True)]
+    for bad in ("a", "b"):
+        assert summaries[bad].error == f"127.0.0.1:{port}: connection refused"
 
 
 def test_unsupported_and_disabled(tmp_path: Path) -> None:

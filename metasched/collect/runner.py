@@ -1,7 +1,8 @@
 """One collect run: every enabled destination concurrently, each stored (or its failure recorded) alone.
 
-A destination that fails never stops the others and never touches its previous snapshot. Worker
-threads only talk to the clusters; the calling thread does every store write, in completion order,
+A destination that fails never stops the others and never touches its previous snapshot. One worker
+per host (destinations sharing an SSH login share one connection, collected in turn; ``host: local``
+ones run alone) only talks to the clusters; the calling thread does every store write, in completion order,
 so the database sees one writer per run. A run holds an exclusive lock for its whole duration, so a
 slow timer tick and the next one cannot interleave.
 """
@@ -13,10 +14,11 @@ import fcntl
 import hashlib
 import logging
 import os
+import queue
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,8 +26,8 @@ from types import TracebackType
 from typing import IO, Any
 
 from metasched.collect.adapters import make_adapter
-from metasched.collect.transport import open_transport
-from metasched.collect.types import Snapshot
+from metasched.collect.transport import Transport, connection_key, open_transport
+from metasched.collect.types import Adapter, Snapshot
 from metasched.config import Config, DestinationConfig
 from metasched.errors import CollectError, ExitCode, MetaschedError
 from metasched.store import Store
@@ -169,21 +171,70 @@ class _Outcome:
     finished: float
 
 
-def _collect_one(dest: DestinationConfig) -> _Outcome:
-    """Connect once, run the adapter's commands over that connection; never raises."""
+def _collect_host(dests: Sequence[DestinationConfig], emit: Callable[[_Outcome], None]) -> None:
+    """Connect once to the destinations' shared host, collect each in turn; never raises.
+
+    Each destination gets exactly one outcome (passed to ``emit`` as soon as it is known), its own
+    env and command_timeout; a connection failure is every destination's error.
+    """
     started = time.monotonic()
+    pending: list[tuple[DestinationConfig, Adapter]] = []
+    for dest in dests:  # an unsupported scheduler is that destination's error, before any connection
+        try:
+            pending.append((dest, make_adapter(dest)))
+        except Exception as exc:
+            emit(_Outcome(dest, None, _error_text(exc, dest), started, time.monotonic()))
+    try:
+        if not pending:
+            return
+        try:
+            transport = open_transport(pending[0][0])
+        except Exception as exc:
+            error = _error_text(exc, pending[0][0])
+            for dest, _ in pending:
+                emit(_Outcome(dest, None, error, started, time.monotonic()))
+            pending.clear()
+            return
+        try:
+            while pending:
+                dest, adapter = pending[0]
+                emit(_collect_one(dest, adapter, transport, started))
+                pending.pop(0)
+                started = time.monotonic()
+        finally:
+            with contextlib.suppress(Exception):  # closing a dead connection must not lose results
+                transport.close()
+    finally:
+        for dest, _ in pending:  # only on a bug above: the caller waits for one outcome each
+            emit(_Outcome(dest, None, "unexpected error: not collected", started, time.monotonic()))
+
+
+def _collect_one(dest: DestinationConfig, adapter: Adapter, transport: Transport, started: float) -> _Outcome:
+    """Run one destination's adapter over an open transport; never raises."""
     snapshot: Snapshot | None = None
     error: str | None = None
     try:
-        adapter = make_adapter(dest)
-        with open_transport(dest) as transport:
-            snapshot = adapter.collect(transport)
-    except CollectError as exc:
-        error = _one_line(str(exc)) or type(exc).__name__
-    except Exception as exc:  # a parser bug on odd output must not take the other destinations down
-        log.debug("destination %s: unexpected error", dest.id, exc_info=True)
-        error = f"unexpected {type(exc).__name__}: {_one_line(str(exc))}"
+        snapshot = adapter.collect(transport.for_destination(dest))
+    except Exception as exc:
+        error = _error_text(exc, dest)
     return _Outcome(dest, snapshot, error, started, time.monotonic())
+
+
+def _error_text(exc: Exception, dest: DestinationConfig) -> str:
+    if isinstance(exc, CollectError):
+        return _one_line(str(exc)) or type(exc).__name__
+    # a parser bug on odd output must not take the other destinations down
+    log.debug("destination %s: unexpected error", dest.id, exc_info=True)
+    return f"unexpected {type(exc).__name__}: {_one_line(str(exc))}"
+
+
+def _by_connection(dests: Sequence[DestinationConfig]) -> list[list[DestinationConfig]]:
+    """Destinations grouped by shared SSH login (config order kept); each ``host: local`` alone."""
+    groups: dict[object, list[DestinationConfig]] = {}
+    for i, dest in enumerate(dests):
+        key = connection_key(dest)
+        groups.setdefault(("local", i) if key is None else key, []).append(dest)
+    return list(groups.values())
 
 
 def _one_line(text: str) -> str:
@@ -229,11 +280,14 @@ def _run(
     store.sync_destinations((d.id, d.scheduler, d.host) for d in config.destinations)
     enabled = [d for d in config.destinations if d.enabled]
     if enabled:
-        workers = max(1, min(config.collect.fanout, len(enabled)))
+        groups = _by_connection(enabled)
+        workers = max(1, min(config.collect.fanout, len(groups)))
+        outcomes: queue.SimpleQueue[_Outcome] = queue.SimpleQueue()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="collect") as pool:
-            futures = [pool.submit(_collect_one, d) for d in enabled]
-            for future in as_completed(futures):
-                result = _store_outcome(store, config, future.result(), run_id, at)
+            for group in groups:
+                pool.submit(_collect_host, group, outcomes.put)
+            for _ in enabled:  # _collect_host emits exactly one outcome per destination
+                result = _store_outcome(store, config, outcomes.get(), run_id, at)
                 _log_result(result)
                 report.results.append(result)
                 if on_progress is not None:

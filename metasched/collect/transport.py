@@ -135,13 +135,25 @@ class Transport:
 
     def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
         """Run one command with the destination's env plus ``env``; return stdout, raise on non-zero exit."""
+        return self.run_for(self.dest, argv, env)
+
+    def for_destination(self, dest: DestinationConfig) -> DestinationRunner:
+        """A Runner for ``dest`` over this connection: its own env and command_timeout, shared login.
+
+        For destinations on the same host (``connection_key`` equal), e.g. seed-2's ``node-<ip>`` and
+        the scheduler whose master is that node.
+        """
+        return DestinationRunner(self, dest)
+
+    def run_for(self, dest: DestinationConfig, argv: Sequence[str], env: Mapping[str, str] | None) -> str:
+        """``run`` with ``dest``'s env and command_timeout instead of this transport's own destination's."""
         argv = list(argv)
-        full_env = {**self.dest.env, **(env or {})}
+        full_env = {**dest.env, **(env or {})}
         try:
             build_command(argv, full_env)  # validates before anything runs
         except ValueError as exc:
             raise TransportError(f"{self.label}: {exc}") from None
-        status, out, err = self._execute(argv, full_env, self.dest.ssh.command_timeout)
+        status, out, err = self._execute(argv, full_env, dest.ssh.command_timeout)
         if status != 0:
             detail = _tail(err) or "no stderr"
             raise TransportError(f"{command_name(argv)} failed (exit {status}) on {self.label}: {detail}")
@@ -154,6 +166,17 @@ class Transport:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class DestinationRunner:
+    """One destination's ``Runner`` over a transport shared with other destinations on its host."""
+
+    def __init__(self, transport: Transport, dest: DestinationConfig) -> None:
+        self.transport = transport
+        self.dest = dest
+
+    def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+        return self.transport.run_for(self.dest, argv, env)
 
 
 class LocalTransport(Transport):
@@ -219,7 +242,7 @@ class _HostKeyPolicy:
 
 
 class SSHTransport(Transport):
-    """One fabric connection per destination, reused for all of its commands."""
+    """One fabric connection per host, reused for all commands of every destination on it."""
 
     def __init__(self, dest: DestinationConfig) -> None:
         super().__init__(dest)
@@ -385,6 +408,26 @@ def _exec_channel(ssh_transport: Any, command: str, timeout: float) -> tuple[int
     finally:
         chan.close()
     return status, b"".join(out_chunks), b"".join(err_chunks)
+
+
+def connection_key(dest: DestinationConfig) -> tuple[object, ...] | None:
+    """Destinations with equal keys can share one SSH connection; None: local, nothing to share.
+
+    Everything that decides where and how the login happens is in the key; env and command_timeout
+    are per command, so they are not.
+    """
+    if dest.is_local:
+        return None
+    ssh = dest.ssh
+    return (
+        dest.host,
+        ssh.port,
+        ssh.user,
+        ssh.key_file,
+        ssh.known_hosts,
+        ssh.host_key_policy,
+        ssh.connect_timeout,
+    )
 
 
 def open_transport(dest: DestinationConfig) -> Transport:
