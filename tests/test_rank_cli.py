@@ -19,7 +19,7 @@ import pytest
 
 from tests.test_rank_scenarios import SCENARIO_DIR, build_store
 
-SEED = SCENARIO_DIR / "seed_example_request1.json"
+SEED = SCENARIO_DIR / "seed_shaped_locality_request.json"
 HEAVY = (
     "fabric",
     "paramiko",

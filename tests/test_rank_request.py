@@ -11,7 +11,7 @@ import pytest
 from metasched.errors import InputError
 from metasched.rank.request import MAX_DESTINATIONS, MAX_REQUEST_BYTES, decode_request, parse_request
 
-SEED = Path(__file__).parent / "scenarios" / "rank" / "seed_example_request1.json"
+SEED = Path(__file__).parent / "scenarios" / "rank" / "seed_shaped_locality_request.json"
 
 
 def base(**extra: Any) -> dict[str, Any]:
