@@ -12,6 +12,7 @@ import os
 import pty
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -344,7 +345,8 @@ def test_cli_overlap_exits_0(tmp_path: Path) -> None:
         lock_timeout=0.5,
     )
     metasched("collect", "-c", str(cfg))  # creates the database (and its directory)
-    holder = subprocess.Popen(["flock", str(lock_path(str(db))), "sleep", "30"])
+    # own session: the cleanup below ends flock and its sleep, not just flock
+    holder = subprocess.Popen(["flock", str(lock_path(str(db))), "sleep", "30"], start_new_session=True)
     try:
         time.sleep(0.3)
         res = metasched("collect", "-c", str(cfg))
@@ -353,7 +355,7 @@ def test_cli_overlap_exits_0(tmp_path: Path) -> None:
         res = metasched("collect", "-c", str(cfg), "--json")
         assert res.returncode == 0 and json.loads(res.stdout)["skipped"] is True
     finally:
-        holder.terminate()
+        os.killpg(holder.pid, signal.SIGTERM)
         holder.wait()
     with Store.open(str(db)) as store:
         assert len(store.runs()) == 1  # only the first run wrote anything
