@@ -47,7 +47,7 @@ def test_put_policy_needs_the_token_and_persists(tmp_path: Path, servers: list[S
 
         for bad_body, needle in [
             (b"{nope", "not JSON"),
-            (b'{"name": "fair"}', "must be one of"),
+            (b'{"name": "fair"}', "name: must be one of"),
             (b'{"name": "shared", "group": "x"}', "group: no node group contains destination 'x'"),
             (b'{"name": "shared", "colour": "red"}', "colour: unknown field"),
             (b'{"group": "sge_b"}', "name: is required"),

@@ -58,7 +58,9 @@ def put(config: Config, store: Store, body: bytes, client: str) -> tuple[int, di
             now=datetime.now(UTC),
         )
     except InputError as exc:
-        return 422, {
-            "detail": str(exc).replace("--group", "group").replace("--high-priority", "high_priority")
-        }
+        # set_policy speaks the CLI's words; here they are the body's fields.
+        detail = str(exc).replace("--group", "group").replace("--high-priority", "high_priority")
+        if detail.startswith("policy: must be"):
+            detail = "name" + detail.removeprefix("policy")
+        return 422, {"detail": detail}
     return 200, {"old": describe(old), "new": describe(new)}
