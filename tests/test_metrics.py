@@ -102,6 +102,23 @@ def test_queue_never_swaps_states() -> None:
     assert mapped("queue_by_destination", pts) == {("a", "", "queued"): 5.0, ("a", "", "running"): 2.0}
 
 
+def test_queue_all_drained_reads_zero_once_the_source_falls_silent() -> None:
+    """gxadmin writes nothing when every count is 0: after two silent minutes the old batch is history."""
+    pts = [
+        Point(T - 600, {"destination_id": "a", "state": "queued"}, {"count": 7.0}),
+        Point(T - 600, {"destination_id": "a", "state": "running"}, {"count": 3.0}),
+    ]
+    rows = map_points(SPECS["queue_by_destination"], pts, {}, [], NOW)
+    values = {(r.destination_id, r.name): r.value for r in rows}
+    assert values == {("a", "queued"): 0.0, ("a", "running"): 0.0}
+    assert {r.observed_at for r in rows} == {NOW}
+    # Within two emit intervals the newest batch still stands.
+    recent = [Point(T - 90, p.tags, p.fields) for p in pts]
+    assert mapped("queue_by_destination", recent) == {("a", "", "queued"): 7.0, ("a", "", "running"): 3.0}
+    specs, problems = specs_from_overrides({"queue_by_destination": {"emit_interval": "5m"}})
+    assert problems == [] and specs[0].emit_interval == "5m"
+
+
 def test_htcondor_newer_generation_wins_per_destination() -> None:
     legacy = Point(
         T - 300,

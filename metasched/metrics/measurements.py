@@ -50,6 +50,9 @@ class MeasurementSpec:
     columns: Mapping[str, str] = field(default_factory=dict)
     states: Mapping[str, str] = field(default_factory=dict)  # metric name -> state tag value (queue)
     batch_tolerance: str | None = None
+    # How often the source writes a batch. No batch for two of these means every queue drained
+    # (gxadmin writes nothing when all counts are zero), not "still the last non-zero batch".
+    emit_interval: str | None = None
 
     def col(self, role: str) -> str:
         return self.columns[role]
@@ -63,6 +66,7 @@ DEFAULT_SPECS: tuple[MeasurementSpec, ...] = (
         columns={"destination": "destination_id", "state": "state", "count": "count"},
         states={"queued": "queued", "running": "running"},
         batch_tolerance="30s",
+        emit_interval="60s",  # telegraf runs gxadmin every minute
     ),
     MeasurementSpec(
         key="destination-queue-run-time",
@@ -108,7 +112,7 @@ DEFAULT_SPECS: tuple[MeasurementSpec, ...] = (
 )
 
 SUMMARY_MEASUREMENT = "metasched_destination"
-_OVERRIDE_KEYS = {"name", "enabled", "window", "columns", "states", "batch_tolerance"}
+_OVERRIDE_KEYS = {"name", "enabled", "window", "columns", "states", "batch_tolerance", "emit_interval"}
 
 
 def parse_duration(text: str) -> int:
@@ -189,6 +193,9 @@ def _apply_override(spec: MeasurementSpec, ov: Mapping[str, Any]) -> Measurement
     tolerance = ov.get("batch_tolerance", spec.batch_tolerance)
     if tolerance is not None:
         parse_duration(tolerance)
+    emit_interval = ov.get("emit_interval", spec.emit_interval)
+    if emit_interval is not None:
+        parse_duration(emit_interval)
     columns = _merge_names(spec.columns, ov.get("columns"), "columns")
     states = _merge_names(spec.states, ov.get("states"), "states")
     return replace(
@@ -199,6 +206,7 @@ def _apply_override(spec: MeasurementSpec, ov: Mapping[str, Any]) -> Measurement
         columns=columns,
         states=states,
         batch_tolerance=tolerance,
+        emit_interval=emit_interval,
     )
 
 
@@ -286,7 +294,7 @@ def map_points(
 ) -> list[MetricRow]:
     """Rows for the store, at most one per (destination, tool, name), ids mapped back to TPV ids."""
     if spec.kind == "queue":
-        rows = _map_queue(spec, points, names, configured)
+        rows = _map_queue(spec, points, names, configured, int(fetched_at.timestamp()))
     elif spec.kind == "queue_run_time":
         rows = _map_run_time(spec, points, names)
     elif spec.kind == "htcondor":
@@ -297,11 +305,17 @@ def map_points(
 
 
 def _map_queue(
-    spec: MeasurementSpec, points: Sequence[Point], names: Mapping[str, str], configured: Sequence[str]
+    spec: MeasurementSpec,
+    points: Sequence[Point],
+    names: Mapping[str, str],
+    configured: Sequence[str],
+    now: int,
 ) -> list[MetricRow]:
     """gxadmin emits only non-zero (destination, state) pairs: absent from the newest batch means 0.
 
-    With no point at all in the window nothing is claimed (the source may simply not run here).
+    With no point at all in the window nothing is claimed (the source may simply not run here). When
+    the newest batch is older than two emit intervals, the source has been writing nothing because
+    every count is zero: all queues read 0 as of ``now``.
     """
     dest_tag, state_tag, count_field = spec.col("destination"), spec.col("state"), spec.col("count")
     metric_of_state = {v: k for k, v in spec.states.items()}
@@ -309,6 +323,8 @@ def _map_queue(
     if not relevant:
         return []
     newest = max(p.time for p in relevant)
+    if spec.emit_interval and now - newest > 2 * parse_duration(spec.emit_interval):
+        newest = now  # silent source: the newest batch is the empty one it did not write
     oldest_ok = newest - parse_duration(spec.batch_tolerance) if spec.batch_tolerance else 0
     latest = _latest_per(relevant, lambda p: (_resolve(p.tags[dest_tag], names, False), p.tags[state_tag]))
     values: dict[tuple[str, str], tuple[float, int]] = {}
