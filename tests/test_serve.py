@@ -723,6 +723,7 @@ def test_a_storm_of_sighups_is_coalesced_and_sigterm_still_stops(
     worker = threading.Thread(target=traffic)
     worker.start()
     try:
+        wait_for(lambda: len(answered) > 0, 30, "requests to flow")
         for i in range(200):
             server.proc.send_signal(signal.SIGHUP)
             if i == 100:
@@ -735,6 +736,8 @@ def test_a_storm_of_sighups_is_coalesced_and_sigterm_still_stops(
         with server.client() as http:
             wait_for(lambda: [r["id"] for r in http.get("/v1/status").json()] == ["c"], 30, "the last config")
             assert http.get("/healthz").status_code == 200
+            seen = len(answered)
+            wait_for(lambda: len(answered) > seen + 5, 30, "requests to go on flowing")
     finally:
         done.set()
         worker.join(30)
