@@ -259,3 +259,39 @@ def test_disable_needs_a_row(tmp_path: Path) -> None:
     (s,) = store.summaries(["ghost"])
     assert s.disabled_reason is None and s.disabled_until is None
     store.close()
+
+
+def test_run_tally_counts_each_failed_run_record_once(tmp_path: Path) -> None:
+    """Failed collect attempts counted from a real SQLite store's run records: incrementally, across
+    reads that must reach further back than one batch, and with a scrape in the middle of a run."""
+    from metasched.serve.metrics import RunTally
+
+    tally = RunTally()
+    tally.BATCH = 4  # small batches, so reading back far enough takes several of them
+    with Store.open(str(tmp_path / "s.db")) as store:
+        clock = iter(NOW + timedelta(minutes=i) for i in range(1000))
+
+        def run(n: int, *dests: str) -> None:
+            at = next(clock)
+            for d in dests:
+                if d == "bad":
+                    store.record_failure(d, "down", run_id=f"r{n}", started=at, finished=at)
+                else:
+                    store.write_snapshot(d, Snapshot([]), run_id=f"r{n}", started=at, finished=at)
+
+        for n in range(3):
+            run(n, "good", "bad")
+        tally.update(store)
+        assert tally.errors() == {"bad": 3}
+        for n in range(3, 13):
+            run(n, "good", "bad")
+        tally.update(store)
+        assert tally.errors() == {"bad": 13}
+        run(13, "good")  # the scrape comes while run r13 has written one of its two records
+        tally.update(store)
+        at = next(clock)
+        store.record_failure("bad", "down", run_id="r13", started=at, finished=at)
+        tally.update(store)
+        tally.update(store)
+        assert tally.errors() == {"bad": 14}
+        assert {d: r.run_id for d, r in tally.latest().items()} == {"good": "r13", "bad": "r13"}
