@@ -3,7 +3,7 @@
 Request bodies are read raw and handed to the same ``metasched.rank.rank`` the CLI calls, so the
 answers match in content; no pydantic model sits in the hot path (it would cost more than ranking).
 Status, metrics and health read the store on a small thread pool; ranking see RANK_THREADS_POSTGRES.
-Authentication, the body cap and the request metrics are one plain ASGI middleware.
+Authentication, the body cap, the request metrics and internal errors are one plain ASGI middleware.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> R
 
 
 class Gate:
-    """ASGI middleware: request metrics around everything, then the bearer token, then the body cap.
+    """ASGI middleware: request metrics and the answer to an unexpected exception (a JSON 500 and one
+    log line) around everything, then the bearer token, then the body cap.
 
     The body is read here (at most the cap plus one chunk) and replayed to the app, so an oversized
     or endless body is refused with 413 before anything parses it.
