@@ -68,14 +68,46 @@ def test_huge_tpv_score_stays_finite() -> None:
 
 def test_fits_now_is_dispatch_latency() -> None:
     obs = Observed(free_cores=8, free_mem_mb=8192, free_gpus=0, total_cores=8, total_mem_mb=8192)
-    assert state_wait(JobSpec("t", cores=8, mem_mb=8192), obs, 1000, Weights())[0] == Weights().dispatch_s
+    assert state_wait(JobSpec("t", cores=8, mem_mb=8192), obs, Weights())[0] == Weights().dispatch_s
 
 
 def test_unknown_free_resources_are_not_free() -> None:
-    assert state_wait(JobSpec("t", cores=1), Observed(), 1000, Weights())[0] is None
+    assert state_wait(JobSpec("t", cores=1), Observed(), Weights())[0] is None
     obs = Observed(free_cores=None, queued_jobs=0, running_jobs=10)
-    seconds, _ = state_wait(JobSpec("t", cores=1), obs, 1000, Weights())
+    seconds, _ = state_wait(JobSpec("t", cores=1), obs, Weights())
     assert seconds == Weights().dispatch_s  # nothing ahead, but not claimed free: no "fits" reason
+
+
+def test_queued_jobs_take_free_cores_first() -> None:
+    """2 free cores with 500 queued ahead is not 'fits now', unlike an idle 64-core destination."""
+    w = Weights()
+    busy = Observed(free_cores=2, total_cores=64, queued_cores=500, queued_jobs=500)
+    idle = Observed(free_cores=64, total_cores=64, queued_cores=0, queued_jobs=0)
+    busy_s, why = state_wait(JobSpec("t"), busy, w)
+    assert state_wait(JobSpec("t"), idle, w)[0] == w.dispatch_s
+    assert busy_s == pytest.approx(w.dispatch_s + 499 * w.queued_job_s / 65)
+    assert "499 cores to free" in why
+
+
+def test_backlog_drains_at_the_destinations_pace_not_this_tools() -> None:
+    """The jobs ahead last as long as the destination's typical job, whatever this tool's run time."""
+    w = Weights()
+    obs = Observed(free_cores=0, total_cores=10, queued_cores=9, dest_run_s=100.0)
+    seconds, why = state_wait(JobSpec("t"), obs, w)
+    assert seconds == pytest.approx(w.dispatch_s + 10 * 100 / 11)
+    assert "typical job here 100 s" in why
+
+
+def test_known_shortage_is_not_unknown() -> None:
+    """free 0, nothing queued, one core: about half a typical run, with a reason."""
+    w = Weights()
+    seconds, why = state_wait(JobSpec("t"), Observed(free_cores=0, total_cores=1, queued_cores=0), w)
+    assert seconds == pytest.approx(w.dispatch_s + w.queued_job_s / 2)
+    assert "waits for running work" in why
+    gpu = Observed(free_cores=8, free_gpus=0, queued_jobs=0)
+    seconds, why = state_wait(JobSpec("t", gpus=1), gpu, w)
+    assert seconds == pytest.approx(w.dispatch_s + w.queued_job_s / 2)
+    assert "short of GPUs" in why
 
 
 def test_staging_of_five_tb_in_australia_beats_fifty_gb_in_usa() -> None:

@@ -76,6 +76,7 @@ def rank_outcome(
             now=now,
             max_state_age=max_state_age,
             max_metric_age=max_metric_age,
+            typical_run_s=state.typical_run_s.get(dest.id),
         )
         stale_state += s_stale
         stale_metrics += m_stale

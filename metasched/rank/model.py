@@ -42,6 +42,7 @@ class Weights:
     unknown_queue_s: float = 600.0  # queue wait when nothing at all is known about a destination
     history_weight: float = 0.25  # share of the historical median queue time in the queue estimate
     queued_job_cores: float = 1.0  # cores assumed per queued job when only job counts are known
+    queued_job_s: float = 1800.0  # run time of the jobs ahead when the destination has no history
     min_history: float = 3.0  # own finished jobs needed before they beat InfluxDB medians
     tpv_weight: float = 0.1  # relative discount per TPV score point (0.1: ~10 % per point)
 
@@ -121,6 +122,7 @@ class Observed:
     history_queue_s: float | None = None  # metasched's own finished jobs of this tool here
     history_run_s: float | None = None
     history_count: int = 0
+    dest_run_s: float | None = None  # median run time of every recent job here: how fast its queue drains
     metric_queue_s: float | None = None  # InfluxDB (gxadmin) medians of this tool here
     metric_run_s: float | None = None
     reasons: tuple[str, ...] = ()
@@ -294,49 +296,73 @@ def _known_run_s(obs: Observed, w: Weights) -> float | None:
     return obs.history_run_s
 
 
-def state_wait(job: JobSpec, obs: Observed, typical_s: float, w: Weights) -> tuple[float | None, str]:
-    """Queue wait from the current state: dispatch latency if the job fits now, else work ahead / capacity."""
-    dims = (
-        (job.cores, obs.free_cores, obs.total_cores),
-        (job.mem_mb, obs.free_mem_mb, obs.total_mem_mb),
-        (job.gpus, obs.free_gpus, obs.total_gpus),
+def state_wait(job: JobSpec, obs: Observed, w: Weights) -> tuple[float | None, str]:
+    """Queue wait from the current state, or (None, "") when there is none.
+
+    Pending jobs ahead (FIFO/priority) take free cores first: the job starts at once only when it
+    fits in what they leave. Otherwise it waits for ``deficit`` cores (queued cores + its own - free
+    ones) to be released by running work. With running jobs at random points of runs of typical
+    length ``T`` (the destination's median run time over all its jobs, else ``queued_job_s``), the
+    k-th of ``capacity`` cores frees after ``k * T / (capacity + 1)`` on average: half a typical run
+    for the one core of a full one-core destination, ``queued work / capacity`` for a deep backlog.
+    """
+    known = (obs.free_cores, obs.queued_cores, obs.queued_jobs, obs.free_mem_mb, obs.free_gpus)
+    if all(value is None for value in known):
+        return None, ""
+    typical = obs.dest_run_s if obs.dest_run_s is not None else w.queued_job_s
+    t_why = (
+        f"typical job here {typical:,.0f} s"
+        if obs.dest_run_s is not None
+        else f"typical job {typical:,.0f} s (default)"
     )
-    wanted = [(need, free, total) for need, free, total in dims if need > 0]
-    if wanted and all(free is not None and free >= need for need, free, _ in wanted):
-        return w.dispatch_s, "fits in free resources now"
-    queued_cores = obs.queued_cores
-    if queued_cores is None and obs.queued_jobs is not None:
-        queued_cores = obs.queued_jobs * w.queued_job_cores
-    capacity = obs.total_cores
-    if not capacity:
-        capacity = obs.running_cores
+    queued = obs.queued_cores
+    if queued is None and obs.queued_jobs is not None:
+        queued = obs.queued_jobs * w.queued_job_cores
+    capacity = obs.total_cores or obs.running_cores
     if not capacity and obs.running_jobs:
         capacity = obs.running_jobs * w.queued_job_cores
+    if not capacity and obs.free_cores:
+        capacity = obs.free_cores
+    cap_why = ""
     if not capacity:
-        return None, ""
+        capacity = max(job.cores, 1.0)
+        cap_why = ", capacity unknown: assumed one job at a time"
     capacity = max(capacity, 1.0)  # fractional "capacity" from odd metrics must not blow up the ratio
-    if queued_cores is None and obs.free_cores is None:
-        return None, ""
-    short_cores = max(0.0, job.cores - (obs.free_cores or 0.0)) if obs.free_cores is not None else 0.0
-    pressure = ((queued_cores or 0.0) + short_cores) / capacity
-    if job.mem_mb > 0 and obs.free_mem_mb is not None and obs.total_mem_mb:
-        pressure = max(pressure, (job.mem_mb - obs.free_mem_mb) / obs.total_mem_mb)
-    if job.gpus > 0 and obs.free_gpus is not None and obs.total_gpus:
-        pressure = max(pressure, (job.gpus - obs.free_gpus) / obs.total_gpus)
-    if any(free is not None and free < need and not total for need, free, total in wanted):
-        pressure = max(pressure, 1.0 / capacity)  # short of something we cannot size: one job must end
-    pressure = max(pressure, 0.0)
-    seconds = w.dispatch_s + pressure * typical_s
-    ahead = "queue length unknown" if queued_cores is None else f"{fmt_num(queued_cores)} queued cores"
-    short = f", {fmt_num(short_cores)} cores short" if short_cores else ""
-    return seconds, (
-        f"work ahead {pressure:.2f} x {typical_s:,.0f} s ({ahead}{short} on {fmt_num(capacity)} cores)"
-    )
+    ahead = queued or 0.0
+    free = obs.free_cores
+    if free is None:
+        # No free count: a non-empty queue means the cores are taken; an empty one means start now.
+        deficit = ahead + job.cores if ahead > 0 else 0.0
+    else:
+        deficit = max(0.0, ahead + job.cores - free)
+    waits = [deficit * typical / (capacity + 1.0)] if deficit > 0 else []
+    shorts: list[str] = []
+    if deficit > 0:
+        shorts.append(f"{fmt_num(deficit)} cores to free")
+    for need, have, total, what in (
+        (job.mem_mb, obs.free_mem_mb, obs.total_mem_mb, "memory"),
+        (job.gpus, obs.free_gpus, obs.total_gpus, "GPUs"),
+    ):
+        if need <= 0 or have is None or have >= need:
+            continue
+        shorts.append(f"short of {what}")
+        if total:
+            waits.append((need - have) / total * typical * capacity / (capacity + 1.0))
+        else:
+            waits.append(typical / 2)  # cannot size it: one running job must end first
+    queue_why = "queue length unknown" if queued is None else f"{fmt_num(ahead)} queued cores ahead"
+    free_why = "free cores unknown" if free is None else f"{fmt_num(free)} free"
+    where = f"{queue_why}, {free_why} on {fmt_num(capacity)} cores{cap_why}"
+    if not waits:
+        return w.dispatch_s, f"fits in free resources now, after the queued work ({where})"
+    wait = max(waits)
+    seconds = w.dispatch_s + max(wait, 0.0)
+    return seconds, f"waits for running work: {', '.join(shorts)} ({where}; {t_why})"
 
 
-def queue_time(job: JobSpec, obs: Observed, typical_s: float, w: Weights) -> tuple[float, list[str]]:
+def queue_time(job: JobSpec, obs: Observed, w: Weights) -> tuple[float, list[str]]:
     """Blend of the state-based wait and the historical median queue time of this tool here."""
-    state_s, why = state_wait(job, obs, typical_s, w)
+    state_s, why = state_wait(job, obs, w)
     if obs.history_queue_s is not None and (obs.history_count >= w.min_history or obs.metric_queue_s is None):
         hist: float | None = obs.history_queue_s
         hist_why = f"own median queue {obs.history_queue_s:,.0f} s ({obs.history_count} jobs)"
@@ -379,7 +405,7 @@ def rank_candidates(
         why_not = infeasibility(job, cand)
         stage_s, moved, local, stage_why = staging(groups, objectstores, cand, w)
         run_s, run_why = run_time(cand, tool_median, w)
-        queue_s, queue_why = queue_time(job, cand.observed, run_s, w)
+        queue_s, queue_why = queue_time(job, cand.observed, w)
         stage_s, queue_s, run_s = (
             min(stage_s, MAX_SECONDS),
             min(queue_s, MAX_SECONDS),

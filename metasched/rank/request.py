@@ -30,6 +30,7 @@ ALIASES: Mapping[str, tuple[str, ...]] = {
 OPTION_KEYS = frozenset({"weights", "drop_infeasible", "max_state_age", "max_metric_age"})
 METRIC_KEYS = frozenset(
     {"queued", "running", "free_cores", "free_mem_gb", "free_gpus"}
+    | {"total_cores", "total_mem_gb", "total_gpus"}
     | {"median_queue_s", "median_run_s", "status"}
 )
 
@@ -43,6 +44,9 @@ class InlineMetrics:
     free_cores: float | None = None
     free_mem_mb: float | None = None
     free_gpus: float | None = None
+    total_cores: float | None = None  # in service: a request-only destination can be too small
+    total_mem_mb: float | None = None
+    total_gpus: float | None = None
     median_queue_s: float | None = None
     median_run_s: float | None = None
     status: str | None = None
@@ -218,12 +222,16 @@ def _metrics(value: object, path: str) -> InlineMetrics:
         if key not in METRIC_KEYS:
             raise InputError(f"{path}.{key}: unknown metric (known: {', '.join(sorted(METRIC_KEYS))})")
     free_mem_gb = _opt_number(obj, "free_mem_gb", path)
+    total_mem_gb = _opt_number(obj, "total_mem_gb", path)
     return InlineMetrics(
         queued=_opt_number(obj, "queued", path),
         running=_opt_number(obj, "running", path),
         free_cores=_opt_number(obj, "free_cores", path),
         free_mem_mb=None if free_mem_gb is None else free_mem_gb * MB_PER_GB,
         free_gpus=_opt_number(obj, "free_gpus", path),
+        total_cores=_opt_number(obj, "total_cores", path),
+        total_mem_mb=None if total_mem_gb is None else total_mem_gb * MB_PER_GB,
+        total_gpus=_opt_number(obj, "total_gpus", path),
         median_queue_s=_opt_number(obj, "median_queue_s", path),
         median_run_s=_opt_number(obj, "median_run_s", path),
         status=_opt_str(obj, "status", path),

@@ -47,6 +47,7 @@ class StoredState:
     summaries: Mapping[str, DestinationSummary] = field(default_factory=dict)
     tool_times: Mapping[str, ToolTimes] = field(default_factory=dict)
     metrics: Mapping[str, Sequence[MetricRow]] = field(default_factory=dict)
+    typical_run_s: Mapping[str, float] = field(default_factory=dict)  # all tools: how fast queues drain
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -88,7 +89,8 @@ def load_state(store: Store, dest_ids: Sequence[str], tool_id: str) -> StoredSta
     by_dest: dict[str, list[MetricRow]] = {}
     for row in store.metrics(dest_ids, tool_id):
         by_dest.setdefault(row.destination_id, []).append(row)
-    return StoredState(summaries=summaries, tool_times=times, metrics=by_dest)
+    typical = store.typical_run_s(dest_ids)
+    return StoredState(summaries=summaries, tool_times=times, metrics=by_dest, typical_run_s=typical)
 
 
 def _age_s(now: datetime, then: datetime | None) -> float | None:
@@ -135,6 +137,7 @@ def observe(
     now: datetime,
     max_state_age: float,
     max_metric_age: float,
+    typical_run_s: float | None = None,
 ) -> tuple[Observed, bool, bool]:
     """Merge every source into one ``Observed``; also (state was stale, metrics were stale) for warnings."""
     reasons: list[str] = []
@@ -242,6 +245,9 @@ def observe(
         "free_cores": inline.free_cores,
         "free_mem_mb": inline.free_mem_mb,
         "free_gpus": inline.free_gpus,
+        "total_cores": inline.total_cores,
+        "total_mem_mb": inline.total_mem_mb,
+        "total_gpus": inline.total_gpus,
     }
     given = [k for k, v in overrides.items() if v is not None]
     for key in given:
@@ -279,6 +285,7 @@ def observe(
         history_queue_s=history.median_queue_s if history is not None and history.count else None,
         history_run_s=history.median_run_s if history is not None and history.count else None,
         history_count=history.count if history is not None else 0,
+        dest_run_s=typical_run_s,
         metric_queue_s=metric_queue,
         metric_run_s=metric_run,
         reasons=tuple(reasons),

@@ -60,6 +60,7 @@ _UNSET: Any = object()  # "not parsed yet" in per-call date memos (None is a val
 _DT_FIELD = models.Job.submit_time  # any DateTimeField: its python_value parses SQLite's text form
 
 T = TypeVar("T")
+ALL_TOOLS = ""  # tool_history key of a destination's samples over every tool (no Galaxy tool has it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -679,6 +680,7 @@ class Store:
             cutoff = end_naive - timedelta(days=history_days)
             self._prune(dest_id, cutoff)
             self._refresh_tool_history(dest_id, {row[6] for row in finished_rows if row[6]}, cutoff)
+            self._refresh_all_tools(dest_id, bool(finished_rows), cutoff)
         return len(finished_rows)
 
     def _history_row(
@@ -731,8 +733,9 @@ class Store:
         (pruned), from finished_job itself: duplicates it ignored and pruning cannot leave them stale."""
         p = self._db.param
         pruned = self._fetch(
-            f'SELECT "tool_key" FROM "tool_history" WHERE "destination_id" = {p} AND "oldest_end" < {p}',
-            [dest_id, self._dt_in(cutoff)],
+            f'SELECT "tool_key" FROM "tool_history" WHERE "destination_id" = {p} AND "oldest_end" < {p} '
+            f'AND "tool_key" <> {p}',
+            [dest_id, self._dt_in(cutoff), ALL_TOOLS],
         )
         keys.update(row[0] for row in pruned)
         if not keys:
@@ -769,6 +772,37 @@ class Store:
                 f'DELETE FROM "tool_history" WHERE "destination_id" = {p} AND "tool_key" = {p}',
                 [(dest_id, key) for key in sorted(keys)],
             )
+
+    def _refresh_all_tools(self, dest_id: str, new_history: bool, cutoff: datetime) -> None:
+        """Rebuild the destination-wide samples row (tool_key ``ALL_TOOLS``: every finished job,
+        Galaxy or not) when history was added or its oldest sample pruned: rank's typical job there."""
+        p = self._db.param
+        if not new_history and not self._fetch(
+            f'SELECT 1 FROM "tool_history" WHERE "destination_id" = {p} AND "tool_key" = {p} '
+            f'AND "oldest_end" < {p}',
+            [dest_id, ALL_TOOLS, self._dt_in(cutoff)],
+        ):
+            return
+        rows = self._fetch(
+            'SELECT "end_time", "id", "queue_s", "run_s" FROM "finished_job" '
+            f'WHERE "destination_id" = {p} ORDER BY "end_time" DESC, "id" DESC LIMIT {SAMPLES}',
+            [dest_id],
+        )
+        cursor = self._sql.cursor()
+        if not rows:
+            cursor.execute(
+                f'DELETE FROM "tool_history" WHERE "destination_id" = {p} AND "tool_key" = {p}',
+                (dest_id, ALL_TOOLS),
+            )
+            return
+        ends = [_naive_db(r[0]) or _EPOCH for r in rows]
+        blob = pack((end_seconds(e), float(r[1]), r[2], r[3]) for e, r in zip(ends, rows, strict=True))
+        cursor.execute(
+            'INSERT INTO "tool_history" ("destination_id", "tool_key", "oldest_end", "samples") '
+            f'VALUES ({p}, {p}, {p}, {p}) ON CONFLICT ("tool_key", "destination_id") DO UPDATE SET '
+            '"oldest_end" = excluded."oldest_end", "samples" = excluded."samples"',
+            (dest_id, ALL_TOOLS, self._dt_in(ends[-1]), blob),
+        )
 
     def _prune(self, dest_id: str, cutoff: datetime) -> None:
         F, R = models.FinishedJob, models.CollectRun
@@ -898,6 +932,29 @@ class Store:
                 median_queue_s=statistics.median(queues) if queues else None,
                 median_run_s=statistics.median(runs) if runs else None,
             )
+        return out
+
+    def typical_run_s(self, dest_ids: Sequence[str]) -> dict[str, float]:
+        """Median run time of the newest finished jobs (any tool, Galaxy or not) per destination:
+        how fast the work queued there drains. Destinations without such history are left out.
+        One indexed query over one samples row per destination."""
+        wanted = list(dict.fromkeys(dest_ids))
+        if not wanted:
+            return {}
+        p = self._db.param
+        sql = f'SELECT "destination_id", "samples" FROM "tool_history" WHERE "tool_key" = {p}'
+        params: list[Any] = [ALL_TOOLS]
+        if 2 * len(wanted) < self._destination_count():
+            where, ids = self._in_ids('"destination_id"', wanted)
+            sql += f" AND {where}"
+            params += ids
+        wanted_set = set(wanted)
+        out: dict[str, float] = {}
+        for dest, blob in self._fetch(sql, params):
+            if dest in wanted_set:
+                runs = [x for x in unpack(blob)[3::4] if x == x]  # NaN: unknown
+                if runs:
+                    out[dest] = statistics.median(runs)
         return out
 
     def _destination_count(self) -> int:
