@@ -26,6 +26,8 @@ from metasched.rank.geo import haversine_km, transfer_s
 
 MB_PER_GB = 1024.0  # job memory is in GB (TPV, Galaxy), stores report MB (MiB): converted once, at parse time
 TPV_EXPONENT_CAP = 50.0  # keeps exp() finite for absurd tpv_score values
+DOWN_STATUSES = frozenset({"offline", "drained", "disabled", "maintenance", "down"})
+UP_STATUSES = frozenset({"online", "up", "ok"})
 MAX_SECONDS = 1e12  # ~30,000 years: any component beyond this is "never", kept finite for JSON
 
 
@@ -176,6 +178,21 @@ def fmt_num(x: float) -> str:
     return f"{x:g}" if x != int(x) else str(int(x))
 
 
+def normal_status(raw: str) -> str:
+    """Case-insensitive, without the literal quotes some InfluxDB sources keep in string fields."""
+    return raw.strip().strip("\"'").strip().lower()
+
+
+def status_note(raw: str | None) -> str | None:
+    """A reason for a status that is neither a known up nor a known down one (still feasible)."""
+    if raw is None:
+        return None
+    status = normal_status(raw)
+    if status in UP_STATUSES or status in DOWN_STATUSES:
+        return None
+    return f"unknown status {raw.strip()!r}: treated as up"
+
+
 def infeasibility(job: JobSpec, cand: Candidate) -> list[str]:
     """Why this destination cannot run the job at all (empty: it can)."""
     out: list[str] = []
@@ -189,8 +206,10 @@ def infeasibility(job: JobSpec, cand: Candidate) -> list[str]:
         out.append(f"needs {fmt_num(job.gpus)} GPUs > max_accepted_gpus {fmt_num(cand.max_gpus)}")
     if obs.disabled is not None:
         out.append(f"disabled: {obs.disabled}")
-    if obs.status is not None and obs.status.strip().strip('"').lower() == "offline":
-        out.append("status offline")
+    if obs.status is not None:
+        status = normal_status(obs.status)
+        if status in DOWN_STATUSES:
+            out.append(f"status {status}")
     if obs.usable is False:
         out.append("no usable node (all down or drained)")
         return out
@@ -414,7 +433,10 @@ def rank_candidates(
         total = stage_s + queue_s + run_s
         exponent = max(-TPV_EXPONENT_CAP, min(TPV_EXPONENT_CAP, w.tpv_weight * cand.tpv_score))
         score = total * math.exp(-exponent)
+        note = status_note(cand.observed.status)
         reasons = (*why_not, *cand.observed.reasons, *stage_why, *queue_why, run_why)
+        if note is not None:
+            reasons = (note, *reasons)
         ranked = Ranked(
             id=cand.id,
             index=cand.index,
