@@ -61,6 +61,7 @@ _DT_FIELD = models.Job.submit_time  # any DateTimeField: its python_value parses
 
 T = TypeVar("T")
 ALL_TOOLS = ""  # tool_history key of a destination's samples over every tool (no Galaxy tool has it)
+ALL_TOOLS_SAMPLES = 50  # newest jobs behind a destination's typical run time: cheap for rank to read
 
 
 @dataclass(frozen=True, slots=True)
@@ -785,7 +786,7 @@ class Store:
             return
         rows = self._fetch(
             'SELECT "end_time", "id", "queue_s", "run_s" FROM "finished_job" '
-            f'WHERE "destination_id" = {p} ORDER BY "end_time" DESC, "id" DESC LIMIT {SAMPLES}',
+            f'WHERE "destination_id" = {p} ORDER BY "end_time" DESC, "id" DESC LIMIT {ALL_TOOLS_SAMPLES}',
             [dest_id],
         )
         cursor = self._sql.cursor()
