@@ -268,6 +268,9 @@ def staging(
         if group.object_store_id is not None and group.object_store_id == cand.object_store_id:
             local += group.size_bytes
             continue
+        if loc is None:  # priced afterwards, neutrally, by ``neutral_staging``
+            moved += group.size_bytes
+            continue
         src = objectstores.get(group.object_store_id) if group.object_store_id is not None else None
         if src is None or loc is None:
             km = w.unknown_distance_km
@@ -281,15 +284,29 @@ def staging(
         moved += group.size_bytes
         seconds += transfer_s(group.size_bytes, km, w.bandwidth_mb_s, w.halving_km)
     reasons: list[str] = []
-    if moved:
+    if moved and loc is not None:
         reasons.append(f"stage {fmt_bytes(moved)} (farthest {far_km:,.0f} km): {seconds:,.0f} s")
     if local:
         reasons.append(f"{fmt_bytes(local)} already local (own or co-located object store)")
-    if assumed and loc is None:
-        reasons.append(f"no coordinates: assumed {w.unknown_distance_km:,.0f} km for staging")
-    elif assumed:
+    if assumed:
         reasons.append(f"{assumed} dataset(s) of unknown location: assumed {w.unknown_distance_km:,.0f} km")
     return seconds, moved, local, reasons
+
+
+def neutral_staging(moved: float, total_bytes: float, located: Sequence[float]) -> tuple[float, str]:
+    """Staging of a destination without coordinates: neither rewarded nor punished for it.
+
+    Its non-local bytes cost what staging costs at the median destination that has coordinates
+    (pro rata); if none has any, staging is not compared at all (0 s for every such destination).
+    """
+    if not located:
+        return 0.0, f"no coordinates (nor any candidate's): staging of {fmt_bytes(moved)} not compared, 0 s"
+    mid = statistics.median(located)
+    seconds = mid * moved / total_bytes if total_bytes > 0 else 0.0
+    return seconds, (
+        f"no coordinates: stage {fmt_bytes(moved)} at the median cost of the {len(located)} "
+        f"destination(s) with coordinates: {seconds:,.0f} s"
+    )
 
 
 def run_time(cand: Candidate, tool_median: float | None, w: Weights) -> tuple[float, str]:
@@ -419,10 +436,15 @@ def rank_candidates(
     groups = group_inputs(datasets)
     known = [r for r in (_known_run_s(c.observed, w) for c in candidates) if r is not None]
     tool_median = statistics.median(known) if known else None
+    stagings = [staging(groups, objectstores, cand, w) for cand in candidates]
+    located = [st[0] for cand, st in zip(candidates, stagings, strict=True) if cand.location is not None]
+    total_bytes = sum(g.size_bytes for g in groups)
     scored: list[tuple[bool, float, float, int, Ranked]] = []
-    for cand in candidates:
+    for cand, (stage_s, moved, local, stage_why) in zip(candidates, stagings, strict=True):
         why_not = infeasibility(job, cand)
-        stage_s, moved, local, stage_why = staging(groups, objectstores, cand, w)
+        if cand.location is None and moved > 0:
+            stage_s, neutral_why = neutral_staging(moved, total_bytes, located)
+            stage_why.insert(0, neutral_why)
         run_s, run_why = run_time(cand, tool_median, w)
         queue_s, queue_why = queue_time(job, cand.observed, w)
         stage_s, queue_s, run_s = (
