@@ -23,7 +23,7 @@ queue and run times from jobs that disappear, exactly as in production. The rank
 ``metasched.rank.rank`` called in process with a TPV-shaped request; the job goes to the first id of
 ``sorted_destinations``.
 
-    python bench/replay.py [--jobs 3000] [--seed 1] [--collect-every 60] [--json]
+    python bench/replay.py [--jobs 3000] [--seed 1] [--collect-every 60] [--weight NAME=VALUE] [--json]
 """
 
 from __future__ import annotations
@@ -533,9 +533,15 @@ class MetaschedPolicy:
     """Writes the simulator's state into a real Store, then asks ``metasched.rank.rank``."""
 
     def __init__(
-        self, scn: Scenario, dests: Mapping[str, Destination], db: Path, collect_every: float
+        self,
+        scn: Scenario,
+        dests: Mapping[str, Destination],
+        db: Path,
+        collect_every: float,
+        weights: Mapping[str, float] | None = None,
     ) -> None:
         self.scn = scn
+        self.weights = dict(weights or {})
         self.dests = dests
         self.store = Store.open(str(db))
         self.config = Config(path=None, database=None, ssh=SSHSettings(), destinations=())
@@ -587,6 +593,7 @@ class MetaschedPolicy:
             ],
             "datasets": {ds: {"object_store_id": store, "size": size} for ds, store, size in job.datasets},
             "objectstores": self.objectstores,
+            **({"options": {"weights": self.weights}} if self.weights else {}),
         }
 
     def __call__(self, d: Decision) -> str:
@@ -688,7 +695,9 @@ def shares(r: Result, sites: Sequence[Site]) -> str:
     return ", ".join(f"{k} {v}" for k, v in count.items())
 
 
-def run_all(n_jobs: int, seed: int, collect_every: float, workdir: Path) -> tuple[list[Result], float]:
+def run_all(
+    n_jobs: int, seed: int, collect_every: float, workdir: Path, weights: Mapping[str, float] | None = None
+) -> tuple[list[Result], float]:
     scn = BUILTIN
     workload, horizon = make_workload(scn, n_jobs, seed)
     results = [
@@ -697,7 +706,7 @@ def run_all(n_jobs: int, seed: int, collect_every: float, workdir: Path) -> tupl
         replay(
             scn,
             workload,
-            lambda dests: MetaschedPolicy(scn, dests, workdir / "replay.sqlite", collect_every),
+            lambda dests: MetaschedPolicy(scn, dests, workdir / "replay.sqlite", collect_every, weights),
             "metasched",
             collect_every,
         ),
@@ -713,10 +722,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--collect-every", type=float, default=60.0, help="simulated seconds between metasched collects"
     )
+    ap.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a rank weight sent as the request's options.weights (repeatable), e.g. tpv_weight=0.02",
+    )
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
+    weights: dict[str, float] = {}
+    for item in args.weight:
+        name, eq, value = item.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            ap.error(f"--weight {item}: expected NAME=NUMBER")
+        if not eq:
+            ap.error(f"--weight {item}: expected NAME=NUMBER")
     with tempfile.TemporaryDirectory(prefix="metasched-replay-") as tmp:
-        results, horizon = run_all(args.jobs, args.seed, args.collect_every, Path(tmp))
+        results, horizon = run_all(args.jobs, args.seed, args.collect_every, Path(tmp), weights)
     rows = [summarize(r) for r in results]
     by = {str(r["policy"]): r for r in rows}
     ms = float(by["metasched"]["mean_s"])
@@ -732,6 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{args.jobs} Galaxy jobs over {horizon / 3600:.1f} simulated hours, seed {args.seed}, "
         f"collect every {args.collect_every:g} s; turnaround = staging + queue + run (seconds)"
+        + (f"; weights {weights}" if weights else "")
     )
     print(table(rows))
     print("mean turnaround ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
