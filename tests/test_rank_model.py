@@ -56,7 +56,17 @@ def test_tpv_score_is_a_relative_discount() -> None:
     out = rank_candidates(JobSpec("t"), [], {}, cands, w)
     assert [r.id for r in out.ranked] == ["b", "a"]
     b = out.ranked[0]
-    assert b.score == pytest.approx(b.total_s * math.exp(-0.3))
+    assert b.score == pytest.approx(b.total_s * (1 - 0.1 * math.tanh(0.3)))
+
+
+def test_tpv_score_never_beats_a_clearly_faster_destination() -> None:
+    """A typical top TPV score (require/prefer products, ~10-12) moves a turnaround by < 10 %."""
+    w = Weights()
+    slow = Candidate(id="slow", index=0, tpv_score=12, observed=Observed(metric_run_s=1300.0))
+    fast = Candidate(id="fast", index=1, tpv_score=0, observed=Observed(metric_run_s=1000.0))
+    out = rank_candidates(JobSpec("t"), [], {}, [slow, fast], w)
+    assert [r.id for r in out.ranked] == ["fast", "slow"]
+    assert out.ranked[1].score >= 0.9 * out.ranked[1].total_s
 
 
 def test_huge_tpv_score_stays_finite() -> None:

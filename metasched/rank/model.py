@@ -4,7 +4,7 @@ Every factor is expressed in seconds of the job's expected turnaround at a desti
 factors add up without arbitrary weights between unlike units::
 
     total_s = staging_s + queue_s + run_s
-    score   = total_s * exp(-tpv_weight * tpv_score)
+    score   = total_s * (1 - tpv_max_discount * tanh(tpv_weight * tpv_score))
 
 The formulas, defaults and a worked example are in docs/rank.md.
 
@@ -25,7 +25,6 @@ from metasched.errors import InputError
 from metasched.rank.geo import haversine_km, transfer_s
 
 MB_PER_GB = 1024.0  # job memory is in GB (TPV, Galaxy), stores report MB (MiB): converted once, at parse time
-TPV_EXPONENT_CAP = 50.0  # keeps exp() finite for absurd tpv_score values
 DOWN_STATUSES = frozenset({"offline", "drained", "disabled", "maintenance", "down"})
 UP_STATUSES = frozenset({"online", "up", "ok"})
 MAX_SECONDS = 1e12  # ~30,000 years: any component beyond this is "never", kept finite for JSON
@@ -46,13 +45,14 @@ class Weights:
     queued_job_cores: float = 1.0  # cores assumed per queued job when only job counts are known
     queued_job_s: float = 1800.0  # run time of the jobs ahead when the destination has no history
     min_history: float = 3.0  # own finished jobs needed before they beat InfluxDB medians
-    tpv_weight: float = 0.1  # relative discount per TPV score point (0.1: ~10 % per point)
+    tpv_weight: float = 0.1  # TPV score points scale: tanh(0.1 x score), ~1 % off per point near 0
+    tpv_max_discount: float = 0.1  # TPV's tags never move a turnaround by more than 10 %: a near-tie breaker
 
 
 DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType({k: float(v) for k, v in asdict(Weights()).items()})
 
 _POSITIVE = frozenset({"bandwidth_mb_s", "halving_km"})
-_FRACTION = frozenset({"history_weight"})
+_FRACTION = frozenset({"history_weight", "tpv_max_discount"})
 
 
 def make_weights(*layers: tuple[str, Mapping[str, object]]) -> Weights:
@@ -453,8 +453,7 @@ def rank_candidates(
             min(run_s, MAX_SECONDS),
         )
         total = stage_s + queue_s + run_s
-        exponent = max(-TPV_EXPONENT_CAP, min(TPV_EXPONENT_CAP, w.tpv_weight * cand.tpv_score))
-        score = total * math.exp(-exponent)
+        score = total * (1.0 - w.tpv_max_discount * math.tanh(w.tpv_weight * cand.tpv_score))
         note = status_note(cand.observed.status)
         reasons = (*why_not, *cand.observed.reasons, *stage_why, *queue_why, run_why)
         if note is not None:
