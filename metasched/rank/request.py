@@ -52,6 +52,9 @@ class InlineMetrics:
     status: str | None = None
 
 
+NO_METRICS = InlineMetrics()  # immutable; shared by every destination without inline metrics
+
+
 @dataclass(frozen=True, slots=True)
 class DestinationRequest:
     id: str
@@ -62,7 +65,7 @@ class DestinationRequest:
     max_gpus: float | None = None
     location: Location | None = None
     object_store_id: str | None = None
-    metrics: InlineMetrics = field(default_factory=InlineMetrics)
+    metrics: InlineMetrics = NO_METRICS
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +254,7 @@ def _destination(value: object, index: int, path: str) -> DestinationRequest:
         store = _opt_str(context, "object_store_id", f"{path}.context")
     max_mem_gb = _opt_number(obj, "max_accepted_mem", path)
     raw_metrics = obj.get("metrics")
-    metrics = InlineMetrics() if raw_metrics is None else _metrics(raw_metrics, f"{path}.metrics")
+    metrics = NO_METRICS if raw_metrics is None else _metrics(raw_metrics, f"{path}.metrics")
     queued = _opt_number(obj, "queued_job_count", path)
     running = _opt_number(obj, "running_job_count", path)
     if metrics.queued is None and queued is not None:

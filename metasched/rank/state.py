@@ -13,10 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from metasched.rank.model import MB_PER_GB, Observed
-from metasched.rank.request import DestinationRequest
+from metasched.rank.request import NO_METRICS, DestinationRequest
 
 if TYPE_CHECKING:
     from metasched.config import DestinationConfig
@@ -38,6 +39,28 @@ STATE_METRICS = frozenset(
     | {"status"}
 )
 HISTORY_METRICS = frozenset({"median_queue_s", "median_run_s"})
+# TPV gives rank 2 s: a store locked by a writer (or a slow database) must not take them all.
+RANK_BUSY_TIMEOUT_S = 0.5
+_UNKNOWN: Mapping[str, None] = MappingProxyType(
+    dict.fromkeys(
+        (
+            "free_cores",
+            "free_mem_mb",
+            "free_gpus",
+            "total_cores",
+            "total_mem_mb",
+            "total_gpus",
+            "max_node_cores",
+            "max_node_mem_mb",
+            "max_node_gpus",
+            "queued_jobs",
+            "queued_cores",
+            "running_jobs",
+            "running_cores",
+        )
+    )
+)
+_METRIC_TO_VAL: Mapping[str, str] = MappingProxyType({"queued": "queued_jobs", "running": "running_jobs"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +99,7 @@ def open_existing_store(url: str) -> tuple[Store | None, str | None]:
     from metasched.store import Store
 
     try:
-        return Store.open(url), None
+        return Store.open(url, readonly=True, busy_timeout=RANK_BUSY_TIMEOUT_S, connect_timeout=1), None
     except Exception as exc:  # any driver error: rank degrades, it never fails a job over state
         log.debug("opening the store failed", exc_info=True)
         return None, f"state store unreadable ({type(exc).__name__}: {exc}): ranking from the request"
@@ -141,29 +164,13 @@ def observe(
 ) -> tuple[Observed, bool, bool]:
     """Merge every source into one ``Observed``; also (state was stale, metrics were stale) for warnings."""
     reasons: list[str] = []
-    vals: dict[str, float | None] = dict.fromkeys(
-        (
-            "free_cores",
-            "free_mem_mb",
-            "free_gpus",
-            "total_cores",
-            "total_mem_mb",
-            "total_gpus",
-            "max_node_cores",
-            "max_node_mem_mb",
-            "max_node_gpus",
-            "queued_jobs",
-            "queued_cores",
-            "running_jobs",
-            "running_cores",
-        )
-    )
     usable: bool | None = None
     disabled: str | None = None
     state_stale = False
 
     if configured is not None and not configured.enabled:
         disabled = "disabled in the config"
+    vals: dict[str, float | None]
     if summary is not None:
         if summary.disabled_reason is not None and (
             summary.disabled_until is None or summary.disabled_until > now
@@ -174,26 +181,32 @@ def observe(
         if age is None:
             last = f" (last error: {summary.error})" if summary.error else ""
             reasons.append(f"never collected successfully{last}")
+            vals = dict(_UNKNOWN)
         elif age > max_state_age:
             state_stale = True
             reasons.append(f"collected state is stale ({age:,.0f} s old > {max_state_age:,.0f} s): unknown")
+            vals = dict(_UNKNOWN)
         else:
-            if summary.nodes_total > 0:
-                usable = summary.nodes_unavailable < summary.nodes_total
-                vals["total_cores"] = float(summary.cores_total)
-                vals["total_mem_mb"] = _positive(float(summary.mem_total_mb))
-                vals["total_gpus"] = float(summary.gpus_total)
+            # One dict literal per destination: this runs for every destination of every request.
+            nodes = summary.nodes_total > 0
+            vals = {
+                "free_cores": float(summary.cores_free),
+                "free_mem_mb": float(summary.mem_free_mb),
+                "free_gpus": float(summary.gpus_free),
+                "total_cores": float(summary.cores_total) if nodes else None,
+                "total_mem_mb": _positive(float(summary.mem_total_mb)) if nodes else None,
+                "total_gpus": float(summary.gpus_total) if nodes else None,
                 # None (no node available, or collected before schema v3) and 0 (not reported) say nothing.
-                vals["max_node_cores"] = _positive_opt(summary.max_node_cores)
-                vals["max_node_mem_mb"] = _positive_opt(summary.max_node_mem_mb)
-                vals["max_node_gpus"] = _positive_opt(summary.max_node_gpus)
-            vals["free_cores"] = float(summary.cores_free)
-            vals["free_mem_mb"] = float(summary.mem_free_mb)
-            vals["free_gpus"] = float(summary.gpus_free)
-            vals["queued_jobs"] = float(summary.jobs_queued)
-            vals["queued_cores"] = float(summary.queued_cores)
-            vals["running_jobs"] = float(summary.jobs_running)
-            vals["running_cores"] = float(summary.running_cores)
+                "max_node_cores": _positive_opt(summary.max_node_cores) if nodes else None,
+                "max_node_mem_mb": _positive_opt(summary.max_node_mem_mb) if nodes else None,
+                "max_node_gpus": _positive_opt(summary.max_node_gpus) if nodes else None,
+                "queued_jobs": float(summary.jobs_queued),
+                "queued_cores": float(summary.queued_cores),
+                "running_jobs": float(summary.jobs_running),
+                "running_cores": float(summary.running_cores),
+            }
+            if nodes:
+                usable = summary.nodes_unavailable < summary.nodes_total
             failed = "; last collect failed" if not summary.reachable else ""
             reasons.append(
                 f"collected {age:,.0f} s ago{failed}: {summary.cores_free}/{summary.cores_total} cores, "
@@ -203,14 +216,14 @@ def observe(
             )
     else:
         reasons.append("no collected state")
+        vals = dict(_UNKNOWN)
 
     status: str | None = None
     metric_queue: float | None = None
     metric_run: float | None = None
     metrics_stale: list[str] = []
     used: list[str] = []
-    metric_to_val = {"queued": "queued_jobs", "running": "running_jobs"}
-    for name, row in _latest(metric_rows, tool_id).items():
+    for name, row in _latest(metric_rows, tool_id).items() if metric_rows else ():
         if name in HISTORY_METRICS:
             if row.value is not None and row.value >= 0:
                 if name == "median_queue_s":
@@ -227,7 +240,7 @@ def observe(
         if name == "status":
             status = row.text
             continue
-        key = metric_to_val.get(name, name)
+        key = _METRIC_TO_VAL.get(name, name)
         if vals.get(key) is None and row.value is not None and row.value >= 0:
             vals[key] = row.value
             used.append(name)
@@ -239,31 +252,32 @@ def observe(
         reasons.append(f"from metrics: {', '.join(sorted(used))}")
 
     inline = dest.metrics
-    overrides = {
-        "queued_jobs": inline.queued,
-        "running_jobs": inline.running,
-        "free_cores": inline.free_cores,
-        "free_mem_mb": inline.free_mem_mb,
-        "free_gpus": inline.free_gpus,
-        "total_cores": inline.total_cores,
-        "total_mem_mb": inline.total_mem_mb,
-        "total_gpus": inline.total_gpus,
-    }
-    given = [k for k, v in overrides.items() if v is not None]
-    for key in given:
-        vals[key] = overrides[key]
-    if inline.queued is not None:
-        vals["queued_cores"] = None  # the request's count is newer than the stored cores behind it
-    if inline.running is not None:
-        vals["running_cores"] = None
-    if given:
-        reasons.append(f"from request: {', '.join(given)}")
-    if inline.status is not None:
-        status = inline.status
-    if inline.median_queue_s is not None:
-        metric_queue = inline.median_queue_s
-    if inline.median_run_s is not None:
-        metric_run = inline.median_run_s
+    if inline is not NO_METRICS:  # the shared empty one: most destinations carry no inline metrics
+        overrides = {
+            "queued_jobs": inline.queued,
+            "running_jobs": inline.running,
+            "free_cores": inline.free_cores,
+            "free_mem_mb": inline.free_mem_mb,
+            "free_gpus": inline.free_gpus,
+            "total_cores": inline.total_cores,
+            "total_mem_mb": inline.total_mem_mb,
+            "total_gpus": inline.total_gpus,
+        }
+        given = [k for k, v in overrides.items() if v is not None]
+        for key in given:
+            vals[key] = overrides[key]
+        if inline.queued is not None:
+            vals["queued_cores"] = None  # the request's count is newer than the stored cores behind it
+        if inline.running is not None:
+            vals["running_cores"] = None
+        if given:
+            reasons.append(f"from request: {', '.join(given)}")
+        if inline.status is not None:
+            status = inline.status
+        if inline.median_queue_s is not None:
+            metric_queue = inline.median_queue_s
+        if inline.median_run_s is not None:
+            metric_run = inline.median_run_s
 
     observed = Observed(
         free_cores=vals["free_cores"],
