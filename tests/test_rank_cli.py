@@ -242,6 +242,48 @@ def test_locked_and_corrupt_databases_degrade(env: dict[str, str], tmp_path: Pat
     assert any("state store unreadable" in w for w in result["warnings"])
 
 
+def test_exclusively_locked_database_does_not_hold_rank(env: dict[str, str], tmp_path: Path) -> None:
+    """A writer holding an exclusive lock (another process: rank runs in a subprocess) costs rank
+    its short busy timeout, not the writers' 10 s: TPV gives rank 2 s. The subprocess timeout below
+    only turns the old 10 s hang into a failure; no wall time is asserted."""
+    db = tmp_path / "state.db"
+    build_store(db, {"destinations": {"a": {"nodes": [{"cores": 4, "mem_gb": 8}]}}}, now=datetime.now(UTC))
+    request = json.dumps({"job": {"tool_id": "t"}, "destinations": [{"id": "b"}, {"id": "a"}]}).encode()
+    writer = sqlite3.connect(db, isolation_level=None)
+    try:
+        writer.execute("PRAGMA locking_mode=EXCLUSIVE")
+        writer.execute("BEGIN EXCLUSIVE")
+        writer.execute("UPDATE destination SET cores_free = 0 WHERE id = 'a'")
+        proc = subprocess.run(
+            [*metasched_cmd(), "rank", "--database", str(db)],
+            input=request,
+            capture_output=True,
+            env=env,
+            timeout=5,
+            check=False,
+        )
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    result = ok_json(proc)
+    assert result["sorted_destinations"] == ["b", "a"]  # from the request alone
+    assert any("database is locked" in w for w in result["warnings"]), result["warnings"]
+
+
+def test_older_schema_is_not_migrated_by_rank(env: dict[str, str], tmp_path: Path) -> None:
+    """rank opens the store read-only: an older schema is a warning, and stays for collect to migrate."""
+    db = tmp_path / "state.db"
+    build_store(db, {"destinations": {"a": {"nodes": [{"cores": 4, "mem_gb": 8}]}}}, now=datetime.now(UTC))
+    with sqlite3.connect(db) as lite:
+        lite.execute("UPDATE setting SET value = '3' WHERE key = 'schema_version'")
+    request = json.dumps({"job": {"tool_id": "t"}, "destinations": [{"id": "b"}, {"id": "a"}]}).encode()
+    result = ok_json(run(["--database", str(db)], env, stdin=request))
+    assert result["sorted_destinations"] == ["b", "a"]
+    assert any("schema version 3" in w and "read-only" in w for w in result["warnings"]), result["warnings"]
+    with sqlite3.connect(db) as lite:
+        assert lite.execute("SELECT value FROM setting WHERE key = 'schema_version'").fetchone() == ("3",)
+
+
 def test_fast_path_matches_typer_path(env: dict[str, str]) -> None:
     """main() runs rank without Typer's coercion; the Typer command must answer the same."""
     from typer.testing import CliRunner

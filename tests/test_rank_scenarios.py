@@ -221,5 +221,22 @@ def test_scenario(path: Path, tmp_path: Path, store_url: str) -> None:
     check_expectations(sc, result)
 
 
+def test_rank_reads_the_store_read_only(tmp_path: Path, store_url: str) -> None:
+    """rank's own way of opening the store (short timeouts, read-only) answers on both backends and
+    cannot write."""
+    from metasched.rank import rank
+    from metasched.rank.state import open_existing_store
+
+    path = SCENARIO_DIR / "queue_ahead_of_free.yml"
+    sc = load_scenario(path)
+    build_store(store_url, sc["state"])
+    store, warning = open_existing_store(store_url)
+    assert store is not None, warning
+    with store:
+        check_expectations(sc, rank(sc["request"], scenario_config(None), store, NOW))
+        with pytest.raises(Exception, match=r"(?i)read.only|readonly"):
+            store.set_setting("x", "y")
+
+
 def _dests(request: dict[str, Any]) -> list[dict[str, Any]]:
     return list(request.get("destinations") or request.get("current_dest_info") or [])

@@ -297,6 +297,7 @@ class Store:
         self._url = display_url  # password removed: safe in error messages
         self._pg = isinstance(db, PostgresqlDatabase)
         self._sql: Any = db  # for the driver-level calls peewee leaves untyped (cursor, execute)
+        self._readonly = False
         self._write_lock: AbstractContextManager[Any] = nullcontext() if self._pg else threading.RLock()
         # What a failed write raises: peewee's own errors and the raw driver's (bulk paths use its cursor).
         self._db_errors: tuple[type[Exception], ...] = (PeeweeException, sqlite3.Error)
@@ -309,16 +310,27 @@ class Store:
     # -- opening ----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str) -> Self:
+    def open(
+        cls, url: str, *, readonly: bool = False, busy_timeout: float | None = None, connect_timeout: int = 10
+    ) -> Self:
         """``url``: a path, ``sqlite:///relative/path``, ``sqlite:////absolute/path`` or
         ``postgresql://user[:password]@host[:port]/db[?libpq options]``.
 
         Creates the schema on first use and migrates an older one. Raises ConfigError naming
         ``database`` when the URL is unusable, the database cannot be opened, or its schema is newer
         than this metasched.
+
+        ``readonly`` (rank, which must answer within TPV's timeout): never create, migrate or write
+        (a missing or older schema is a ConfigError), SQLite ``query_only``, PostgreSQL read-only
+        transactions with a statement timeout of ``busy_timeout``. ``busy_timeout`` (seconds): how
+        long to wait for a lock (default ``BUSY_TIMEOUT_S`` for SQLite, none for PostgreSQL);
+        ``connect_timeout``: PostgreSQL connection timeout in seconds (libpq waits at least 2).
         """
-        db, shown = _make_database(url)
+        db, shown = _make_database(
+            url, readonly=readonly, busy_timeout=busy_timeout, connect_timeout=connect_timeout
+        )
         store = cls(db, shown)
+        store._readonly = readonly
         try:
             store._prepare()
         except BaseException as exc:
@@ -357,6 +369,14 @@ class Store:
         if version == SCHEMA_VERSION:  # the fast path rank takes on every call
             return
         self._refuse_newer(version)
+        if self._readonly:
+            found = "no metasched schema" if version is None else f"schema version {version}"
+            raise ConfigError(
+                [
+                    f"database: {self._url} has {found}, not {SCHEMA_VERSION}, and is opened read-only "
+                    "(metasched collect creates or migrates it)"
+                ]
+            )
         from metasched.store.migrations import (
             postgres_extras,
             upgrade,
@@ -1136,20 +1156,22 @@ class Store:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _make_database(url: str) -> tuple[Database, str]:
+def _make_database(
+    url: str, *, readonly: bool = False, busy_timeout: float | None = None, connect_timeout: int = 10
+) -> tuple[Database, str]:
     """A peewee database for ``url`` plus a password-free form of it for messages."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return _sqlite(url), url
+        return _sqlite(url, readonly, busy_timeout), url
     scheme = scheme.lower()
     if scheme == "sqlite":
         if not rest.startswith("/") or len(rest) < 2:
             raise ConfigError(
                 [f"database: {url!r}: use sqlite:///relative/path, sqlite:////absolute/path or a plain path"]
             )
-        return _sqlite(rest[1:]), url
+        return _sqlite(rest[1:], readonly, busy_timeout), url
     if scheme in ("postgresql", "postgres"):
-        return _postgres(url)
+        return _postgres(url, readonly, busy_timeout, connect_timeout)
     raise ConfigError(
         [
             f"database: unsupported URL scheme {scheme!r} (use a path, sqlite:///path or postgresql://user@host/db)"
@@ -1157,8 +1179,13 @@ def _make_database(url: str) -> tuple[Database, str]:
     )
 
 
-def _sqlite(path: str) -> SqliteDatabase:
+def _sqlite(path: str, readonly: bool = False, busy_timeout: float | None = None) -> SqliteDatabase:
     file = Path(path).expanduser()
+    timeout = BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout
+    if readonly:  # no journal_mode change (it needs a write lock) and no writes at all
+        return SqliteDatabase(
+            str(file), timeout=timeout, pragmas={"busy_timeout": int(timeout * 1000), "query_only": 1}
+        )
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -1167,17 +1194,19 @@ def _sqlite(path: str) -> SqliteDatabase:
         ) from exc
     return SqliteDatabase(
         str(file),
-        timeout=BUSY_TIMEOUT_S,
+        timeout=timeout,
         pragmas={
             "journal_mode": "wal",
-            "busy_timeout": int(BUSY_TIMEOUT_S * 1000),
+            "busy_timeout": int(timeout * 1000),
             "foreign_keys": 1,
             "synchronous": "normal",
         },
     )
 
 
-def _postgres(url: str) -> tuple[PostgresqlDatabase, str]:
+def _postgres(
+    url: str, readonly: bool = False, busy_timeout: float | None = None, connect_timeout: int = 10
+) -> tuple[PostgresqlDatabase, str]:
     import importlib.util
 
     if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is None:
@@ -1201,7 +1230,16 @@ def _postgres(url: str) -> tuple[PostgresqlDatabase, str]:
     ):
         if value is not None:
             params.setdefault(key, value)
-    params.setdefault("connect_timeout", 10)
+    params.setdefault("connect_timeout", connect_timeout)
+    settings = []
+    if readonly:
+        settings.append("-c default_transaction_read_only=on")
+    if busy_timeout is not None:
+        settings.append(
+            f"-c lock_timeout={int(busy_timeout * 1000)} -c statement_timeout={int(busy_timeout * 1000)}"
+        )
+    if settings and "options" not in params:
+        params["options"] = " ".join(settings)
     return PostgresqlDatabase(dbname, **params), _redact(url)
 
 
