@@ -121,24 +121,34 @@ def _age_s(now: datetime, then: datetime | None) -> float | None:
 
 
 def _latest(rows: Sequence[MetricRow], tool_id: str) -> dict[str, MetricRow]:
-    """Newest row per metric name; a row for this tool beats a destination-wide one."""
-    best: dict[str, MetricRow] = {}
+    """Newest row per metric name; a row for this exact tool beats one for another version of it
+    (Tool Shed ids differ in their last segment), which beats a destination-wide one."""
+    if not rows:
+        return {}
+    from metasched.store.galaxy import versionless  # rows come from a store: it is imported already
+
+    best: dict[str, tuple[int, MetricRow]] = {}
+    base = versionless(tool_id)
     for row in rows:
-        if row.tool_id and row.tool_id != tool_id:
+        if not row.tool_id:
+            level = 0
+        elif row.tool_id == tool_id:
+            level = 2
+        elif row.tool_id == base or (base != tool_id and versionless(row.tool_id) == base):
+            level = 1
+        else:
             continue
         cur = best.get(row.name)
-        if cur is None:
-            best[row.name] = row
+        if cur is None or level > cur[0]:
+            best[row.name] = (level, row)
             continue
-        if bool(row.tool_id) != bool(cur.tool_id):
-            if row.tool_id:
-                best[row.name] = row
+        if level < cur[0]:
             continue
         row_t = row.observed_at or row.fetched_at
-        cur_t = cur.observed_at or cur.fetched_at
+        cur_t = cur[1].observed_at or cur[1].fetched_at
         if row_t is not None and (cur_t is None or row_t > cur_t):
-            best[row.name] = row
-    return best
+            best[row.name] = (level, row)
+    return {name: row for name, (_, row) in best.items()}
 
 
 def _positive(value: float) -> float | None:

@@ -44,7 +44,7 @@ from peewee import (
 from metasched.collect.types import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
 from metasched.errors import CollectError, ConfigError
 from metasched.store import models
-from metasched.store.galaxy import parse_galaxy_job_name, tool_key
+from metasched.store.galaxy import parse_galaxy_job_name, tool_key, versionless
 from metasched.store.models import SCHEMA_VERSION
 from metasched.store.samples import SAMPLES, end_seconds, pack, unpack
 
@@ -1108,19 +1108,31 @@ class Store:
             self._insert_many(M, _METRIC_COLUMNS, values)
 
     def metrics(self, dest_ids: Sequence[str], tool_id: str | None = None) -> list[MetricRow]:
-        """Cached metric rows for these destinations: per-destination rows plus this tool's rows."""
+        """Cached metric rows for these destinations: per-destination rows plus this tool's rows,
+        of any version of a Tool Shed tool (``tool_id`` with another last segment, or none)."""
         p = self._db.param
         tools = [""] if not tool_id else ["", tool_id]
+        base = versionless(tool_id) if tool_id else ""
+        if base != (tool_id or ""):
+            tools.append(base)
         where, params = self._in_ids('"destination_id"', list(dict.fromkeys(dest_ids)))
+        match = f'"tool_id" IN ({", ".join([p] * len(tools))})'
+        extra: list[Any] = []
+        if base != (tool_id or ""):
+            # Any version: base + "/" <= tool_id < base + "0" ("0" follows "/" in byte order).
+            column = '"tool_id" COLLATE "C"' if self._pg else '"tool_id"'
+            match = f"({match} OR ({column} >= {p} AND {column} < {p}))"
+            extra = [base + "/", base + "0"]
         sql = (
             'SELECT "source", "destination_id", "name", "value", "text", "tool_id", "observed_at", '
-            f'"fetched_at" FROM "metric" WHERE {where} AND "tool_id" IN ({", ".join([p] * len(tools))}) '
+            f'"fetched_at" FROM "metric" WHERE {where} AND {match} '
             'ORDER BY "source", "destination_id", "tool_id", "name"'
         )
         # Rows of one fetch share a few timestamps (one fetched_at per source): parse each once.
         dates: dict[Any, datetime | None] = {}
         out = []
-        for src, dest, name, value, text, tid, observed, fetched in self._fetch(sql, [*params, *tools]):
+        rows = self._fetch(sql, [*params, *tools, *extra])
+        for src, dest, name, value, text, tid, observed, fetched in rows:
             seen = dates.get(observed, _UNSET)
             if seen is _UNSET:
                 seen = dates[observed] = _aware_db(observed)

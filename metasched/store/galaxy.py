@@ -31,3 +31,13 @@ def tool_key(tool_id: str) -> str:
     parts = tool_id.split("/")
     short = parts[-2] if "/repos/" in tool_id and len(parts) >= 2 else tool_id
     return _UNSAFE.sub("_", short)
+
+
+def versionless(tool_id: str) -> str:
+    """A Tool Shed id without its version (``host/repos/owner/repo/tool/1.2`` ->
+    ``host/repos/owner/repo/tool``), so metrics of an older version still describe a new one;
+    other ids are returned unchanged."""
+    parts = tool_id.split("/")
+    if "repos" in parts[1:2] and len(parts) >= 6:
+        return "/".join(parts[:-1])
+    return tool_id
