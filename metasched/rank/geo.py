@@ -9,12 +9,25 @@ EARTH_RADIUS_KM = 6371.0088
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Great-circle distance in km between two points given in decimal degrees."""
-    p1 = math.radians(lat1)
-    p2 = math.radians(lat2)
-    dp = p2 - p1
-    dl = math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+    return distance_km(point(lat1, lon1), point(lat2, lon2))
+
+
+def point(lat: float, lon: float) -> tuple[float, float, float]:
+    """(latitude in radians, its cosine, longitude in degrees): what ``distance_km`` needs of a point.
+
+    Ranking measures every object store against every destination; preparing each point once
+    avoids recomputing the same radians and cosines for each pair.
+    """
+    p = math.radians(lat)
+    return p, math.cos(p), lon
+
+
+def distance_km(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    """Haversine distance in km between two prepared points (same arithmetic as ``haversine_km``)."""
+    dp = b[0] - a[0]
+    dl = math.radians(b[2] - a[2])
+    h = math.sin(dp / 2) ** 2 + a[1] * b[1] * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
 
 
 def bandwidth_bytes_s(distance_km: float, base_mb_s: float, halving_km: float) -> float:

@@ -19,10 +19,11 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from operator import itemgetter
 from types import MappingProxyType
 
 from metasched.errors import InputError
-from metasched.rank.geo import haversine_km, transfer_s
+from metasched.rank.geo import distance_km, point, transfer_s
 
 MB_PER_GB = 1024.0  # job memory is in GB (TPV, Galaxy), stores report MB (MiB): converted once, at parse time
 DOWN_STATUSES = frozenset({"offline", "drained", "disabled", "maintenance", "down"})
@@ -251,12 +252,20 @@ def group_inputs(datasets: Sequence[Dataset]) -> tuple[InputGroup, ...]:
     return tuple(InputGroup(k, v[0], int(v[1])) for k, v in sizes.items())
 
 
-def staging(
-    groups: Sequence[InputGroup],
-    objectstores: Mapping[str, Location],
-    cand: Candidate,
-    w: Weights,
-) -> tuple[float, float, float, list[str]]:
+# An input group with its object store's prepared location (None: unknown), once per request.
+Source = tuple[InputGroup, tuple[float, float, float] | None]
+
+
+def sources(groups: Sequence[InputGroup], objectstores: Mapping[str, Location]) -> list[Source]:
+    """Each group with its store's location prepared for ``distance_km`` (done once, not per destination)."""
+    out: list[Source] = []
+    for group in groups:
+        src = objectstores.get(group.object_store_id) if group.object_store_id is not None else None
+        out.append((group, None if src is None else point(src.latitude, src.longitude)))
+    return out
+
+
+def staging(srcs: Sequence[Source], cand: Candidate, w: Weights) -> tuple[float, float, float, list[str]]:
     """(seconds, bytes to move, bytes already local, reasons) to bring every input to ``cand``."""
     seconds = 0.0
     moved = 0.0
@@ -264,19 +273,20 @@ def staging(
     far_km = 0.0
     assumed = 0
     loc = cand.location
-    for group in groups:
-        if group.object_store_id is not None and group.object_store_id == cand.object_store_id:
+    here = None if loc is None else point(loc.latitude, loc.longitude)
+    own = cand.object_store_id
+    for group, src in srcs:
+        if group.object_store_id is not None and group.object_store_id == own:
             local += group.size_bytes
             continue
-        if loc is None:  # priced afterwards, neutrally, by ``neutral_staging``
+        if here is None:  # priced afterwards, neutrally, by ``neutral_staging``
             moved += group.size_bytes
             continue
-        src = objectstores.get(group.object_store_id) if group.object_store_id is not None else None
-        if src is None or loc is None:
+        if src is None:
             km = w.unknown_distance_km
             assumed += group.count
         else:
-            km = haversine_km(src.latitude, src.longitude, loc.latitude, loc.longitude)
+            km = distance_km(src, here)
             if km <= w.colocated_km:
                 local += group.size_bytes
                 continue
@@ -284,7 +294,7 @@ def staging(
         moved += group.size_bytes
         seconds += transfer_s(group.size_bytes, km, w.bandwidth_mb_s, w.halving_km)
     reasons: list[str] = []
-    if moved and loc is not None:
+    if moved and here is not None:
         reasons.append(f"stage {fmt_bytes(moved)} (farthest {far_km:,.0f} km): {seconds:,.0f} s")
     if local:
         reasons.append(f"{fmt_bytes(local)} already local (own or co-located object store)")
@@ -342,15 +352,15 @@ def state_wait(job: JobSpec, obs: Observed, w: Weights) -> tuple[float | None, s
     k-th of ``capacity`` cores frees after ``k * T / (capacity + 1)`` on average: half a typical run
     for the one core of a full one-core destination, ``queued work / capacity`` for a deep backlog.
     """
-    known = (obs.free_cores, obs.queued_cores, obs.queued_jobs, obs.free_mem_mb, obs.free_gpus)
-    if all(value is None for value in known):
+    if (
+        obs.free_cores is None
+        and obs.queued_cores is None
+        and obs.queued_jobs is None
+        and obs.free_mem_mb is None
+        and obs.free_gpus is None
+    ):
         return None, ""
     typical = obs.dest_run_s if obs.dest_run_s is not None else w.queued_job_s
-    t_why = (
-        f"typical job here {typical:,.0f} s"
-        if obs.dest_run_s is not None
-        else f"typical job {typical:,.0f} s (default)"
-    )
     queued = obs.queued_cores
     if queued is None and obs.queued_jobs is not None:
         queued = obs.queued_jobs * w.queued_job_cores
@@ -393,6 +403,11 @@ def state_wait(job: JobSpec, obs: Observed, w: Weights) -> tuple[float | None, s
         return w.dispatch_s, f"fits in free resources now, after the queued work ({where})"
     wait = max(waits)
     seconds = w.dispatch_s + max(wait, 0.0)
+    t_why = (
+        f"typical job here {typical:,.0f} s"
+        if obs.dest_run_s is not None
+        else f"typical job {typical:,.0f} s (default)"
+    )
     return seconds, f"waits for running work: {', '.join(shorts)} ({where}; {t_why})"
 
 
@@ -436,42 +451,47 @@ def rank_candidates(
     groups = group_inputs(datasets)
     known = [r for r in (_known_run_s(c.observed, w) for c in candidates) if r is not None]
     tool_median = statistics.median(known) if known else None
-    stagings = [staging(groups, objectstores, cand, w) for cand in candidates]
+    srcs = sources(groups, objectstores)
+    stagings = [staging(srcs, cand, w) for cand in candidates]
     located = [st[0] for cand, st in zip(candidates, stagings, strict=True) if cand.location is not None]
     total_bytes = sum(g.size_bytes for g in groups)
-    scored: list[tuple[bool, float, float, int, Ranked]] = []
+    scored: list[tuple[tuple[bool, float, float, int], Ranked]] = []
+    discount, tpv_weight, tanh = w.tpv_max_discount, w.tpv_weight, math.tanh
     for cand, (stage_s, moved, local, stage_why) in zip(candidates, stagings, strict=True):
+        obs = cand.observed
         why_not = infeasibility(job, cand)
         if cand.location is None and moved > 0:
             stage_s, neutral_why = neutral_staging(moved, total_bytes, located)
             stage_why.insert(0, neutral_why)
         run_s, run_why = run_time(cand, tool_median, w)
-        queue_s, queue_why = queue_time(job, cand.observed, w)
-        stage_s, queue_s, run_s = (
-            min(stage_s, MAX_SECONDS),
-            min(queue_s, MAX_SECONDS),
-            min(run_s, MAX_SECONDS),
-        )
+        queue_s, queue_why = queue_time(job, obs, w)
+        if stage_s > MAX_SECONDS:
+            stage_s = MAX_SECONDS
+        if queue_s > MAX_SECONDS:
+            queue_s = MAX_SECONDS
+        if run_s > MAX_SECONDS:
+            run_s = MAX_SECONDS
         total = stage_s + queue_s + run_s
-        score = total * (1.0 - w.tpv_max_discount * math.tanh(w.tpv_weight * cand.tpv_score))
-        note = status_note(cand.observed.status)
-        reasons = (*why_not, *cand.observed.reasons, *stage_why, *queue_why, run_why)
+        score = total * (1.0 - discount * tanh(tpv_weight * cand.tpv_score))
+        note = None if obs.status is None else status_note(obs.status)
+        reasons = (*why_not, *obs.reasons, *stage_why, *queue_why, run_why)
         if note is not None:
             reasons = (note, *reasons)
+        # Positional: keyword construction of a 12-field dataclass costs noticeably per destination.
         ranked = Ranked(
-            id=cand.id,
-            index=cand.index,
-            feasible=not why_not,
-            score=score,
-            staging_s=stage_s,
-            queue_s=queue_s,
-            run_s=run_s,
-            total_s=total,
-            tpv_score=cand.tpv_score,
-            staged_bytes=moved,
-            local_bytes=local,
-            reasons=reasons,
+            cand.id,
+            cand.index,
+            not why_not,
+            score,
+            stage_s,
+            queue_s,
+            run_s,
+            total,
+            cand.tpv_score,
+            moved,
+            local,
+            reasons,
         )
-        scored.append((bool(why_not), round(score, 6), -cand.tpv_score, cand.index, ranked))
-    scored.sort(key=lambda t: t[:4])
-    return Outcome(ranked=tuple(t[4] for t in scored), warnings=tuple(warnings))
+        scored.append(((bool(why_not), round(score, 6), -cand.tpv_score, cand.index), ranked))
+    scored.sort(key=itemgetter(0))
+    return Outcome(ranked=tuple(t[1] for t in scored), warnings=tuple(warnings))
