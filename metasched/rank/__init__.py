@@ -86,17 +86,17 @@ def rank_outcome(
         store_id = dest.object_store_id
         if store_id is None and conf is not None:
             store_id = conf.object_store
-        candidates.append(
+        candidates.append(  # positional (id, index, tpv_score, location, object_store_id, max_*): hot path
             Candidate(
-                id=dest.id,
-                index=dest.index,
-                tpv_score=dest.tpv_score,
-                location=location,
-                object_store_id=store_id,
-                max_cores=dest.max_cores,
-                max_mem_mb=dest.max_mem_mb,
-                max_gpus=dest.max_gpus,
-                observed=observed,
+                dest.id,
+                dest.index,
+                dest.tpv_score,
+                location,
+                store_id,
+                dest.max_cores,
+                dest.max_mem_mb,
+                dest.max_gpus,
+                observed,
             )
         )
     if stale_state:

@@ -23,7 +23,7 @@ from operator import itemgetter
 from types import MappingProxyType
 
 from metasched.errors import InputError
-from metasched.rank.geo import distance_km, point, transfer_s
+from metasched.rank.geo import distance_km, point
 
 MB_PER_GB = 1024.0  # job memory is in GB (TPV, Galaxy), stores report MB (MiB): converted once, at parse time
 DOWN_STATUSES = frozenset({"offline", "drained", "disabled", "maintenance", "down"})
@@ -275,6 +275,8 @@ def staging(srcs: Sequence[Source], cand: Candidate, w: Weights) -> tuple[float,
     loc = cand.location
     here = None if loc is None else point(loc.latitude, loc.longitude)
     own = cand.object_store_id
+    unknown_km, colocated_km, halving_km = w.unknown_distance_km, w.colocated_km, w.halving_km
+    bytes_s = w.bandwidth_mb_s * 1e6  # geo.transfer_s inlined, same arithmetic: this loop runs per pair
     for group, src in srcs:
         if group.object_store_id is not None and group.object_store_id == own:
             local += group.size_bytes
@@ -283,16 +285,17 @@ def staging(srcs: Sequence[Source], cand: Candidate, w: Weights) -> tuple[float,
             moved += group.size_bytes
             continue
         if src is None:
-            km = w.unknown_distance_km
+            km = unknown_km
             assumed += group.count
         else:
             km = distance_km(src, here)
-            if km <= w.colocated_km:
+            if km <= colocated_km:
                 local += group.size_bytes
                 continue
-        far_km = max(far_km, km)
+        if km > far_km:
+            far_km = km
         moved += group.size_bytes
-        seconds += transfer_s(group.size_bytes, km, w.bandwidth_mb_s, w.halving_km)
+        seconds += group.size_bytes / (bytes_s / (1.0 + (km if km > 0.0 else 0.0) / halving_km))
     reasons: list[str] = []
     if moved and here is not None:
         reasons.append(f"stage {fmt_bytes(moved)} (farthest {far_km:,.0f} km): {seconds:,.0f} s")

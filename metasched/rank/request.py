@@ -55,8 +55,14 @@ class InlineMetrics:
 NO_METRICS = InlineMetrics()  # immutable; shared by every destination without inline metrics
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DestinationRequest:
+    """One candidate as the request gives it; built once per destination per request, never changed.
+
+    Not ``frozen``: frozen dataclasses set every field through ``object.__setattr__``, a noticeable
+    share of parsing a request on serve's hot path.
+    """
+
     id: str
     index: int
     tpv_score: float = 0.0
@@ -243,34 +249,46 @@ def _metrics(value: object, path: str) -> InlineMetrics:
 
 def _destination(value: object, index: int, path: str) -> DestinationRequest:
     obj = _object(value, path)
-    dest_id = _ident(obj.get("id"), f"{path}.id")
-    context_raw = obj.get("context")
+    get = obj.get  # absent keys are the common case: look each up once, validate only what is there
+    dest_id = _ident(get("id"), f"{path}.id")
+    context_raw = get("context")
     context = {} if context_raw is None else _object(context_raw, f"{path}.context")
-    location = _location(obj, path)
+    location = None
+    if get("latitude") is not None or get("longitude") is not None:
+        location = _location(obj, path)
     if location is None and context:
         location = _location(context, f"{path}.context")
-    store = _opt_str(obj, "object_store_id", path)
+    store = None if get("object_store_id") is None else _opt_str(obj, "object_store_id", path)
     if store is None and context:
         store = _opt_str(context, "object_store_id", f"{path}.context")
-    max_mem_gb = _opt_number(obj, "max_accepted_mem", path)
-    raw_metrics = obj.get("metrics")
+    raw = get("max_accepted_mem")
+    max_mem_gb = None if raw is None else _number(raw, path, "max_accepted_mem")
+    raw_metrics = get("metrics")
     metrics = NO_METRICS if raw_metrics is None else _metrics(raw_metrics, f"{path}.metrics")
-    queued = _opt_number(obj, "queued_job_count", path)
-    running = _opt_number(obj, "running_job_count", path)
+    raw = get("queued_job_count")
+    queued = None if raw is None else _number(raw, path, "queued_job_count")
+    raw = get("running_job_count")
+    running = None if raw is None else _number(raw, path, "running_job_count")
     if metrics.queued is None and queued is not None:
         metrics = replace(metrics, queued=queued)
     if metrics.running is None and running is not None:
         metrics = replace(metrics, running=running)
+    raw = get("tpv_score")
+    tpv_score = 0.0 if raw is None else _number(raw, path, "tpv_score", minimum=None) or 0.0
+    raw = get("max_accepted_cores")
+    max_cores = None if raw is None else _number(raw, path, "max_accepted_cores")
+    raw = get("max_accepted_gpus")
+    max_gpus = None if raw is None else _number(raw, path, "max_accepted_gpus")
     return DestinationRequest(
-        id=dest_id,
-        index=index,
-        tpv_score=_opt_number(obj, "tpv_score", path, minimum=None) or 0.0,
-        max_cores=_opt_number(obj, "max_accepted_cores", path),
-        max_mem_mb=None if max_mem_gb is None else max_mem_gb * MB_PER_GB,
-        max_gpus=_opt_number(obj, "max_accepted_gpus", path),
-        location=location,
-        object_store_id=store,
-        metrics=metrics,
+        dest_id,
+        index,
+        tpv_score,
+        max_cores,
+        None if max_mem_gb is None else max_mem_gb * MB_PER_GB,
+        max_gpus,
+        location,
+        store,
+        metrics,
     )
 
 

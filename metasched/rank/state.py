@@ -289,29 +289,32 @@ def observe(
         if inline.median_run_s is not None:
             metric_run = inline.median_run_s
 
+    counted = history is not None and history.count
+    # Positional, in Observed's field order (named in the comments): keyword construction of its
+    # 23 fields costs three times as much, for every destination of every request.
     observed = Observed(
-        free_cores=vals["free_cores"],
-        free_mem_mb=vals["free_mem_mb"],
-        free_gpus=vals["free_gpus"],
-        total_cores=vals["total_cores"],
-        total_mem_mb=vals["total_mem_mb"],
-        total_gpus=vals["total_gpus"],
-        max_node_cores=vals["max_node_cores"],
-        max_node_mem_mb=vals["max_node_mem_mb"],
-        max_node_gpus=vals["max_node_gpus"],
-        queued_jobs=vals["queued_jobs"],
-        queued_cores=vals["queued_cores"],
-        running_jobs=vals["running_jobs"],
-        running_cores=vals["running_cores"],
-        usable=usable,
-        status=status,
-        disabled=disabled,
-        history_queue_s=history.median_queue_s if history is not None and history.count else None,
-        history_run_s=history.median_run_s if history is not None and history.count else None,
-        history_count=history.count if history is not None else 0,
-        dest_run_s=typical_run_s,
-        metric_queue_s=metric_queue,
-        metric_run_s=metric_run,
-        reasons=tuple(reasons),
+        vals["free_cores"],
+        vals["free_mem_mb"],
+        vals["free_gpus"],
+        vals["total_cores"],
+        vals["total_mem_mb"],
+        vals["total_gpus"],
+        vals["max_node_cores"],
+        vals["max_node_mem_mb"],
+        vals["max_node_gpus"],
+        vals["queued_jobs"],
+        vals["queued_cores"],
+        vals["running_jobs"],
+        vals["running_cores"],
+        usable,
+        status,
+        disabled,
+        history.median_queue_s if history is not None and counted else None,  # history_queue_s
+        history.median_run_s if history is not None and counted else None,  # history_run_s
+        history.count if history is not None else 0,  # history_count
+        typical_run_s,  # dest_run_s
+        metric_queue,  # metric_queue_s
+        metric_run,  # metric_run_s
+        tuple(reasons),
     )
     return observed, state_stale, bool(metrics_stale)
