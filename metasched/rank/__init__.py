@@ -64,19 +64,26 @@ def rank_outcome(
     stale_state = stale_metrics = 0
     candidates: list[Candidate] = []
     configured = {d.id: d for d in config.destinations}
+    summaries, tool_times, metrics, typical = (
+        state.summaries,
+        state.tool_times,
+        state.metrics,
+        state.typical_run_s,
+    )
+    tool_id = req.job.tool_id
     for dest in req.destinations:
         conf = configured.get(dest.id)
         observed, s_stale, m_stale = observe(
             dest,
-            state.summaries.get(dest.id),
-            state.tool_times.get(dest.id),
-            state.metrics.get(dest.id, ()),
+            summaries.get(dest.id),
+            tool_times.get(dest.id),
+            metrics.get(dest.id, ()),
             conf,
-            tool_id=req.job.tool_id,
+            tool_id=tool_id,
             now=now,
             max_state_age=max_state_age,
             max_metric_age=max_metric_age,
-            typical_run_s=state.typical_run_s.get(dest.id),
+            typical_run_s=typical.get(dest.id),
         )
         stale_state += s_stale
         stale_metrics += m_stale

@@ -182,10 +182,12 @@ def _opt_str(obj: Mapping[str, Any], key: str, path: str) -> str | None:
 
 
 def _location(obj: Mapping[str, Any], path: str) -> Location | None:
-    lat = _opt_number(obj, "latitude", path, minimum=-90.0)
-    lon = _opt_number(obj, "longitude", path, minimum=-180.0)
-    if lat is None and lon is None:
+    lat_raw = obj.get("latitude")
+    lon_raw = obj.get("longitude")
+    if lat_raw is None and lon_raw is None:
         return None
+    lat = None if lat_raw is None else _number(lat_raw, path, "latitude", minimum=-90.0)
+    lon = None if lon_raw is None else _number(lon_raw, path, "longitude", minimum=-180.0)
     if lat is None or lon is None:
         missing = "latitude" if lat is None else "longitude"
         raise InputError(f"{path}.{missing}: missing (both latitude and longitude are needed)")
@@ -253,9 +255,7 @@ def _destination(value: object, index: int, path: str) -> DestinationRequest:
     dest_id = _ident(get("id"), f"{path}.id")
     context_raw = get("context")
     context = {} if context_raw is None else _object(context_raw, f"{path}.context")
-    location = None
-    if get("latitude") is not None or get("longitude") is not None:
-        location = _location(obj, path)
+    location = _location(obj, path)
     if location is None and context:
         location = _location(context, f"{path}.context")
     store = None if get("object_store_id") is None else _opt_str(obj, "object_store_id", path)
