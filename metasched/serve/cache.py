@@ -31,7 +31,8 @@ class _ThreadCache(threading.local):
 
 
 class CachingStore(Store):
-    """``summaries``/``tool_times``/``metrics`` cached per thread, dropped when the database changed."""
+    """``summaries``/``tool_times``/``metrics``/``typical_run_s`` cached per thread, dropped when the
+    database changed."""
 
     def __init__(self, db: Database, display_url: str) -> None:
         super().__init__(db, display_url)
@@ -89,3 +90,11 @@ class CachingStore(Store):
             value = super().metrics(dest_ids, tool_id)
             self._keep(key, value)
         return list(value)
+
+    def typical_run_s(self, dest_ids: Sequence[str]) -> dict[str, float]:
+        key = ("typical_run_s", tuple(dest_ids))
+        hit, value = self._cached(key)
+        if not hit:
+            value = super().typical_run_s(dest_ids)
+            self._keep(key, value)
+        return dict(value)
