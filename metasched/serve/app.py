@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
@@ -344,17 +345,33 @@ def _version() -> str:
 def _rank(state: ServeState, body: bytes, *, full: bool) -> tuple[int, bytes]:
     """(status, JSON body) for a rank request; InputError is the client's fault (422), nothing else is."""
     from metasched.rank import rank
-    from metasched.rank.request import decode_request
 
     try:
-        result = rank(decode_request(body), state.config, state.store, datetime.now(UTC))
+        result = rank(_decode(body), state.config, state.store, datetime.now(UTC))
     except InputError as exc:
         return 422, json.dumps({"detail": str(exc)}).encode()
     except ConfigError as exc:
         log.error("rank: configuration problem: %s", exc)
         return 500, json.dumps({"detail": f"configuration problem: {exc}"}).encode()
     answer = result if full else {"sorted_destinations": result["sorted_destinations"]}
-    return 200, json.dumps(answer, allow_nan=False, separators=(",", ":")).encode()
+    # orjson: the same compact JSON as json.dumps(separators=(",", ":")) (UTF-8 instead of \\u escapes)
+    # in a fifth of the time; rank caps every number finite, so orjson's NaN-as-null never applies.
+    return 200, orjson.dumps(answer)
+
+
+def _decode(body: bytes) -> object:
+    """The request's JSON value: orjson (5x faster) for what it accepts, which is strict JSON that
+    json.loads reads as the same objects; anything else (NaN, lone surrogates, huge integers, a BOM,
+    bad bytes, too deep, too big) goes to rank's own decoder, which accepts or words the 422."""
+    from metasched.rank.request import MAX_REQUEST_BYTES, decode_request
+
+    if len(body) <= MAX_REQUEST_BYTES:
+        try:
+            value: object = orjson.loads(body)
+            return value
+        except orjson.JSONDecodeError:
+            pass
+    return decode_request(body)
 
 
 def _status(state: ServeState, destination: str | None) -> Any:
