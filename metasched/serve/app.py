@@ -35,6 +35,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+RawHandler = Callable[[bytes], Awaitable[tuple[int, bytes]]]  # body -> (status, JSON answer)
 
 # Where ranking runs. On SQLite a request is CPU-bound Python (store reads are cached until the file
 # changes; a miss reads local pages): a worker thread cannot run it in parallel (GIL) and the hand-over
@@ -85,12 +86,16 @@ class Gate:
     log line) around everything, then the bearer token, then the body cap.
 
     The body is read here (at most the cap plus one chunk) and replayed to the app, so an oversized
-    or endless body is refused with 413 before anything parses it.
+    or endless body is refused with 413 before anything parses it. POSTs to ``raw`` paths (ranking)
+    are answered here from that body: FastAPI's routing, dependency solving and response classes
+    cost several times what /ping costs in all, per request; their FastAPI routes remain for /docs
+    and for other methods' 405.
     """
 
-    def __init__(self, app: ASGIApp, state: ServeState) -> None:
+    def __init__(self, app: ASGIApp, state: ServeState, raw: dict[str, RawHandler]) -> None:
         self.app = app
         self.state = state
+        self.raw = raw
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -156,6 +161,13 @@ class Gate:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        handler = self.raw.get(path) if scope["method"] == "POST" else None
+        if handler is not None:
+            status, payload = await handler(body)
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -200,11 +212,21 @@ def create_app(state: ServeState) -> FastAPI:
     async def in_pool(fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
-    async def ranked(fn: Callable[[], tuple[int, bytes]]) -> Response:
+    async def ranked(body: bytes, full: bool) -> tuple[int, bytes]:
         if rank_pool is None:
-            status, payload = fn()
-        else:
-            status, payload = await asyncio.get_running_loop().run_in_executor(rank_pool, fn)
+            return _rank(state, body, full=full)
+        return await asyncio.get_running_loop().run_in_executor(
+            rank_pool, lambda: _rank(state, body, full=full)
+        )
+
+    async def rank_full(body: bytes) -> tuple[int, bytes]:
+        return await ranked(body, True)
+
+    async def rank_ids(body: bytes) -> tuple[int, bytes]:
+        return await ranked(body, False)
+
+    def answer(status_payload: tuple[int, bytes]) -> Response:
+        status, payload = status_payload
         return Response(payload, status_code=status, media_type="application/json")
 
     @asynccontextmanager
@@ -246,8 +268,7 @@ def create_app(state: ServeState) -> FastAPI:
     @app.post("/v1/rank", openapi_extra=rank_body, tags=["rank"])
     async def rank_v1(request: Request) -> Response:
         """Rank candidate destinations (the answer of `metasched rank` for the same request and state)."""
-        body = await request.body()
-        return await ranked(lambda: _rank(state, body, full=True))
+        return answer(await rank_full(await request.body()))  # Gate answers POSTs first
 
     seed_answer = {
         "type": "object",
@@ -267,8 +288,7 @@ def create_app(state: ServeState) -> FastAPI:
     @app.post("/process_data", openapi_extra=seed_body, tags=["rank"])
     async def process_data(request: Request) -> Response:
         """Seed-1 compatible: the same ranking, answered as `{"sorted_destinations": [...]}`."""
-        body = await request.body()
-        return await ranked(lambda: _rank(state, body, full=False))
+        return answer(await rank_ids(await request.body()))  # Gate answers POSTs first
 
     @app.get("/v1/status", tags=["status"])
     async def status_all() -> Response:
@@ -329,7 +349,7 @@ def create_app(state: ServeState) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(Gate, state=state)
+    app.add_middleware(Gate, state=state, raw={"/v1/rank": rank_full, "/process_data": rank_ids})
     return app
 
 
