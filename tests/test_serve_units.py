@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from metasched.collect.types import Node, Snapshot
+from metasched.collect.types import RUNNING, Job, Node, Snapshot
 from metasched.config import load_config
 from metasched.errors import ConfigError, InputError
 from metasched.serve.admin import AdminStore, parse_until
@@ -243,6 +243,16 @@ def test_cache_sees_commits_of_other_connections(tmp_path: Path) -> None:
     other.start()
     other.join()
     assert seen == [8]  # another thread reads through its own connection and cache
+
+    # The destination's typical run time (queue drain pace) is cached and refreshed the same way.
+    assert reader.typical_run_s(["a"]) == {}
+    started = NOW - timedelta(seconds=600)
+    job = Job("7", RUNNING, name="g7_cat1_u", submit_time=started, start_time=started)
+    node = Node("n", "idle", True, 8)
+    writer.write_snapshot("a", Snapshot([node], jobs=[job]), run_id="v", started=NOW, finished=NOW)
+    later = NOW + timedelta(seconds=60)
+    writer.write_snapshot("a", Snapshot([node]), run_id="w", started=later, finished=later)
+    assert reader.typical_run_s(["a"]) == {"a": 660.0}
     writer.close()
     reader.close()
 
