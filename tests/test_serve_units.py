@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from metasched.cli.admin import parse_until
 from metasched.collect.types import RUNNING, Job, Node, Snapshot
 from metasched.config import load_config
 from metasched.errors import ConfigError, InputError
-from metasched.serve.admin import AdminStore, parse_until
 from metasched.serve.auth import authorized
 from metasched.serve.cache import CachingStore
 from metasched.serve.metrics import LoopStats, RequestStats, render
@@ -221,8 +221,7 @@ def test_parse_until() -> None:
 
 def test_cache_sees_commits_of_other_connections(tmp_path: Path) -> None:
     db = str(tmp_path / "s.db")
-    writer = AdminStore.open(db)
-    assert isinstance(writer, AdminStore)
+    writer = Store.open(db)
     writer.write_snapshot("a", Snapshot([Node("n", "idle", True, 4)]), run_id="r", started=NOW, finished=NOW)
     reader = CachingStore.open(db)
     first = reader.summaries(["a"])
@@ -258,10 +257,9 @@ def test_cache_sees_commits_of_other_connections(tmp_path: Path) -> None:
 
 
 def test_disable_needs_a_row(tmp_path: Path) -> None:
-    store = AdminStore.open(str(tmp_path / "s.db"))
-    assert isinstance(store, AdminStore)
+    store = Store.open(str(tmp_path / "s.db"))
     assert not store.set_disabled("ghost", "x", None)
-    store.ensure_destination("ghost", "node", "local")
+    store.sync_destinations([("ghost", "node", "local")])
     assert store.set_disabled("ghost", "x", NOW)
     (s,) = Store.summaries(store, ["ghost"])
     assert s.disabled_reason == "x" and s.disabled_until == NOW

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
 
 from metasched.cli.common import ConfigOpt, DatabaseOpt, JsonOpt, VerboseOpt, fail, setup_logging
+from metasched.errors import InputError
 
 DestArg = Annotated[
     str, typer.Argument(help="Destination id (as in the config and TPV).", show_default=False)
@@ -27,6 +29,32 @@ ReasonOpt = Annotated[
 ]
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+DEFAULT_REASON = "disabled by an operator"
+
+
+def parse_until(text: str, now: datetime) -> datetime:
+    """``--until``: a duration from now (``90m``, ``2h``, ``1d12h``) or an ISO 8601 time (UTC unless it
+    names a zone). Raises InputError naming the option."""
+    value = text.strip()
+    if value and _DURATION.sub("", value).strip() == "":
+        seconds = sum(float(n) * _UNIT_S[u] for n, u in _DURATION.findall(value))
+        if seconds <= 0:
+            raise InputError(f"--until: {text!r} is not in the future")
+        return now + timedelta(seconds=seconds)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError:
+        raise InputError(
+            f"--until: {text!r} is neither a duration (30m, 2h, 1d) nor an ISO 8601 time (2026-12-24T08:00Z)"
+        ) from None
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    if when <= now:
+        raise InputError(f"--until: {when.isoformat()} is not in the future")
+    return when
+
+
 def _set(
     dest: str, reason: str | None, until: str | None, config: ConfigOpt, database: DatabaseOpt
 ) -> dict[str, Any]:
@@ -34,8 +62,7 @@ def _set(
     import os
 
     from metasched.config import database_url, load_config, resolve_config_path
-    from metasched.errors import InputError
-    from metasched.serve.admin import DEFAULT_REASON, AdminStore, parse_until
+    from metasched.store import Store
 
     env = dict(os.environ)
     cfg = load_config(resolve_config_path(config, env), env, read_secrets=False)
@@ -44,12 +71,11 @@ def _set(
     text = " ".join(reason.split()) if reason is not None else None
     if reason is not None and not text:
         text = DEFAULT_REASON
-    store = AdminStore.open(database_url(cfg, database, env))
-    assert isinstance(store, AdminStore)  # Store.open constructs the class it is called on
+    store = Store.open(database_url(cfg, database, env))
     try:
         conf = cfg.destination(dest)
-        if conf is not None:
-            store.ensure_destination(conf.id, conf.scheduler, conf.host)
+        if conf is not None:  # configured but not collected yet: it can be disabled before its first collect
+            store.sync_destinations([(conf.id, conf.scheduler, conf.host)])
         if not store.set_disabled(dest, text, end):
             raise InputError(f"destination: no destination {dest!r} in the config or the store")
     finally:

@@ -536,6 +536,21 @@ class Store:
                     )
                 ).execute()
 
+    def set_disabled(self, dest_id: str, reason: str | None, until: datetime | None) -> bool:
+        """Operator disable (``reason`` given) or enable (``reason`` None); False when no such row.
+
+        A disable lives in the destination's row, so every DestinationSummary carries it: rank marks the
+        destination infeasible until it is enabled or ``until`` passes (None: until enabled), status shows
+        it, and a collect never clears it.
+        """
+        D = models.Destination
+        stored_until = until.astimezone(UTC).replace(tzinfo=None) if until is not None and reason else None
+        with self._write_tx():
+            changed = self._q(
+                D.update(disabled_reason=reason, disabled_until=stored_until).where(D.id == dest_id)
+            ).execute()
+        return bool(changed)
+
     def _ensure_destination(self, dest_id: str) -> None:
         """Writes for a destination sync_destinations has not seen still land (scheduler/host unknown)."""
         self._q(models.Destination.insert(id=dest_id, scheduler="", host="").on_conflict_ignore()).execute()
