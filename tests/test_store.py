@@ -190,8 +190,9 @@ def test_tables_without_version_are_refused(store_url: str) -> None:
         Store.open(store_url)
 
 
-# Undo schema v4 (tool_history) and v3 (largest-node columns, covering tool_key index).
-TO_V3 = ('DROP TABLE "tool_history"',)
+# Undo schema v5 (placement), v4 (tool_history) and v3 (largest-node columns, covering tool_key index).
+TO_V4 = ('DROP TABLE "placement"',)
+TO_V3 = (*TO_V4, 'DROP TABLE "tool_history"')
 TO_V2 = (
     *TO_V3,
     'ALTER TABLE "destination" DROP COLUMN "max_node_cores"',
@@ -282,6 +283,36 @@ def test_opening_a_v3_database_fills_the_tool_samples(store_url: str) -> None:
             }
         )
         assert s.tool_times("cat10", ["d"]) == {"d": ToolTimes(1, 540.0, 540.0)}
+
+
+def test_opening_a_v4_database_adds_the_placement_ledger(store_url: str) -> None:
+    """v4 -> v5: an empty placement table with rank's and calibration's indexes; the rest untouched."""
+    from metasched.store.placements import PlacementEntry, inflight_placements, record_placement
+
+    with Store.open(store_url) as s:
+        finish_jobs(s, "d", [("1", "g1_cat1_u", 1, 2)], 5)
+        before = s.tool_times("cat1", ["d"])
+    execute_raw(store_url, *TO_V4, "UPDATE setting SET value = '4' WHERE key = 'schema_version'")
+    assert "placement_state_placed_at" not in index_names(store_url, "placement")
+    with Store.open(store_url) as s:
+        assert s.schema_version() == SCHEMA_VERSION == 5
+        assert s.tool_times("cat1", ["d"]) == before
+        assert inflight_placements(s, ["d"], at(0)) == []
+        entry = PlacementEntry("42", "d", "cat1", 2.0, 4096.0, 0.0, at(10), 1.5, 60.0, 120.0)
+        record_placement(s, entry)
+        assert inflight_placements(s, ["d"], at(0)) == [entry]
+    assert {"placement_state_placed_at", "placement_actual_destination_finished_at"} <= index_names(
+        store_url, "placement"
+    )
+    # The migrated table has the DDL default a fresh one has: reconciliation may insert without a state.
+    execute_raw(
+        store_url,
+        "INSERT INTO placement (job_id, destination, tool_id, cores, mem_mb, gpus, placed_at, "
+        "pred_staging_s, pred_queue_s, pred_run_s) VALUES ('43', 'd', 't', 1, 0, 0, "
+        "'2026-03-01 12:11:00', 0, 0, 0)",
+    )
+    with Store.open(store_url) as s:
+        assert [e.job_id for e in inflight_placements(s, ["d"], at(0))] == ["42", "43"]
 
 
 # -- snapshots ------------------------------------------------------------------------------------

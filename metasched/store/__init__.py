@@ -462,6 +462,12 @@ class Store:
         with self._write_lock, handle.atomic() if self._pg else handle.atomic("IMMEDIATE"):
             yield
 
+    @contextmanager
+    def cache_neutral_write(self) -> Iterator[None]:
+        """Around a write that no cached read depends on (the placement ledger, which rank reads
+        uncached): a caching subclass keeps its caches across it. Here: nothing to keep."""
+        yield
+
     def _dt_in(self, value: datetime | None) -> Any:
         """Aware (or naive UTC) datetime -> what the driver stores: naive UTC; text on SQLite, like peewee."""
         return _naive_opt(value) if self._pg else _utc_text(value)

@@ -155,7 +155,28 @@ def _naive(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
-STEPS: dict[int, Step] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(db: Database) -> None:
+    """The placement ledger: where rank sent each Galaxy job and what it predicted (starts empty)."""
+    ts = "TIMESTAMP" if isinstance(db, PostgresqlDatabase) else "DATETIME"
+    _execute(
+        db,
+        'CREATE TABLE "placement" ("job_id" VARCHAR(255) NOT NULL PRIMARY KEY, '
+        '"destination" VARCHAR(255) NOT NULL, "tool_id" VARCHAR(255) NOT NULL, '
+        '"cores" REAL NOT NULL, "mem_mb" REAL NOT NULL, "gpus" REAL NOT NULL, '
+        f'"placed_at" {ts} NOT NULL, "pred_staging_s" REAL NOT NULL, "pred_queue_s" REAL NOT NULL, '
+        '"pred_run_s" REAL NOT NULL, "state" VARCHAR(255) NOT NULL DEFAULT \'inflight\', '
+        f'"resolved_at" {ts}, "actual_destination" VARCHAR(255), "actual_queue_s" REAL, '
+        f'"actual_run_s" REAL, "finished_at" {ts})',
+    )
+    _execute(db, 'CREATE INDEX "placement_state_placed_at" ON "placement" ("state", "placed_at")')
+    _execute(
+        db,
+        'CREATE INDEX "placement_actual_destination_finished_at" ON "placement" '
+        '("actual_destination", "finished_at")',
+    )
+
+
+STEPS: dict[int, Step] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
 
 
 def upgrade(db: Database, from_version: int, to_version: int = SCHEMA_VERSION) -> list[int]:

@@ -20,7 +20,7 @@ from peewee import (
     TextField,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class BaseModel(Model):
@@ -211,6 +211,39 @@ class Metric(BaseModel):
         indexes = ((("source", "destination_id", "tool_id", "name"), True),)
 
 
+class Placement(BaseModel):
+    """Where rank sent a Galaxy job and what it predicted (schema v5): the placement ledger.
+
+    Rank counts in-flight entries as demand the collected state cannot contain yet (bursts ranked
+    against one snapshot); collect resolves them when the job shows up and keeps the outcome, so
+    predictions can be checked against what happened. See ``metasched.store.placements``.
+    """
+
+    job_id = CharField(primary_key=True)  # Galaxy job id as text (request job.job_id)
+    destination = CharField()  # first feasible destination of the answer; not a FK (may be request-only)
+    tool_id = CharField()
+    cores = FloatField()
+    mem_mb = FloatField()
+    gpus = FloatField()
+    placed_at = DateTimeField()
+    pred_staging_s = FloatField()
+    pred_queue_s = FloatField()
+    pred_run_s = FloatField()
+    # inflight | resolved | expired
+    state = CharField(default="inflight", constraints=[SQL("DEFAULT 'inflight'")])
+    resolved_at = DateTimeField(null=True)  # set by collect's reconciliation
+    actual_destination = CharField(null=True)  # where the job really went (TPV may fall through)
+    actual_queue_s = FloatField(null=True)
+    actual_run_s = FloatField(null=True)
+    finished_at = DateTimeField(null=True)
+
+    class Meta:
+        indexes = (
+            (("state", "placed_at"), False),  # rank's one in-flight query; expiry
+            (("actual_destination", "finished_at"), False),  # calibration per destination
+        )
+
+
 MODELS: list[type[BaseModel]] = [
     Setting,
     Destination,
@@ -221,4 +254,5 @@ MODELS: list[type[BaseModel]] = [
     FinishedJob,
     ToolHistory,
     Metric,
+    Placement,
 ]

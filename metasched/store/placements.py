@@ -1,0 +1,172 @@
+"""The placement ledger (schema v5): where rank sent each Galaxy job, and what it predicted.
+
+Rank reads the in-flight entries (one indexed query) to count demand the collected state cannot
+contain yet, and records its answer with one short write transaction of its own: TPV waits for
+rank, so the write gives up after ``busy_timeout_s`` (SQLite busy timeout, PostgreSQL lock and
+statement timeout) and the caller answers anyway, with a warning. Collect resolves and expires
+entries (``metasched.store.reconcile``).
+
+The functions use the Store's own connection, also when it was opened read-only for rank: the write
+lifts SQLite's ``query_only`` (or starts a ``READ WRITE`` transaction on PostgreSQL) for itself only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from metasched.errors import MetaschedError
+
+if TYPE_CHECKING:
+    from metasched.store import Store
+
+INFLIGHT = "inflight"
+RESOLVED = "resolved"
+EXPIRED = "expired"
+MAX_JOB_ID_CHARS = 255  # the column's width on PostgreSQL (VARCHAR(255))
+WRITE_TIMEOUT_S = 0.1  # TPV gives rank 2 s; a locked store must not take them
+
+_COLUMNS = (
+    "job_id",
+    "destination",
+    "tool_id",
+    "cores",
+    "mem_mb",
+    "gpus",
+    "placed_at",
+    "pred_staging_s",
+    "pred_queue_s",
+    "pred_run_s",
+)
+# Ranking a job id again replaces its entry: a resubmitted job is a new placement, its old outcome goes.
+_UPSERT = (
+    'INSERT INTO "placement" ({cols}, "state", "resolved_at", "actual_destination", "actual_queue_s", '
+    '"actual_run_s", "finished_at") VALUES ({params}, \'inflight\', NULL, NULL, NULL, NULL, NULL) '
+    'ON CONFLICT ("job_id") DO UPDATE SET {updates}, "state" = \'inflight\', "resolved_at" = NULL, '
+    '"actual_destination" = NULL, "actual_queue_s" = NULL, "actual_run_s" = NULL, "finished_at" = NULL'
+)
+_SELECT_INFLIGHT = (
+    'SELECT {cols} FROM "placement" WHERE "state" = \'inflight\' AND "placed_at" >= {param} '
+    'AND {dest} ORDER BY "placed_at"'
+)
+
+
+class LedgerError(MetaschedError):
+    """A placement could not be recorded (locked, read-only or broken store); rank answers anyway."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementEntry:
+    """One rank answer for one Galaxy job. Memory in MB; ``placed_at`` aware (or naive) UTC."""
+
+    job_id: str
+    destination: str
+    tool_id: str
+    cores: float
+    mem_mb: float
+    gpus: float
+    placed_at: datetime
+    pred_staging_s: float
+    pred_queue_s: float
+    pred_run_s: float
+
+
+def _sql(template: str, param: str, **extra: str) -> str:
+    return template.format(
+        cols=", ".join(f'"{c}"' for c in _COLUMNS),
+        params=", ".join(param for _ in _COLUMNS),
+        updates=", ".join(f'"{c}" = excluded."{c}"' for c in _COLUMNS[1:]),
+        param=param,
+        **extra,
+    )
+
+
+def record_placement(store: Store, entry: PlacementEntry, busy_timeout_s: float = WRITE_TIMEOUT_S) -> None:
+    """Insert or replace ``entry`` in one write transaction that waits at most ``busy_timeout_s`` for locks.
+
+    Raises LedgerError (one line) when the store cannot be written; nothing is left half-done.
+    """
+    if len(entry.job_id) > MAX_JOB_ID_CHARS:
+        raise LedgerError(f"job id longer than {MAX_JOB_ID_CHARS} characters")
+    values: list[Any] = [getattr(entry, c) for c in _COLUMNS]
+    values[6] = store._dt_in(entry.placed_at)
+    try:
+        with store.cache_neutral_write():
+            if store.is_postgres:
+                _write_postgres(store, values, busy_timeout_s)
+            else:
+                _write_sqlite(store, values, busy_timeout_s)
+    except store._db_errors as exc:
+        raise LedgerError(" ".join(str(exc).split()) or type(exc).__name__) from exc
+
+
+def _write_sqlite(store: Store, values: list[Any], busy_timeout_s: float) -> None:
+    # This process's other writers (serve's collect loop) queue on the Store's lock, not on SQLite's.
+    lock: Any = store._write_lock
+    if not lock.acquire(timeout=busy_timeout_s):
+        raise LedgerError("store busy: a collect in this process is writing")
+    try:
+        conn = store._sql.connection()  # the raw sqlite3 connection: one statement per step, no peewee
+        before = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        conn.execute(f"PRAGMA busy_timeout = {max(1, int(busy_timeout_s * 1000))}")
+        if store._readonly:
+            conn.execute("PRAGMA query_only = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(_sql(_UPSERT, "?"), values)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            if store._readonly:
+                conn.execute("PRAGMA query_only = 1")
+            conn.execute(f"PRAGMA busy_timeout = {int(before)}")
+    finally:
+        lock.release()
+
+
+def _write_postgres(store: Store, values: list[Any], busy_timeout_s: float) -> None:
+    """One round trip: the transaction, its timeouts and the upsert in one simple query.
+
+    ``READ WRITE`` overrides the read-only default of rank's connection for this transaction only;
+    ``SET LOCAL`` timeouts end with it.
+    """
+    ms = max(1, int(busy_timeout_s * 1000))
+    sql = (
+        f"BEGIN READ WRITE; SET LOCAL lock_timeout = {ms}; SET LOCAL statement_timeout = {ms}; "
+        f"{_sql(_UPSERT, '%s')}; COMMIT"
+    )
+    conn = store._sql.connection()
+    with conn.cursor() as cur:
+        try:
+            cur.execute(sql, values)
+        except BaseException:
+            with suppress(Exception):  # a dead connection cannot roll back: the server already has
+                cur.execute("ROLLBACK")
+            raise
+
+
+def inflight_placements(store: Store, dest_ids: Sequence[str], since: datetime) -> list[PlacementEntry]:
+    """In-flight entries placed at ``since`` or later at any of ``dest_ids``: one query on the
+    (state, placed_at) index. ``placed_at`` comes back aware UTC."""
+    from metasched.store import _aware_db
+
+    if not dest_ids:
+        return []
+    dest_sql, dest_params = store._in_ids('"destination"', list(dest_ids))
+    param = store._db.param
+    sql = _sql(_SELECT_INFLIGHT, param, dest=dest_sql)
+    rows = store._fetch(sql, [store._dt_in(since), *dest_params])
+    out: list[PlacementEntry] = []
+    for r in rows:
+        placed = _aware_db(r[6])
+        if placed is None:
+            continue
+        out.append(PlacementEntry(r[0], r[1], r[2], r[3], r[4], r[5], placed, r[7], r[8], r[9]))
+    return out
