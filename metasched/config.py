@@ -123,6 +123,8 @@ class CollectSettings:
 class RankSettings:
     max_state_age: float = 300.0  # seconds; older collected state counts as unknown
     weights: dict[str, float] = field(default_factory=dict)  # see metasched.rank.model.DEFAULT_WEIGHTS
+    ledger: bool = True  # record each answer's placement and count recent ones as queued demand
+    ledger_ttl: float = 1800.0  # seconds; an in-flight placement collect never saw stops counting
 
 
 @dataclass(frozen=True, slots=True)
@@ -817,7 +819,7 @@ def _rank(c: _Checker, raw: Any) -> RankSettings:
     m = c.mapping(raw, "rank")
     if m is None:
         return d
-    c.keys(m, "rank", ("max_state_age", "weights"))
+    c.keys(m, "rank", ("max_state_age", "weights", "ledger", "ledger_ttl"))
     weights: dict[str, float] = {}
     if m.get("weights") is not None:
         wm = c.mapping(m["weights"], "rank.weights")
@@ -826,7 +828,10 @@ def _rank(c: _Checker, raw: Any) -> RankSettings:
             if value is not None:
                 weights[name] = value
     return RankSettings(
-        max_state_age=c.number(m, "max_state_age", "rank", d.max_state_age, positive=True), weights=weights
+        max_state_age=c.number(m, "max_state_age", "rank", d.max_state_age, positive=True),
+        weights=weights,
+        ledger=c.boolean(m, "ledger", "rank", d.ledger),
+        ledger_ttl=c.number(m, "ledger_ttl", "rank", d.ledger_ttl, positive=True),
     )
 
 

@@ -104,6 +104,7 @@ def test_example_documents_every_key() -> None:
     text = EXAMPLE.read_text()
     keys = {*c._TOP_KEYS, *c._SSH_KEYS, *c._DEST_KEYS, *c._INFLUX_KEYS, *c._POLICY_KEYS}
     keys |= {"fanout", "lock_timeout", "interval", "history_days", "max_state_age", "weights"}
+    keys |= {"ledger", "ledger_ttl"}
     keys |= {"bin_dir", "root", "cell", "latitude", "longitude"}
     keys.discard("cluster")  # the seed-2 form has its own example, config/seed2-cluster.json
     undocumented = sorted(k for k in keys if not re.search(rf"^\s*#?\s*-?\s*{re.escape(k)}:", text, re.M))
@@ -223,6 +224,15 @@ def test_every_problem_is_reported_at_once() -> None:
             "rank:\n  max_state_age: 300\n  weigths: {}\n", "rank.weigths: unknown key", id="unknown-key"
         ),
         pytest.param("colect: {}\n", "colect: unknown key (did you mean 'collect'?)", id="unknown-top-key"),
+        pytest.param("rank: {ledger: 'yes'}\n", "rank.ledger: must be true or false, got 'yes'", id="ledger"),
+        pytest.param(
+            "rank: {ledger_ttl: 0}\n", "rank.ledger_ttl: must be a number > 0, got 0", id="ledger-ttl-zero"
+        ),
+        pytest.param(
+            "rank: {ledger_ttl: '30m'}\n",
+            "rank.ledger_ttl: must be a number > 0, got '30m'",
+            id="ledger-ttl-type",
+        ),
         pytest.param(
             one_destination("    port: '22'\n"),
             "destinations[0].port: must be an integer 1-65535, got '22'",
@@ -621,6 +631,23 @@ def test_cli_check_ok(tmp_path: Path) -> None:
     assert (code, out) == (0, f"{path}: ok (1 destination)\n")
     code, out, _ = run_cli(["config", "check", "--config", str(SEED2)])
     assert (code, out) == (0, f"{SEED2}: ok (5 destinations)\n")
+
+
+def test_cli_check_refuses_bad_ledger_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL_TEXT + "rank:\n  ledger: 1\n  ledger_ttl: -5\n")
+    code, out, err = run_cli(["config", "check", "-c", str(path)])
+    assert (code, out) == (ExitCode.USAGE, "")
+    assert err.splitlines() == [
+        f"{path}: rank.ledger: must be true or false, got 1",
+        f"{path}: rank.ledger_ttl: must be a number > 0, got -5",
+    ]
+
+
+def test_ledger_settings_default_on(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL_TEXT), {})
+    assert (cfg.rank.ledger, cfg.rank.ledger_ttl) == (True, 1800.0)
+    cfg = load_config(write(tmp_path, MINIMAL_TEXT + "rank: {ledger: false, ledger_ttl: 600}\n"), {})
+    assert (cfg.rank.ledger, cfg.rank.ledger_ttl) == (False, 600.0)
 
 
 def test_cli_check_problems_exit_2_on_stderr() -> None:
