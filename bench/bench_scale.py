@@ -63,11 +63,14 @@ def squeue_output(jobs: int, first_id: int, seed: int) -> str:
         if running:
             state, reason = "RUNNING", "None"
             start = _ts(burst + timedelta(seconds=rng.randrange(1, 3600)))
-            nodelist = f"c{rng.randrange(1, 2000):04d}"
+            evaluated, nodelist = start, f"c{rng.randrange(1, 2000):04d}"
         else:
             state = "PENDING"
             reason = rng.choice(("Priority", "Priority", "Resources", "Dependency", "QOSMaxCpuPerUserLimit"))
             start, nodelist = "N/A", ""
+            evaluated = _ts(T0 - timedelta(seconds=rng.randrange(1, 60)))
+            if reason != "Dependency" and rng.random() < 0.5:  # backfill's expected start
+                start = _ts(T0 + timedelta(seconds=rng.randrange(60, 86400)))
         user = rng.choice(USERS)
         if k % 2:
             name = f"g{10_000_000 + job_id}_{rng.choice(TOOLS)}_{user}"
@@ -89,6 +92,7 @@ def squeue_output(jobs: int, first_id: int, seed: int) -> str:
             "N/A",
             _ts(burst),
             start,
+            evaluated,
             nodelist,
             name,
         )

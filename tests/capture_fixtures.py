@@ -11,20 +11,33 @@ Starts the same Slurm test cluster as the ``slurm`` fixture, runs the adapters' 
 - tests/fixtures/slurm/sinfo_draining.txt: n2 drained while it runs jobs
 - tests/fixtures/slurm/sinfo_drained.txt, partitions_down.txt, squeue_empty.txt: after scancel,
   n1 and n2 drained, partition ``long`` set DOWN
+- tests/fixtures/slurm/squeue_backfill.txt: a second cluster with the backfill scheduler running every
+  second, both nodes filled with time-limited jobs (``fill_for_backfill``): pending jobs with
+  Slurm's expected start
 - tests/fixtures/node/probe.txt: the node adapter's probe of this machine
+
+    python -m tests.capture_fixtures slurm    # only the Slurm files (or: node)
 
 The tests read these files; re-run this after changing a command in an adapter.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 from metasched.collect.adapters import node, slurm
 from metasched.collect.transport import LocalTransport
 from metasched.config import DestinationConfig, SSHSettings
-from tests.infra.slurm import SlurmCluster, populate, start_slurm, stop_slurm
+from tests.infra.slurm import (
+    BACKFILL_PARAMS,
+    SlurmCluster,
+    fill_for_backfill,
+    populate,
+    start_slurm,
+    stop_slurm,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -47,7 +60,7 @@ def _more_jobs(c: SlurmCluster) -> None:
     c.sbatch("long_" + "x" * 195, cpus=4, mem="10M")
 
 
-def main() -> None:
+def capture_slurm() -> None:
     c = start_slurm()
     try:
         dest = DestinationConfig(id="capture", scheduler="slurm", host="local", ssh=SSHSettings(), env=c.env)
@@ -72,9 +85,28 @@ def main() -> None:
         _write(FIXTURES / "slurm/partitions_down.txt", run(slurm.partitions_command()))
     finally:
         stop_slurm(c)
+    c = start_slurm(sched_params=BACKFILL_PARAMS)
+    try:
+        dest = DestinationConfig(id="capture", scheduler="slurm", host="local", ssh=SSHSettings(), env=c.env)
+        fill_for_backfill(c)
+        _write(FIXTURES / "slurm/squeue_backfill.txt", LocalTransport(dest).run(slurm.squeue_command()))
+    finally:
+        stop_slurm(c)
+
+
+def capture_node() -> None:
     local = DestinationConfig(id="node", scheduler="node", host="local", ssh=SSHSettings())
     _write(FIXTURES / "node/probe.txt", LocalTransport(local).run(node.node_command()))
 
 
+def main(parts: list[str]) -> None:
+    known = {"slurm": capture_slurm, "node": capture_node}
+    unknown = [p for p in parts if p not in known]
+    if unknown:
+        raise SystemExit(f"unknown part(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    for part in parts or list(known):
+        known[part]()
+
+
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

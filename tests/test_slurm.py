@@ -14,7 +14,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ import pytest
 from metasched.collect.adapters import make_adapter
 from metasched.collect.adapters.slurm import (
     SEP,
+    SQUEUE_FIELDS,
     SlurmAdapter,
     expand_array_indices,
     gpu_count,
@@ -104,6 +105,60 @@ def test_squeue_captured_more_variants() -> None:
     assert any(n == "long_" + "x" * 195 for n in names)
 
 
+def test_squeue_captured_backfill_estimates() -> None:
+    """Both nodes full of --time jobs: Slurm's backfill expects the pending ones to start when they end."""
+    jobs = by_id(parse_squeue(fixture("squeue_backfill.txt")))
+    fill_1, fill_2 = jobs["1"], jobs["2"]
+    assert fill_1.state == fill_2.state == RUNNING
+    assert fill_1.start_estimate is None and fill_1.estimated_at is None  # started: start_time instead
+    assert fill_1.start_time is not None
+    for jid, reason in (("3", "Resources"), ("4", "Priority")):
+        job = jobs[jid]
+        assert (job.state, job.reason) == (PENDING, reason)
+        assert job.start_estimate is not None and job.start_estimate.tzinfo is UTC
+        assert job.estimated_at is not None and job.estimated_at.tzinfo is UTC
+        assert job.submit_time is not None and job.estimated_at >= job.submit_time
+        # expected when the filling jobs hit their 30-minute limit
+        assert job.start_estimate - fill_1.start_time == timedelta(minutes=30)
+        assert job.start_time is None  # not started: the estimate is no start time
+    assert (jobs["3"].cores, jobs["4"].cores) == (4, 1)
+    held = jobs["5"]  # sbatch -H: not demand, and Slurm has no estimate for it
+    assert held.state == HELD and held.start_estimate is None and held.estimated_at is None
+
+
+def test_squeue_without_estimates() -> None:
+    """No time limits (the standard mix): N/A start for pending jobs; a --begin time is no estimate."""
+    for name in ("squeue.txt", "squeue_more.txt"):
+        assert all(j.start_estimate is None and j.estimated_at is None for j in parse_squeue(fixture(name)))
+    later = {j.name: j for j in parse_squeue(fixture("squeue_more.txt"))}["later"]
+    assert later.state == HELD and later.start_estimate is None  # its StartTime is the --begin time
+
+
+def test_squeue_estimate_spellings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What other clients print: Unknown, N/A, or local time without zone (no SLURM_TIME_FORMAT)."""
+    start_i, eval_i = SQUEUE_FIELDS.index("StartTime"), SQUEUE_FIELDS.index("LastSchedEval")
+    line = fixture("squeue_backfill.txt").splitlines()[1]
+    for start, evaluated in (("Unknown", "2026-12-04T08:00:00+0000"), ("N/A", "N/A")):
+        fields = line.split(SEP)
+        fields[start_i], fields[eval_i] = start, evaluated
+        (job,) = parse_squeue(SEP.join(fields))
+        assert (job.state, job.start_estimate, job.estimated_at) == (PENDING, None, None)
+    fields = line.split(SEP)
+    fields[start_i], fields[eval_i] = "2026-07-01T12:30:00", "Unknown"
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        (job,) = parse_squeue(SEP.join(fields))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert job.start_estimate == datetime(2026, 7, 1, 10, 30, tzinfo=UTC)
+    assert job.estimated_at is None  # unknown: the store takes the collect time
+    fields[start_i] = "soon"
+    with pytest.raises(ParseError, match=r"squeue: line 1: cannot read timestamp 'soon'"):
+        parse_squeue(SEP.join(fields))
+
+
 def test_squeue_empty_queue() -> None:
     assert fixture("squeue_empty.txt") == ""
     assert parse_squeue("") == []
@@ -137,7 +192,7 @@ def _squeue_line(job_id: str, state: str = "PENDING", reason: str = "Priority", 
     """A captured squeue line with id/state/reason/name replaced."""
     fields = fixture("squeue.txt").splitlines()[1].split(SEP)
     fields[0], fields[3], fields[4] = job_id, state, reason
-    fields[16] = name
+    fields[SQUEUE_FIELDS.index("Name")] = name
     return SEP.join(fields)
 
 

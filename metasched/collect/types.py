@@ -65,6 +65,10 @@ class Job:
     submit_time: datetime | None = None
     start_time: datetime | None = None
     nodes: str = ""
+    # The scheduler's expected start of a pending job (Slurm's backfill; None where a scheduler has
+    # none, e.g. SGE, HTCondor) and when it computed it (None: unknown, the collect time stands in).
+    start_estimate: datetime | None = None
+    estimated_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,11 @@ Layout (recipe from shared/reference/test-infra.md):
 
 The ``slurm`` fixture starts the daemons and submits the standard job mix (``populate``: running,
 pending, held, dependency, array, GPU; ids in ``slurm.jobs``); ``tests/capture_fixtures.py`` uses the
-same functions. Everything lives in a world-readable temp
+same functions. Its jobs have no time limit, so Slurm cannot estimate when pending ones start.
+The ``slurm_backfill`` fixture is a second cluster of the same layout whose backfill scheduler
+(``SchedulerType=sched/backfill``, the default, explicit in both) runs every second, filled with
+time-limited jobs by ``fill_for_backfill`` so that its pending jobs carry an expected start.
+Everything lives in a world-readable temp
 dir so the non-root ssh user ``mstest`` can run the client commands with ``SLURM_CONF``.
 """
 
@@ -33,6 +37,10 @@ LIVE_NODES = ("n1", "n2")
 DOWN_NODE = "n3"
 NODE_CPUS = 4  # more than this machine has: SlurmdParameters=config_overrides
 NODE_MEM_MB = 4000
+SCHED_PARAMS = "sched_interval=1"  # the standard cluster: backfill on its default 30 s interval
+# The backfill cluster recomputes expected starts every second, so a test sees them without waiting 30 s.
+BACKFILL_PARAMS = "sched_interval=1,bf_interval=1"
+FILL_TIME_MIN = 30  # --time of the jobs filling the backfill cluster: pending jobs expect to start then
 
 _CONF = """\
 ClusterName=mstest
@@ -60,7 +68,8 @@ MailProg=/bin/true
 ReturnToService=2
 SlurmdParameters=config_overrides
 MinJobAge=2
-SchedulerParameters=sched_interval=1
+SchedulerType=sched/backfill
+SchedulerParameters={sched_params}
 GresTypes=gpu
 NodeName=n1 NodeAddr=127.0.0.1 Port={n1_port} CPUs={cpus} RealMemory={mem} State=UNKNOWN
 NodeName=n2 NodeAddr=127.0.0.1 Port={n2_port} CPUs={cpus} RealMemory={mem} Gres=gpu:2 State=UNKNOWN
@@ -181,6 +190,35 @@ def populate(c: SlurmCluster) -> PopulatedJobs:
     return c.jobs
 
 
+@dataclass
+class BackfillJobs:
+    """Ids of the jobs ``fill_for_backfill`` submits."""
+
+    filling: list[str]  # one 4-CPU job per live node, --time FILL_TIME_MIN
+    whole_node: str  # 4 CPUs: pends for Resources, expected when the first filling job ends
+    one_core: str  # 1 CPU: pends for Priority behind it, expected start likewise
+    held: str  # sbatch -H: no estimate (not demand)
+
+
+def fill_for_backfill(c: SlurmCluster, timeout: float = 20.0) -> BackfillJobs:
+    """Fill both live nodes with time-limited jobs, then queue work that has to wait for them: with
+    the limits known, the backfill scheduler sets the pending jobs' StartTime (until then N/A)."""
+    limit = f"--time={FILL_TIME_MIN}"
+    filling = [c.sbatch("fill", cpus=NODE_CPUS, mem="100M", extra=["-w", n, limit]) for n in LIVE_NODES]
+    for jid in filling:
+        c.wait_state(jid, "RUNNING")
+    whole = c.sbatch("g104_spades_dave", cpus=NODE_CPUS, mem="1G", extra=["--time=10"])
+    one = c.sbatch("g105_fastp_erin", cpus=1, mem="100M", extra=["--time=10"])
+    held = c.sbatch("held_two", cpus=1, extra=["-H", "--time=10"])
+
+    def estimated() -> bool:
+        out = c.run(["squeue", "-h", "-j", f"{whole},{one}", "-o", "%S"]).split()
+        return len(out) == 2 and "N/A" not in out
+
+    wait_for(estimated, timeout, "the backfill scheduler to set expected start times")
+    return BackfillJobs(filling, whole, one, held)
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -188,10 +226,10 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def _write_conf(d: Path) -> Path:
+def _write_conf(d: Path, sched_params: str) -> Path:
     ports = {"ctld_port": free_port(), "n1_port": free_port(), "n2_port": free_port(), "n3_port": free_port()}
     conf = d / "slurm.conf"
-    conf.write_text(_CONF.format(d=d, cpus=NODE_CPUS, mem=NODE_MEM_MB, **ports))
+    conf.write_text(_CONF.format(d=d, cpus=NODE_CPUS, mem=NODE_MEM_MB, sched_params=sched_params, **ports))
     (d / "gres.conf").write_text(_GRES)
     for sub in ("state", *(f"spool/{n}" for n in (*LIVE_NODES, DOWN_NODE))):
         (d / sub).mkdir(parents=True, exist_ok=True)
@@ -232,14 +270,14 @@ def _kill_leftovers(conf: Path) -> None:
                 os.kill(int(proc.name), signal.SIGKILL)
 
 
-def start_slurm(base: Path | None = None) -> SlurmCluster:
+def start_slurm(base: Path | None = None, sched_params: str = SCHED_PARAMS) -> SlurmCluster:
     """Start slurmctld and the live slurmds in a fresh world-readable dir; wait until both nodes are idle.
 
     Usable without pytest (``tests/capture_fixtures.py``); pair with ``stop_slurm``.
     """
     d = Path(tempfile.mkdtemp(prefix="metasched-slurm-", dir=base))
     d.chmod(0o755)  # mstest reads slurm.conf through ssh
-    conf = _write_conf(d)
+    conf = _write_conf(d, sched_params)
     cluster = SlurmCluster(conf=conf, env={"SLURM_CONF": str(conf)}, dir=d)
     env: Mapping[str, str] = {**os.environ, **cluster.env}
     try:
@@ -292,5 +330,16 @@ def slurm() -> Iterator[SlurmCluster]:
     try:
         populate(cluster)
         yield cluster
+    finally:
+        stop_slurm(cluster)
+
+
+@pytest.fixture(scope="session")
+def slurm_backfill() -> Iterator[tuple[SlurmCluster, BackfillJobs]]:
+    """A second cluster (same layout) whose backfill scheduler runs every second, filled by
+    ``fill_for_backfill``: its pending jobs carry Slurm's expected start. Tests must not change it."""
+    cluster = start_slurm(sched_params=BACKFILL_PARAMS)
+    try:
+        yield cluster, fill_for_backfill(cluster)
     finally:
         stop_slurm(cluster)

@@ -26,8 +26,12 @@ Units and conventions (see ``collect.types``):
   when it runs. At most ``ARRAY_EXPAND_LIMIT`` tasks per range are expanded; an expression Slurm cut
   short (ends in "...") counts as one job with the printed id.
 - Pending jobs waiting on something other than resources or priority (dependency, hold, begin time,
-  reservation, invalid account/QOS) are HELD, not demand. Start time is kept only for jobs that started
-  (a pending job's StartTime is Slurm's estimate).
+  reservation, invalid account/QOS) are HELD, not demand. Start time is kept only for jobs that started.
+- A PENDING job's StartTime is Slurm's expected start (set by the backfill scheduler, and by the main
+  one for the job at the head of a partition): kept as ``start_estimate``, with ``LastSchedEval`` (the
+  last time the scheduler evaluated the job, i.e. when the estimate was last recomputed) as
+  ``estimated_at``. ``N/A``/``Unknown`` (no estimate: e.g. the jobs ahead have no time limit) is None.
+  A held job's StartTime (its --begin time) is no estimate of capacity and is dropped.
 - Node availability: down, drained/draining, fail/failing, maint, unknown, not responding, powered
   off/powering down, pending reboot and invalid registration all count as unavailable.
 """
@@ -95,6 +99,7 @@ SQUEUE_FIELDS = (
     "tres-per-task",
     "SubmitTime",
     "StartTime",
+    "LastSchedEval",
     "NodeList",
     "Name",  # free text: last
 )
@@ -350,7 +355,7 @@ def parse_squeue(text: str) -> list[Job]:
     for n, line in _lines(text):
         (
             job_id, partition, user, raw_state, reason, cpus, nodes_n, tasks_n, min_mem,
-            tres, per_job, per_node, per_task, submit_text, start_text, nodelist, name,
+            tres, per_job, per_node, per_task, submit_text, start_text, eval_text, nodelist, name,
         ) = _split(line, nf, "squeue", n)  # fmt: skip
         if reason in ("None", "(null)"):
             reason = ""
@@ -363,11 +368,19 @@ def parse_squeue(text: str) -> list[Job]:
         if submit_text not in times:
             times[submit_text] = parse_time(submit_text, f"squeue: line {n}")
         submit = times[submit_text]
-        start = None
+        start = estimate = evaluated = None
         if state in (RUNNING, OTHER):
             if start_text not in times:
                 times[start_text] = parse_time(start_text, f"squeue: line {n}")
             start = times[start_text]
+        elif state == PENDING:
+            if start_text not in times:
+                times[start_text] = parse_time(start_text, f"squeue: line {n}")
+            estimate = times[start_text]
+            if estimate is not None:
+                if eval_text not in times:
+                    times[eval_text] = parse_time(eval_text, f"squeue: line {n}")
+                evaluated = times[eval_text]
         base = Job(
             job_id=job_id,
             state=state,
@@ -382,6 +395,8 @@ def parse_squeue(text: str) -> list[Job]:
             submit_time=submit,
             start_time=start,
             nodes=nodelist,
+            start_estimate=estimate,
+            estimated_at=evaluated,
         )
         m = _ARRAY_RE.match(job_id) if job_id.endswith("]") else None
         indices = expand_array_indices(m.group(2)) if m else None
