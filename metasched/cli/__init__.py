@@ -76,7 +76,9 @@ def run_app(app: typer.Typer, argv: list[str]) -> int:
         return 1
     except typer.TyperException as exc:  # click's UsageError / BadParameter / NoSuchOption ...
         message = exc.format_message()
-        if "\n" in message:  # the help screen of a group called without a command
+        if not message.strip():  # a group called without a command: Typer has printed its help already
+            pass
+        elif "\n" in message:  # the help screen of a group called without a command (older Typer)
             print(message, file=sys.stderr)
         else:
             ctx = getattr(exc, "ctx", None)
