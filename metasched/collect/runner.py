@@ -31,6 +31,7 @@ from metasched.collect.types import Adapter, Snapshot
 from metasched.config import Config, DestinationConfig
 from metasched.errors import CollectError, ExitCode, MetaschedError
 from metasched.store import Store
+from metasched.store.reconcile import ReconcileResult, reconcile
 
 log = logging.getLogger("metasched.collect")
 
@@ -63,6 +64,7 @@ class CollectReport:
     finished: datetime
     results: list[DestinationResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # metrics problems: shown, but not a failure
+    ledger: ReconcileResult | None = None  # placement ledger reconciliation (None: it failed)
 
     @property
     def ok_count(self) -> int:
@@ -87,6 +89,7 @@ class CollectReport:
             "failed": self.failed_count,
             "exit_code": int(self.exit_code),
             "warnings": list(self.warnings),
+            "ledger": asdict(self.ledger) if self.ledger is not None else None,
             "destinations": [asdict(r) for r in self.results],
         }
 
@@ -294,6 +297,7 @@ def _run(
                     on_progress(result)
     order = {d.id: i for i, d in enumerate(enabled)}
     report.results.sort(key=lambda r: order[r.id])
+    report.ledger = _reconcile(config, store, at(time.monotonic()), report.warnings)
     if report.ok_count and any(p.enforce for p in config.policies):  # opt-in renice (docs/policies.md)
         from metasched.policy.enforce import enforce_after_collect
 
@@ -343,6 +347,29 @@ def _store_outcome(
     store.record_failure(
         dest.id, result.error or "unknown error", run_id=run_id, started=started, finished=finished
     )
+    return result
+
+
+def _reconcile(config: Config, store: Store, now: datetime, warnings: list[str]) -> ReconcileResult | None:
+    """Settle the placement ledger against the snapshots just stored (metasched.store.reconcile).
+
+    After every destination's own transaction: a failure here is a warning, never a lost snapshot.
+    """
+    try:
+        result = reconcile(store, now, ttl_s=config.rank.ledger_ttl, history_days=config.collect.history_days)
+    except Exception as exc:
+        log.warning("ledger: not reconciled: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        warnings.append(f"ledger: not reconciled: {_one_line(str(exc)) or type(exc).__name__}")
+        return None
+    if result.resolved or result.finished or result.expired:
+        log.info(
+            "ledger: %d resolved (%d elsewhere), %d finished, %d expired, %d pruned",
+            result.resolved,
+            result.elsewhere,
+            result.finished,
+            result.expired,
+            result.pruned,
+        )
     return result
 
 
