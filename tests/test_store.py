@@ -21,6 +21,7 @@ from metasched.collect.types import HELD, OTHER, PENDING, RUNNING, Job, Node, Pa
 from metasched.errors import CollectError, ConfigError
 from metasched.store import MetricRow, Store, ToolTimes
 from metasched.store.models import SCHEMA_VERSION
+from metasched.store.start_estimates import StartEstimate, decode, encode, reduce
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +123,21 @@ JOBS = (
     Job("105", OTHER, "gpu", "x|y\tz\\w\nq", "eve", "COMPLETING", "", 1, 0, 1, at(-90), at(-80), "n1"),
 )
 SNAPSHOT = Snapshot(nodes=NODES, partitions=PARTITIONS, jobs=JOBS)
+# Pending jobs with Slurm's expected start (start_estimate, estimated_at), as the adapter parses them.
+ESTIMATED = (
+    Job("201", PENDING, "main", "big", cores=8, mem_mb=1000, submit_time=at(-5), start_estimate=at(30),
+        estimated_at=at(-0.5)),
+    Job("202", PENDING, "main", "small", cores=1, mem_mb=100, submit_time=at(-4), start_estimate=at(20),
+        estimated_at=at(-0.5)),
+    # as big as 201 and due earlier: 202 (smaller, later) already bounds every job it would bound
+    Job("203", PENDING, "main", "mid", cores=4, mem_mb=500, submit_time=at(-3), start_estimate=at(10),
+        estimated_at=at(-0.5)),
+    Job("204", PENDING, "main", "due", cores=1, submit_time=at(-3), start_estimate=at(-1)),  # overdue
+    Job("205", PENDING, "main", "no estimate", cores=1, submit_time=at(-2)),
+    Job("206", HELD, "main", "later", cores=1, submit_time=at(-2), start_estimate=at(60)),  # a --begin
+    Job("207", PENDING, "main", "unknown eval", cores=2, mem_mb=100, gpus=1, submit_time=at(-2),
+        start_estimate=at(40)),
+)  # fmt: skip
 
 
 # -- opening ----------------------------------------------------------------------------------------
@@ -190,8 +206,14 @@ def test_tables_without_version_are_refused(store_url: str) -> None:
         Store.open(store_url)
 
 
-# Undo schema v5 (placement), v4 (tool_history) and v3 (largest-node columns, covering tool_key index).
-TO_V4 = ('DROP TABLE "placement"',)
+# Undo schema v6 (start estimates), v5 (placement), v4 (tool_history) and v3 (largest-node columns,
+# covering tool_key index).
+TO_V5 = (
+    'ALTER TABLE "job" DROP COLUMN "start_estimate"',
+    'ALTER TABLE "job" DROP COLUMN "estimated_at"',
+    'ALTER TABLE "destination" DROP COLUMN "start_estimates"',
+)
+TO_V4 = (*TO_V5, 'DROP TABLE "placement"')
 TO_V3 = (*TO_V4, 'DROP TABLE "tool_history"')
 TO_V2 = (
     *TO_V3,
@@ -295,7 +317,7 @@ def test_opening_a_v4_database_adds_the_placement_ledger(store_url: str) -> None
     execute_raw(store_url, *TO_V4, "UPDATE setting SET value = '4' WHERE key = 'schema_version'")
     assert "placement_state_placed_at" not in index_names(store_url, "placement")
     with Store.open(store_url) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 5
+        assert s.schema_version() == SCHEMA_VERSION
         assert s.tool_times("cat1", ["d"]) == before
         assert inflight_placements(s, ["d"], at(0)) == []
         entry = PlacementEntry("42", "d", "cat1", 2.0, 4096.0, 0.0, at(10), 1.5, 60.0, 120.0)
@@ -315,6 +337,21 @@ def test_opening_a_v4_database_adds_the_placement_ledger(store_url: str) -> None
         assert [e.job_id for e in inflight_placements(s, ["d"], at(0))] == ["42", "43"]
 
 
+def test_opening_a_v5_database_adds_the_start_estimate_columns(store_url: str) -> None:
+    """v5 -> v6: jobs and summaries stored before keep reading (no estimates); the next write has them."""
+    with Store.open(store_url) as s:
+        write(s, "d", SNAPSHOT, 0)
+    execute_raw(store_url, *TO_V5, "UPDATE setting SET value = '5' WHERE key = 'schema_version'")
+    with Store.open(store_url) as s:
+        assert s.schema_version() == SCHEMA_VERSION
+        assert s.jobs("d") == list(JOBS)
+        [before] = s.summaries(["d"])
+        assert before.start_estimates == () and before.jobs_queued == 2
+        write(s, "d", Snapshot(jobs=[ESTIMATED[0]]), 1)
+        assert s.jobs("d") == [ESTIMATED[0]]
+        assert [e.start for e in s.summaries(["d"])[0].start_estimates] == [at(30).timestamp()]
+
+
 # -- snapshots ------------------------------------------------------------------------------------
 
 
@@ -332,6 +369,44 @@ def test_round_trip(store: Store) -> None:
     assert summary.last_success == summary.last_attempt == at(0)
     [run] = store.runs()
     assert (run.run_id, run.destination_id, run.ok, run.error) == ("r0", "slurm_de", True, None)
+
+
+def test_start_estimates_per_job_and_in_the_summary(store: Store) -> None:
+    """Each pending job keeps its estimate; the summary keeps the non-dominated ones, latest first."""
+    write(store, "d", Snapshot(jobs=ESTIMATED), 0)
+    assert store.jobs("d") == list(ESTIMATED)  # per job, aware UTC, exactly as collected
+    [s] = store.summaries(["d"])
+    # 207's evaluation time is unknown: the collect's own time (at(0)) stands in.
+    assert s.start_estimates == (
+        StartEstimate(2, 100, 1, at(40).timestamp(), at(0).timestamp()),
+        StartEstimate(8, 1000, 0, at(30).timestamp(), at(-0.5).timestamp()),
+        StartEstimate(1, 100, 0, at(20).timestamp(), at(-0.5).timestamp()),
+    )
+    # A snapshot without estimates (SGE, HTCondor, an idle queue) clears them.
+    write(store, "d", SNAPSHOT, 1)
+    assert store.summaries(["d"])[0].start_estimates == ()
+
+
+def test_start_estimates_reduction() -> None:
+    """Dominance keeps a fresher smaller estimate; the cap keeps the latest; the text round-trips."""
+    jobs = [
+        Job("1", PENDING, cores=1, start_estimate=at(20), estimated_at=at(-10)),
+        Job("2", PENDING, cores=4, start_estimate=at(10), estimated_at=at(-1)),  # fresher: kept
+        Job("3", PENDING, cores=4, start_estimate=at(5), estimated_at=at(-10)),  # dominated by 1
+        Job("4", PENDING, cores=1, start_estimate=at(20), estimated_at=at(-20)),  # same, staler
+        Job("5", PENDING, cores=8, start_estimate=at(20), estimated_at=at(5)),  # clock skew: clamped
+    ]
+    got = reduce(jobs, at(0))
+    assert [(e.cores, e.start, e.estimated_at) for e in got] == [
+        (8, at(20).timestamp(), at(0).timestamp()),
+        (1, at(20).timestamp(), at(-10).timestamp()),
+        (4, at(10).timestamp(), at(-1).timestamp()),
+    ]
+    assert decode(encode(got)) == tuple(got)
+    assert encode([]) is None and decode(None) == () and decode("not json") == () and decode("[[1]]") == ()
+    many = [Job(str(i), PENDING, cores=i, start_estimate=at(i)) for i in range(1, 101)]  # none dominated
+    capped = reduce(many, at(0), limit=5)
+    assert [e.cores for e in capped] == [100, 99, 98, 97, 96]  # the latest starts: the strongest bounds
 
 
 def test_summary_math(store: Store) -> None:

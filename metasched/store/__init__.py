@@ -47,6 +47,7 @@ from metasched.store import models
 from metasched.store.galaxy import parse_galaxy_job_name, tool_key, versionless
 from metasched.store.models import SCHEMA_VERSION
 from metasched.store.samples import SAMPLES, end_seconds, pack, unpack
+from metasched.store.start_estimates import StartEstimate, decode, encode, reduce
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,9 @@ class DestinationSummary:
     max_node_cores: int | None = None
     max_node_mem_mb: int | None = None
     max_node_gpus: int | None = None
+    # The scheduler's expected starts of the pending jobs (Slurm's backfill), non-dominated ones
+    # only (see ``metasched.store.start_estimates``); () where the scheduler has none.
+    start_estimates: tuple[StartEstimate, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +194,7 @@ _SUMMARY_SELECT = 'SELECT {} FROM "destination"'.format(
             "disabled_reason",
             "disabled_until",
             *_NODE_MAX_FIELDS,
+            "start_estimates",
         )
     )
 )
@@ -236,9 +241,12 @@ _JOB_COLUMNS = (
     "submit_time",
     "start_time",
     "nodes",
+    "start_estimate",
+    "estimated_at",
     "galaxy_job_id",
     "tool_key",
 )
+_JOB_FIELDS = _JOB_COLUMNS[1:-2]  # the collect.types.Job fields; the galaxy columns are derived
 # What history needs of a previous job; read with one raw query (the hot part of a big write).
 _TRACKED_COLUMNS = (
     "job_id",
@@ -592,6 +600,7 @@ class Store:
         partitions = _unique(snapshot.partitions, lambda p: p.name, "partition", dest_id)
         jobs = _unique(snapshot.jobs, lambda j: j.job_id, "job", dest_id)
         summary = _summarize(nodes, jobs)
+        summary["start_estimates"] = encode(reduce(jobs, finished))
         node_rows = [
             (
                 dest_id,
@@ -646,6 +655,8 @@ class Store:
                     dt_in(j.submit_time),
                     dt_in(j.start_time),
                     j.nodes,
+                    dt_in(j.start_estimate),
+                    dt_in(j.estimated_at),
                     galaxy[0] if galaxy else None,
                     galaxy[1] if galaxy else None,
                 )
@@ -672,7 +683,7 @@ class Store:
     def _replace(
         self,
         dest_id: str,
-        summary: dict[str, int | None],
+        summary: dict[str, int | str | None],
         node_rows: list[tuple[Any, ...]],
         partition_rows: list[tuple[Any, ...]],
         job_rows: list[tuple[Any, ...]],
@@ -905,15 +916,15 @@ class Store:
     def jobs(self, dest_id: str) -> list[Job]:
         """The destination's jobs as of its last good snapshot, in snapshot order (fast for 100k jobs)."""
         J = models.Job
-        names = _JOB_COLUMNS[1:14]  # the collect.types.Job fields; galaxy columns are derived
+        names = _JOB_FIELDS
         rows = self._select_raw(
             J.select(*[getattr(J, c) for c in names]).where(J.destination == dest_id).order_by(J.id)
         )
         out = []
         for row in rows:
             values = dict(zip(names, row, strict=True))
-            values["submit_time"] = _aware(_naive_db(values["submit_time"]))
-            values["start_time"] = _aware(_naive_db(values["start_time"]))
+            for name in ("submit_time", "start_time", "start_estimate", "estimated_at"):
+                values[name] = _aware(_naive_db(values[name]))
             out.append(Job(**values))
         return out
 
@@ -1399,7 +1410,7 @@ def _node_mem_free(n: Node) -> int:
     return free
 
 
-def _summarize(nodes: Sequence[Node], jobs: Sequence[Job]) -> dict[str, int | None]:
+def _summarize(nodes: Sequence[Node], jobs: Sequence[Job]) -> dict[str, int | str | None]:
     """Destination summary: capacity over available nodes only; demand from pending (not held) jobs."""
     available = [n for n in nodes if n.available]
     pending = [j for j in jobs if j.state == PENDING]
@@ -1435,4 +1446,5 @@ def _summary(row: tuple[Any, ...]) -> DestinationSummary:
     values[5] = _aware_db(values[5])
     until = 8 + len(_SUMMARY_FIELDS)  # disabled_until
     values[until] = _aware_db(values[until])
+    values[-1] = decode(values[-1])  # start_estimates
     return DestinationSummary(*values)

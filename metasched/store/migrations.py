@@ -176,7 +176,18 @@ def _v4_to_v5(db: Database) -> None:
     )
 
 
-STEPS: dict[int, Step] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+def _v5_to_v6(db: Database) -> None:
+    """The scheduler's expected start per pending job, and its summary per destination (rank's read).
+
+    Nothing to fill: stored snapshots carry no estimates, the next collect brings them.
+    """
+    ts = "TIMESTAMP" if isinstance(db, PostgresqlDatabase) else "DATETIME"
+    _execute(db, f'ALTER TABLE "job" ADD COLUMN "start_estimate" {ts}')
+    _execute(db, f'ALTER TABLE "job" ADD COLUMN "estimated_at" {ts}')
+    _execute(db, 'ALTER TABLE "destination" ADD COLUMN "start_estimates" TEXT')
+
+
+STEPS: dict[int, Step] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
 
 
 def upgrade(db: Database, from_version: int, to_version: int = SCHEMA_VERSION) -> list[int]:

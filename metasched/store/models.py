@@ -20,7 +20,7 @@ from peewee import (
     TextField,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class BaseModel(Model):
@@ -65,6 +65,10 @@ class Destination(BaseModel):
     max_node_gpus = IntegerField(null=True)
     disabled_reason = TextField(null=True)  # operator disable (serve/status issue)
     disabled_until = DateTimeField(null=True)
+    # The scheduler's expected starts of the pending jobs (schema v6), reduced to what rank needs:
+    # JSON [[cores, mem_mb, gpus, start, estimated_at], ...] (epoch seconds, UTC), see
+    # ``metasched.store.start_estimates``. None when the scheduler gave none.
+    start_estimates = TextField(null=True)
 
 
 class Node(BaseModel):
@@ -128,6 +132,8 @@ class Job(BaseModel):
     nodes = TextField(default="")
     galaxy_job_id = IntegerField(null=True)
     tool_key = CharField(null=True)  # see metasched.store.galaxy
+    start_estimate = DateTimeField(null=True)  # pending: the scheduler's expected start (schema v6)
+    estimated_at = DateTimeField(null=True)  # when it computed that (collect time when unknown)
 
     class Meta:
         indexes = ((("destination", "job_id"), True),)
