@@ -8,6 +8,7 @@ is not part of the Store API yet.
 
 from __future__ import annotations
 
+import copy
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -167,7 +168,10 @@ def scenario_config(raw: dict[str, Any] | None) -> Config:
         ssh=SSHSettings(),
         destinations=dests,
         rank=RankSettings(
-            max_state_age=rank.get("max_state_age", 300.0), weights=dict(rank.get("weights") or {})
+            max_state_age=rank.get("max_state_age", 300.0),
+            weights=dict(rank.get("weights") or {}),
+            ledger=rank.get("ledger", True),
+            ledger_ttl=rank.get("ledger_ttl", 1800.0),
         ),
         objectstores={k: (v["latitude"], v["longitude"]) for k, v in (raw.get("objectstores") or {}).items()},
     )
@@ -180,8 +184,53 @@ def run_scenario(path: Path, tmp_path: Path, url: str | None = None) -> dict[str
     sc = load_scenario(path)
     db = url or str(tmp_path / "state.db")
     build_store(db, sc.get("state") or {})
+    config = scenario_config(sc.get("config"))
     with Store.open(db) as store:
-        return rank(sc["request"], scenario_config(sc.get("config")), store, NOW)
+        if "steps" in sc:
+            return run_steps(sc, config, store, db)
+        return rank(sc["request"], config, store, NOW)
+
+
+def run_steps(sc: dict[str, Any], config: Config, store: Store, db: str) -> dict[str, Any]:
+    """Sequential ranks of ``request`` against the one stored state (the placement ledger between them).
+
+    Each step is one of
+    ``rank: {job_id: first id, repeat: n, at_s: seconds after NOW, every_s: step between repeats}``
+    with optional ``placed: {destination: how many of the n answers placed the job there}`` and
+    ``expect`` (checked on the step's last answer), or ``placement: {job_id: id, state: resolved}``,
+    set directly in the store as collect's reconciliation would. Returns the last answer.
+    """
+    from metasched.rank import rank
+
+    result: dict[str, Any] | None = None
+    for i, step in enumerate(sc["steps"]):
+        if "placement" in step:
+            p = step["placement"]
+            resolved = (NOW + timedelta(seconds=p.get("at_s", 0))).replace(tzinfo=None)
+            _sql(
+                db,
+                "UPDATE placement SET state = ?, resolved_at = ? WHERE job_id = ?",
+                (p["state"], resolved, str(p["job_id"])),
+            )
+            continue
+        spec = step["rank"]
+        placed: dict[str, int] = {}
+        for k in range(spec.get("repeat", 1)):
+            request = copy.deepcopy(sc["request"])
+            job = request.get("job") or request["job_info"]
+            if "job_id" in spec:
+                job["job_id"] = spec["job_id"] + k
+            at = NOW + timedelta(seconds=spec.get("at_s", 0) + k * spec.get("every_s", 0))
+            result = rank(request, config, store, at)
+            first = next((r["id"] for r in result["ranked"] if r["feasible"]), None)
+            if first is not None:
+                placed[first] = placed.get(first, 0) + 1
+        if "placed" in step:
+            assert placed == step["placed"], f"steps[{i}]: placed {placed}"
+        if "expect" in step and result is not None:
+            check_expectations({"expect": step["expect"]}, result)
+    assert result is not None, "steps: no rank step"
+    return result
 
 
 def check_expectations(sc: dict[str, Any], result: dict[str, Any]) -> None:
@@ -197,9 +246,23 @@ def check_expectations(sc: dict[str, Any], result: dict[str, Any]) -> None:
         text = " | ".join(ranked[dest]["reasons"])
         for needle in needles:
             assert needle in text, f"{dest}: {needle!r} not in {text!r}"
+    for dest, needles in (exp.get("reasons_absent") or {}).items():
+        text = " | ".join(ranked[dest]["reasons"])
+        for needle in needles:
+            assert needle not in text, f"{dest}: {needle!r} in {text!r}"
     for dest, comps in (exp.get("components") or {}).items():
         for name, value in comps.items():
-            assert ranked[dest]["components"][name] == pytest.approx(value, rel=1e-3, abs=1e-3), name
+            got = ranked[dest]["components"][name]
+            if value is None:  # null: unknown
+                assert got is None, (dest, name, got)
+            else:
+                assert got == pytest.approx(value, rel=1e-3, abs=1e-3), (dest, name)
+    for dest, score in (exp.get("scores") or {}).items():
+        assert ranked[dest]["score"] == pytest.approx(score, rel=1e-3, abs=1e-3), dest
+    for name in exp.get("absent_components") or []:
+        assert all(name not in r["components"] for r in result["ranked"]), name
+    for needle in exp.get("absent_reasons") or []:
+        assert not any(needle in why for r in result["ranked"] for why in r["reasons"]), needle
     for needle in exp.get("warnings") or []:
         assert any(needle in w for w in result["warnings"]), (needle, result["warnings"])
     if exp.get("no_warnings"):

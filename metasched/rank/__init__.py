@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from metasched.errors import ConfigError, InputError
-from metasched.rank.model import Candidate, Location, Outcome, Ranked, Weights, make_weights, rank_candidates
+from metasched.rank.ledger import job_key, record
+from metasched.rank.model import (
+    Candidate,
+    Location,
+    Outcome,
+    Ranked,
+    Weights,
+    energy_on,
+    make_weights,
+    rank_candidates,
+)
 from metasched.rank.request import RankRequest, parse_request
 from metasched.rank.state import StoredState, load_state, observe
 
@@ -54,7 +64,8 @@ def rank_outcome(
     state = StoredState()
     if store is not None:
         try:
-            state = load_state(store, ids, req.job.tool_id)
+            since = now - timedelta(seconds=config.rank.ledger_ttl) if config.rank.ledger else None
+            state = load_state(store, ids, req.job.tool_id, since)
         except Exception as exc:  # a locked or broken store degrades the answer, it never fails the job
             log.debug("reading the store failed", exc_info=True)
             warn.append(f"state store unreadable ({type(exc).__name__}: {exc}): ranking from the request")
@@ -71,6 +82,8 @@ def rank_outcome(
         state.typical_run_s,
     )
     tool_id = req.job.tool_id
+    placements, job_id = state.placements, job_key(req)
+    carbon_max_age = weights.carbon_max_age_s if energy_on(weights) else None
     for dest in req.destinations:
         conf = configured.get(dest.id)
         observed, s_stale, m_stale = observe(
@@ -84,6 +97,9 @@ def rank_outcome(
             max_state_age=max_state_age,
             max_metric_age=max_metric_age,
             typical_run_s=typical.get(dest.id),
+            carbon_max_age=carbon_max_age,
+            placements=placements.get(dest.id, ()),
+            job_id=job_id,
         )
         stale_state += s_stale
         stale_metrics += m_stale
@@ -126,21 +142,37 @@ def rank_outcome(
     return outcome, warn
 
 
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
 def _entry(rank: int, r: Ranked) -> dict[str, Any]:
+    components: dict[str, Any] = {
+        "staging_s": round(r.staging_s, 3),
+        "queue_s": round(r.queue_s, 3),
+        "run_s": round(r.run_s, 3),
+        "total_s": round(r.total_s, 3),
+        "tpv_score": r.tpv_score,
+        "staged_bytes": r.staged_bytes,
+        "local_bytes": r.local_bytes,
+    }
+    e = r.energy
+    if e is not None:  # an energy weight is on: the estimate behind carbon_s/price_s
+        components["energy_kwh"] = round(e.kwh, 6)
+        if e.carbon_s is not None:
+            components["carbon_g_per_kwh"] = e.carbon_g_kwh
+            components["co2_g"] = _round(e.co2_g, 3)
+            components["carbon_s"] = round(e.carbon_s, 3)
+        if e.price_s is not None:
+            components["price_eur_per_mwh"] = e.price_eur_mwh
+            components["price_eur"] = _round(e.price_eur, 6)
+            components["price_s"] = round(e.price_s, 3)
     return {
         "id": r.id,
         "rank": rank,
         "score": round(r.score, 3),
         "feasible": r.feasible,
-        "components": {
-            "staging_s": round(r.staging_s, 3),
-            "queue_s": round(r.queue_s, 3),
-            "run_s": round(r.run_s, 3),
-            "total_s": round(r.total_s, 3),
-            "tpv_score": r.tpv_score,
-            "staged_bytes": r.staged_bytes,
-            "local_bytes": r.local_bytes,
-        },
+        "components": components,
         "reasons": list(r.reasons),
     }
 
@@ -166,12 +198,17 @@ def rank(
     store: Store | None,
     now: datetime,
     warnings: Sequence[str] = (),
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Validate ``request_obj`` (decoded JSON) and rank it; InputError/ConfigError for bad input or config.
 
     ``store`` None ranks from the request and the config alone; ``warnings`` (e.g. why there is no
-    store) are carried into the response.
+    store) are carried into the response. The answer is recorded in the placement ledger
+    (``metasched.rank.ledger``); ``notes`` receives what happened to it (``--explain`` shows it).
     """
     req = parse_request(request_obj)
     outcome, warn = rank_outcome(req, config, store, now, warnings)
+    note = record(req, outcome, config, store, now, warn)
+    if notes is not None:
+        notes.append(note)
     return response(outcome, warn, drop_infeasible=req.options.drop_infeasible)

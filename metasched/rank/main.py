@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -42,19 +42,33 @@ def _cell(text: str) -> str:
     return text.encode("unicode_escape").decode("ascii")
 
 
-def explain_table(result: Mapping[str, Any]) -> str:
-    """Plain-text table of every destination's components and reasons (no rich: too slow to import)."""
+# Energy components, shown as columns only when an energy weight put them in the answer.
+_ENERGY_COLUMNS = (("co2_g", 1), ("carbon_s", 1), ("price_eur", 4), ("price_s", 1))
+
+
+def _energy_cell(value: object, digits: int) -> str:
+    """``?``: this destination's figure is unknown (null)."""
+    return f"{value:>10,.{digits}f}" if isinstance(value, int | float) else f"{'?':>10}"
+
+
+def explain_table(result: Mapping[str, Any], notes: Sequence[str] = ()) -> str:
+    """Plain-text table of every destination's components and reasons (no rich: too slow to import),
+    then ``notes`` (what rank did besides answering: the placement ledger) and the warnings."""
+    extra = [(k, d) for k, d in _ENERGY_COLUMNS if any(k in r["components"] for r in result["ranked"])]
     head = f"{'rank':>4}  {'feasible':<8} {'staging_s':>12} {'queue_s':>12} {'run_s':>12} {'total_s':>12} "
+    head += "".join(f"{k:>10} " for k, _ in extra)
     head += f"{'tpv':>6} {'score':>12}  id"
     lines = [head]
     for r in result["ranked"]:
         c = r["components"]
+        energy = "".join(f"{_energy_cell(c.get(k), d)} " for k, d in extra)
         lines.append(
             f"{r['rank']:>4}  {'yes' if r['feasible'] else 'NO':<8} {c['staging_s']:>12,.1f} "
-            f"{c['queue_s']:>12,.1f} {c['run_s']:>12,.1f} {c['total_s']:>12,.1f} {c['tpv_score']:>6g} "
-            f"{r['score']:>12,.1f}  {_cell(r['id'])}"
+            f"{c['queue_s']:>12,.1f} {c['run_s']:>12,.1f} {c['total_s']:>12,.1f} "
+            f"{energy}{c['tpv_score']:>6g} {r['score']:>12,.1f}  {_cell(r['id'])}"
         )
         lines.extend(f"{'':>6}- {_cell(reason)}" for reason in r["reasons"])
+    lines.extend(f"note: {_cell(n)}" for n in notes)
     lines.extend(f"warning: {_cell(w)}" for w in result["warnings"])
     return "\n".join(lines) + "\n"
 
@@ -83,8 +97,9 @@ def run(
         request_obj = decode_request(_read_request(request))
         cfg = load_config(resolve_config_path(config, env), env, read_secrets=False)
         store, warning = open_existing_store(database_url(cfg, database, env))
+        notes: list[str] = []
         try:
-            result = rank(request_obj, cfg, store, datetime.now(UTC), [warning] if warning else [])
+            result = rank(request_obj, cfg, store, datetime.now(UTC), [warning] if warning else [], notes)
         finally:
             if store is not None:
                 store.close()
@@ -92,7 +107,7 @@ def run(
     except Exception as exc:
         return report(exc, verbose)
     if explain:
-        sys.stderr.write(explain_table(result))
+        sys.stderr.write(explain_table(result, notes))
     sys.stdout.write(text)
     return 0
 

@@ -4,7 +4,9 @@ Every factor is expressed in seconds of the job's expected turnaround at a desti
 factors add up without arbitrary weights between unlike units::
 
     total_s = staging_s + queue_s + run_s
-    score   = total_s * (1 - tpv_max_discount * tanh(tpv_weight * tpv_score))
+    score   = (total_s + carbon_s + price_s) * (1 - tpv_max_discount * tanh(tpv_weight * tpv_score))
+
+where carbon_s and price_s, the job's energy priced in seconds, are 0 unless their weights are set.
 
 The formulas, defaults and a worked example are in docs/rank.md.
 
@@ -48,11 +50,17 @@ class Weights:
     min_history: float = 3.0  # own finished jobs needed before they beat InfluxDB medians
     tpv_weight: float = 0.1  # TPV score points scale: tanh(0.1 x score), ~1 % off per point near 0
     tpv_max_discount: float = 0.1  # TPV's tags never move a turnaround by more than 10 %: a near-tie breaker
+    # Opt-in energy costs (docs/rank.md "Carbon and price"): 0 leaves the answer exactly as without them.
+    carbon_s_per_kg: float = 0.0  # seconds of turnaround a user trades for one kg of CO2
+    price_s_per_eur: float = 0.0  # seconds of turnaround a user trades for one euro of electricity
+    watts_per_core: float = 10.0  # per busy core, with its share of memory, fans and cooling
+    watts_per_gpu: float = 300.0  # per busy GPU: a V100/A100 PCIe board's TDP
+    carbon_max_age_s: float = 7200.0  # older carbon/price figures are unknown; grid figures change hourly
 
 
 DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType({k: float(v) for k, v in asdict(Weights()).items()})
 
-_POSITIVE = frozenset({"bandwidth_mb_s", "halving_km"})
+_POSITIVE = frozenset({"bandwidth_mb_s", "halving_km", "carbon_max_age_s"})
 _FRACTION = frozenset({"history_weight", "tpv_max_discount"})
 
 
@@ -129,6 +137,14 @@ class Observed:
     metric_queue_s: float | None = None  # InfluxDB (gxadmin) medians of this tool here
     metric_run_s: float | None = None
     reasons: tuple[str, ...] = ()
+    # Set after construction, and only when an energy weight is on (state.observe): fresh figures only.
+    carbon_g_kwh: float | None = None  # grid carbon intensity, gCO2/kWh
+    price_eur_mwh: float | None = None  # day-ahead electricity price, EUR/MWh (may be negative)
+    # Placements rank recorded here since the state was observed (state.observe): queued ahead of the job.
+    inflight_jobs: int = 0
+    inflight_cores: float = 0.0
+    inflight_mem_mb: float = 0.0
+    inflight_gpus: float = 0.0
 
 
 @dataclass(slots=True)
@@ -160,6 +176,7 @@ class Ranked:
     staged_bytes: float
     local_bytes: float
     reasons: tuple[str, ...]
+    energy: Energy | None = None  # only when carbon_s_per_kg or price_s_per_eur is > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,12 +378,15 @@ def state_wait(job: JobSpec, obs: Observed, w: Weights) -> tuple[float | None, s
         and obs.queued_jobs is None
         and obs.free_mem_mb is None
         and obs.free_gpus is None
+        and not obs.inflight_jobs
     ):
         return None, ""
     typical = obs.dest_run_s if obs.dest_run_s is not None else w.queued_job_s
     queued = obs.queued_cores
     if queued is None and obs.queued_jobs is not None:
         queued = obs.queued_jobs * w.queued_job_cores
+    if obs.inflight_jobs:  # placed here after the state was observed: queued ahead, unseen by it
+        queued = (queued or 0.0) + obs.inflight_cores
     capacity = obs.total_cores or obs.running_cores
     if not capacity and obs.running_jobs:
         capacity = obs.running_jobs * w.queued_job_cores
@@ -388,9 +408,13 @@ def state_wait(job: JobSpec, obs: Observed, w: Weights) -> tuple[float | None, s
     shorts: list[str] = []
     if deficit > 0:
         shorts.append(f"{fmt_num(deficit)} cores to free")
+    free_mem, free_gpus = obs.free_mem_mb, obs.free_gpus
+    if obs.inflight_jobs:  # the placements' memory and GPUs are taken before this job's
+        free_mem = None if free_mem is None else free_mem - obs.inflight_mem_mb
+        free_gpus = None if free_gpus is None else free_gpus - obs.inflight_gpus
     for need, have, total, what in (
-        (job.mem_mb, obs.free_mem_mb, obs.total_mem_mb, "memory"),
-        (job.gpus, obs.free_gpus, obs.total_gpus, "GPUs"),
+        (job.mem_mb, free_mem, obs.total_mem_mb, "memory"),
+        (job.gpus, free_gpus, obs.total_gpus, "GPUs"),
     ):
         if need <= 0 or have is None or have >= need:
             continue
@@ -436,6 +460,121 @@ def queue_time(job: JobSpec, obs: Observed, w: Weights) -> tuple[float, list[str
     return w.unknown_queue_s, [f"queue {w.unknown_queue_s:,.0f} s: unknown (no current state or history)"]
 
 
+J_PER_KWH = 3.6e6
+
+
+@dataclass(frozen=True, slots=True)
+class Energy:
+    """A job's estimated electricity at one destination and what it costs in seconds of turnaround.
+
+    ``co2_g``/``price_eur`` are None when this destination's figure is unknown: its seconds are then
+    charged at the candidates' median figure, so not reporting is neither rewarded nor punished.
+    """
+
+    kwh: float
+    carbon_g_kwh: float | None
+    co2_g: float | None
+    carbon_s: float | None  # None: carbon_s_per_kg is 0
+    price_eur_mwh: float | None
+    price_eur: float | None
+    price_s: float | None  # None: price_s_per_eur is 0
+
+    @property
+    def seconds(self) -> float:
+        """What the energy adds to the turnaround the score is computed from."""
+        return (self.carbon_s or 0.0) + (self.price_s or 0.0)
+
+
+def energy_on(w: Weights) -> bool:
+    """Whether any energy cost is asked for; otherwise rank reads, computes and shows none of it."""
+    return w.carbon_s_per_kg > 0 or w.price_s_per_eur > 0
+
+
+def energy_kwh(job: JobSpec, run_s: float, w: Weights) -> float:
+    """Busy cores and GPUs for the run (queueing and staging draw nothing from the destination's grid)."""
+    return (job.cores * w.watts_per_core + job.gpus * w.watts_per_gpu) * run_s / J_PER_KWH
+
+
+def _fmt_s(x: float) -> str:
+    return f"{x:,.1f} s" if x < 10 else f"{x:,.0f} s"
+
+
+def median_known(values: Sequence[float | None]) -> tuple[float, int] | None:
+    """(median, how many) of the known values: what an unknown figure is charged at."""
+    known = [v for v in values if v is not None]
+    return (statistics.median(known), len(known)) if known else None
+
+
+def energy_cost(
+    job: JobSpec,
+    run_s: float,
+    obs: Observed,
+    carbon_mid: tuple[float, int] | None,
+    price_mid: tuple[float, int] | None,
+    w: Weights,
+) -> tuple[Energy, list[str]]:
+    """The job's energy here, its CO2 and price, and their seconds (each only when its weight is on).
+
+    A destination without a figure pays the median of those that have one (``*_mid``); with none
+    known anywhere the factor is 0 s for everyone. A negative price counts as 0: no destination is
+    better than free, and scores stay >= 0 for the policies that scale them.
+    """
+    kwh = energy_kwh(job, run_s, w)
+    parts = f"{fmt_num(job.cores)} cores x {fmt_num(w.watts_per_core)} W"
+    if job.gpus > 0:
+        parts += f" + {fmt_num(job.gpus)} GPUs x {fmt_num(w.watts_per_gpu)} W"
+    reasons = [f"energy {kwh:,.3g} kWh ({parts} for {run_s:,.0f} s)"]
+    co2: float | None = None
+    carbon_s: float | None = None
+    if w.carbon_s_per_kg > 0:
+        carbon_s = 0.0
+        per_kg = w.carbon_s_per_kg / 1000.0
+        if obs.carbon_g_kwh is not None:
+            co2 = kwh * obs.carbon_g_kwh
+            carbon_s = co2 * per_kg
+            at = fmt_num(obs.carbon_g_kwh)
+            reasons.append(f"carbon {co2:,.1f} g CO2 at {at} g/kWh: +{_fmt_s(carbon_s)}")
+        elif carbon_mid is not None:
+            carbon_s = kwh * carbon_mid[0] * per_kg
+            reasons.append(
+                f"carbon intensity unknown: charged the median of {carbon_mid[1]} destination(s), "
+                f"{fmt_num(carbon_mid[0])} g/kWh: +{_fmt_s(carbon_s)}"
+            )
+        else:
+            reasons.append("carbon intensity unknown here and at every candidate: no carbon cost")
+    eur: float | None = None
+    price_s: float | None = None
+    if w.price_s_per_eur > 0:
+        price_s = 0.0
+        price = obs.price_eur_mwh
+        if price is not None:
+            eur = kwh * max(price, 0.0) / 1000.0
+            price_s = eur * w.price_s_per_eur
+            floor = " (negative: counts as 0)" if price < 0 else ""
+            at = fmt_num(price)
+            reasons.append(f"electricity {eur:,.4f} EUR at {at} EUR/MWh{floor}: +{_fmt_s(price_s)}")
+        elif price_mid is not None:
+            price_s = kwh * max(price_mid[0], 0.0) / 1000.0 * w.price_s_per_eur
+            reasons.append(
+                f"electricity price unknown: charged the median of {price_mid[1]} destination(s), "
+                f"{fmt_num(price_mid[0])} EUR/MWh: +{_fmt_s(price_s)}"
+            )
+        else:
+            reasons.append("electricity price unknown here and at every candidate: no price cost")
+    return (
+        Energy(
+            kwh,
+            obs.carbon_g_kwh,
+            co2,
+            None if carbon_s is None else min(carbon_s, MAX_SECONDS),
+            obs.price_eur_mwh,
+            eur,
+            None if price_s is None else min(price_s, MAX_SECONDS),
+        ),
+        reasons,
+    )
+
+
 def rank_candidates(
     job: JobSpec,
     datasets: Sequence[Dataset],
@@ -460,6 +599,9 @@ def rank_candidates(
     total_bytes = sum(g.size_bytes for g in groups)
     scored: list[tuple[tuple[bool, float, float, int], Ranked]] = []
     discount, tpv_weight, tanh = w.tpv_max_discount, w.tpv_weight, math.tanh
+    with_energy = energy_on(w)
+    carbon_mid = median_known([c.observed.carbon_g_kwh for c in candidates]) if with_energy else None
+    price_mid = median_known([c.observed.price_eur_mwh for c in candidates]) if with_energy else None
     for cand, (stage_s, moved, local, stage_why) in zip(candidates, stagings, strict=True):
         obs = cand.observed
         why_not = infeasibility(job, cand)
@@ -475,9 +617,16 @@ def rank_candidates(
         if run_s > MAX_SECONDS:
             run_s = MAX_SECONDS
         total = stage_s + queue_s + run_s
-        score = total * (1.0 - discount * tanh(tpv_weight * cand.tpv_score))
+        energy: Energy | None = None
+        if with_energy:
+            energy, energy_why = energy_cost(job, run_s, obs, carbon_mid, price_mid, w)
+            cost = total + energy.seconds
+            reasons = (*why_not, *obs.reasons, *stage_why, *queue_why, run_why, *energy_why)
+        else:
+            cost = total
+            reasons = (*why_not, *obs.reasons, *stage_why, *queue_why, run_why)
+        score = cost * (1.0 - discount * tanh(tpv_weight * cand.tpv_score))
         note = None if obs.status is None else status_note(obs.status)
-        reasons = (*why_not, *obs.reasons, *stage_why, *queue_why, run_why)
         if note is not None:
             reasons = (note, *reasons)
         # Positional: keyword construction of a 12-field dataclass costs noticeably per destination.
@@ -494,6 +643,7 @@ def rank_candidates(
             moved,
             local,
             reasons,
+            energy,
         )
         scored.append(((bool(why_not), round(score, 6), -cand.tpv_score, cand.index), ranked))
     scored.sort(key=itemgetter(0))

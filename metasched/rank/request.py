@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from metasched.errors import InputError
@@ -32,7 +34,11 @@ METRIC_KEYS = frozenset(
     {"queued", "running", "free_cores", "free_mem_gb", "free_gpus"}
     | {"total_cores", "total_mem_gb", "total_gpus"}
     | {"median_queue_s", "median_run_s", "status"}
+    | {"carbon_intensity", "price_day_ahead"}
+    | {"observed_at"}
 )
+# RFC 3339 date-time (the zone is required: an unzoned time would be read in the wrong zone silently).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,9 @@ class InlineMetrics:
     median_queue_s: float | None = None
     median_run_s: float | None = None
     status: str | None = None
+    carbon_intensity: float | None = None  # gCO2/kWh; read only when an energy weight is on
+    price_day_ahead: float | None = None  # EUR/MWh, may be negative
+    observed_at: datetime | None = None  # aware UTC: when these values held (placements since then count)
 
 
 NO_METRICS = InlineMetrics()  # immutable; shared by every destination without inline metrics
@@ -233,6 +242,7 @@ def _metrics(value: object, path: str) -> InlineMetrics:
         if key not in METRIC_KEYS:
             raise InputError(f"{path}.{key}: unknown metric (known: {', '.join(sorted(METRIC_KEYS))})")
     free_mem_gb = _opt_number(obj, "free_mem_gb", path)
+    seen = obj.get("observed_at")
     total_mem_gb = _opt_number(obj, "total_mem_gb", path)
     return InlineMetrics(
         queued=_opt_number(obj, "queued", path),
@@ -246,7 +256,35 @@ def _metrics(value: object, path: str) -> InlineMetrics:
         median_queue_s=_opt_number(obj, "median_queue_s", path),
         median_run_s=_opt_number(obj, "median_run_s", path),
         status=_opt_str(obj, "status", path),
+        carbon_intensity=_opt_number(obj, "carbon_intensity", path),
+        price_day_ahead=_opt_number(obj, "price_day_ahead", path, minimum=None),
+        observed_at=None if seen is None else _timestamp(seen, path, "observed_at"),
     )
+
+
+def _timestamp(value: object, path: str, key: str) -> datetime:
+    """An RFC 3339 string with a zone, or Unix seconds, as an aware UTC datetime."""
+    if isinstance(value, str):
+        if _RFC3339.fullmatch(value) is None:
+            raise InputError(
+                f"{path}.{key}: must be an RFC 3339 time with a zone (e.g. 2026-11-23T12:00:00Z) "
+                f"or Unix seconds, got {value[:40]!r}"
+            )
+        text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
+        frac = re.search(r"\.(\d+)", text)
+        if frac is not None and len(frac.group(1)) > 6:  # datetime keeps microseconds
+            text = text[: frac.start(1) + 6] + text[frac.end(1) :]
+        try:
+            return datetime.fromisoformat(text.replace("t", "T", 1)).astimezone(UTC)
+        except (ValueError, OverflowError):
+            raise InputError(f"{path}.{key}: not a valid date and time, got {value[:40]!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"{path}.{key}: must be an RFC 3339 string or Unix seconds, not {_kind(value)}")
+    seconds = _number(value, path, key)
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (ValueError, OverflowError, OSError):
+        raise InputError(f"{path}.{key}: Unix seconds out of range") from None
 
 
 def _destination(value: object, index: int, path: str) -> DestinationRequest:

@@ -16,12 +16,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from metasched.rank.model import MB_PER_GB, Observed
+from metasched.rank.model import MB_PER_GB, Observed, fmt_num
 from metasched.rank.request import NO_METRICS, DestinationRequest
 
 if TYPE_CHECKING:
     from metasched.config import DestinationConfig
     from metasched.store import DestinationSummary, MetricRow, Store, ToolTimes
+    from metasched.store.placements import PlacementEntry
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ STATE_METRICS = frozenset(
     | {"status"}
 )
 HISTORY_METRICS = frozenset({"median_queue_s", "median_run_s"})
+CARBON_METRICS = frozenset({"carbon_intensity", "price_day_ahead"})  # pulsar_carbon_intensity
 # TPV gives rank 2 s: a store locked by a writer (or a slow database) must not take them all.
 RANK_BUSY_TIMEOUT_S = 0.5
 _UNKNOWN: Mapping[str, None] = MappingProxyType(
@@ -71,6 +73,7 @@ class StoredState:
     tool_times: Mapping[str, ToolTimes] = field(default_factory=dict)
     metrics: Mapping[str, Sequence[MetricRow]] = field(default_factory=dict)
     typical_run_s: Mapping[str, float] = field(default_factory=dict)  # all tools: how fast queues drain
+    placements: Mapping[str, Sequence[PlacementEntry]] = field(default_factory=dict)  # in-flight ledger
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -105,15 +108,44 @@ def open_existing_store(url: str) -> tuple[Store | None, str | None]:
         return None, f"state store unreadable ({type(exc).__name__}: {exc}): ranking from the request"
 
 
-def load_state(store: Store, dest_ids: Sequence[str], tool_id: str) -> StoredState:
-    """A handful of queries (one per kind of state), whatever the number of destinations."""
+def load_state(
+    store: Store, dest_ids: Sequence[str], tool_id: str, ledger_since: datetime | None = None
+) -> StoredState:
+    """A handful of queries (one per kind of state), whatever the number of destinations.
+
+    ``ledger_since`` (the ledger is on): also the in-flight placements recorded since then, one query.
+    """
     summaries = {s.id: s for s in store.summaries(dest_ids)}
     times = store.tool_times(tool_id, dest_ids)
     by_dest: dict[str, list[MetricRow]] = {}
     for row in store.metrics(dest_ids, tool_id):
         by_dest.setdefault(row.destination_id, []).append(row)
     typical = store.typical_run_s(dest_ids)
-    return StoredState(summaries=summaries, tool_times=times, metrics=by_dest, typical_run_s=typical)
+    placed: dict[str, list[PlacementEntry]] = {}
+    if ledger_since is not None:
+        from metasched.store.placements import inflight_placements
+
+        for entry in inflight_placements(store, dest_ids, ledger_since):
+            placed.setdefault(entry.destination, []).append(entry)
+    return StoredState(
+        summaries=summaries, tool_times=times, metrics=by_dest, typical_run_s=typical, placements=placed
+    )
+
+
+def inflight_demand(
+    entries: Sequence[PlacementEntry], observed_at: datetime | None, job_id: str | None
+) -> tuple[int, float, float, float]:
+    """(jobs, cores, memory MB, GPUs) placed after ``observed_at`` (None: nothing observed, all count),
+    leaving out ``job_id`` itself: a job ranked again is not queued ahead of itself."""
+    jobs = 0
+    cores = mem = gpus = 0.0
+    for e in entries:
+        if (observed_at is None or e.placed_at > observed_at) and e.job_id != job_id:
+            jobs += 1
+            cores += e.cores
+            mem += e.mem_mb
+            gpus += e.gpus
+    return jobs, cores, mem, gpus
 
 
 def _age_s(now: datetime, then: datetime | None) -> float | None:
@@ -171,8 +203,15 @@ def observe(
     max_state_age: float,
     max_metric_age: float,
     typical_run_s: float | None = None,
+    carbon_max_age: float | None = None,
+    placements: Sequence[PlacementEntry] = (),
+    job_id: str | None = None,
 ) -> tuple[Observed, bool, bool]:
-    """Merge every source into one ``Observed``; also (state was stale, metrics were stale) for warnings."""
+    """Merge every source into one ``Observed``; also (state was stale, metrics were stale) for warnings.
+
+    Carbon intensity and price are read only with ``carbon_max_age`` (an energy weight is on): off,
+    the answer carries no trace of them.
+    """
     reasons: list[str] = []
     usable: bool | None = None
     disabled: str | None = None
@@ -233,6 +272,8 @@ def observe(
     metric_run: float | None = None
     metrics_stale: list[str] = []
     used: list[str] = []
+    energy: dict[str, float] = {}
+    energy_stale: list[str] = []
     for name, row in _latest(metric_rows, tool_id).items() if metric_rows else ():
         if name in HISTORY_METRICS:
             if row.value is not None and row.value >= 0:
@@ -242,6 +283,12 @@ def observe(
                     metric_run = row.value
             continue
         if name not in STATE_METRICS:
+            if carbon_max_age is not None and name in CARBON_METRICS and row.value is not None:
+                age = _age_s(now, row.observed_at or row.fetched_at)
+                if age is None or age > carbon_max_age:
+                    energy_stale.append(name)
+                elif name == "price_day_ahead" or row.value >= 0:  # prices may be negative
+                    energy[name] = row.value
             continue
         age = _age_s(now, row.observed_at or row.fetched_at)
         if age is None or age > max_metric_age:
@@ -260,6 +307,9 @@ def observe(
         )
     if used:
         reasons.append(f"from metrics: {', '.join(sorted(used))}")
+    if energy_stale:
+        names = ", ".join(sorted(energy_stale))
+        reasons.append(f"older than carbon_max_age_s ({carbon_max_age:,.0f} s), unknown: {names}")
 
     inline = dest.metrics
     if inline is not NO_METRICS:  # the shared empty one: most destinations carry no inline metrics
@@ -288,7 +338,23 @@ def observe(
             metric_queue = inline.median_queue_s
         if inline.median_run_s is not None:
             metric_run = inline.median_run_s
+        if carbon_max_age is not None:
+            if inline.carbon_intensity is not None:
+                energy["carbon_intensity"] = inline.carbon_intensity
+            if inline.price_day_ahead is not None:
+                energy["price_day_ahead"] = inline.price_day_ahead
 
+    inflight = None
+    if placements:  # the ledger's entries that the state used here cannot contain yet
+        seen_at = inline.observed_at if inline is not NO_METRICS and inline.observed_at is not None else None
+        if seen_at is None and summary is not None:
+            seen_at = summary.last_success
+        inflight = inflight_demand(placements, seen_at, job_id)
+        if inflight[0]:
+            reasons.append(
+                f"{inflight[0]} job{'s' if inflight[0] != 1 else ''} ({fmt_num(inflight[1])} cores) "
+                "placed here since the state was observed"
+            )
     counted = history is not None and history.count
     # Positional, in Observed's field order (named in the comments): keyword construction of its
     # 23 fields costs three times as much, for every destination of every request.
@@ -317,4 +383,11 @@ def observe(
         metric_run,  # metric_run_s
         tuple(reasons),
     )
+    if energy:
+        observed.carbon_g_kwh = energy.get("carbon_intensity")
+        observed.price_eur_mwh = energy.get("price_day_ahead")
+    if inflight is not None and inflight[0]:
+        jobs, cores, mem_mb, gpus = inflight
+        observed.inflight_jobs, observed.inflight_cores = jobs, cores
+        observed.inflight_mem_mb, observed.inflight_gpus = mem_mb, gpus
     return observed, state_stale, bool(metrics_stale)
