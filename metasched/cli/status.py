@@ -40,6 +40,8 @@ HEADERS = (
     "running",
     "queued",
     "median queue",
+    "in flight",
+    "pred err q/run",
     "error",
 )
 NODE_HEADERS = (
@@ -129,8 +131,24 @@ def _cells(row: dict[str, Any]) -> list[str]:
         str(row["jobs_running"]),
         str(row["jobs_queued"]),
         _age(row["median_queue_s"]) if row["median_queue_s"] is not None else "-",
+        _inflight(row["ledger"]),
+        _errors(row["ledger"]),
         _note(row),
     ]
+
+
+def _inflight(ledger: dict[str, Any]) -> str:
+    """Placements not seen at any destination yet (cores), and expired ones when there are any."""
+    text = f"{ledger['inflight']} ({ledger['inflight_cores']:g}c)" if ledger["inflight"] else "0"
+    return f"{text}, {ledger['expired']} expired" if ledger["expired"] else text
+
+
+def _errors(ledger: dict[str, Any]) -> str:
+    """Median |ln(predicted/actual)| of queue wait and run time (0 exact, 0.69 a factor of 2)."""
+    if not ledger["jobs"]:
+        return "-"
+    q, r = ledger["queue_error"], ledger["run_error"]
+    return f"{'-' if q is None else f'{q:.2f}'}/{'-' if r is None else f'{r:.2f}'} (n={ledger['jobs']})"
 
 
 def _node_cells(n: dict[str, Any]) -> list[str]:
@@ -223,7 +241,8 @@ def status(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Show every destination: reachable, age of the last good collect (stale rows highlighted),
-    capacity, nodes unavailable, queue, median queue time, disabled or last error.
+    capacity, nodes unavailable, queue, median queue time, placements in flight and the prediction
+    error (median |ln(predicted/actual)| of queue wait and run time), disabled or last error.
 
     With DESTINATION: its nodes and partitions too.
     """

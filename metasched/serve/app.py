@@ -406,11 +406,15 @@ def _status(state: ServeState, destination: str | None) -> Any:
 def _metrics(state: ServeState) -> str:
     """The page degrades instead of failing: a store problem drops the destination series, and
     ``metasched_store_up`` says why they are missing."""
+    from metasched.store.reconcile import calibration
+
     summaries: list[DestinationSummary] = []
+    ledger = {}
     store_up = True
     try:
         summaries = state.store.summaries()
         state.runs.update(state.store)
+        ledger = calibration(state.store, [s.id for s in summaries])
     except Exception as exc:
         log.warning("metrics: store read failed: %s: %s", type(exc).__name__, _one_line(exc))
         store_up = False
@@ -422,4 +426,5 @@ def _metrics(state: ServeState) -> str:
         state.requests,
         datetime.now(UTC),
         store_up=store_up,
+        ledger=ledger,
     )

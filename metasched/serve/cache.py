@@ -12,7 +12,8 @@ is part of the tag too. PostgreSQL has no such cheap probe: there every read goe
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from peewee import Database
@@ -46,6 +47,17 @@ class CachingStore(Store):
         conn = self._sql.connection()
         row = conn.execute("PRAGMA data_version").fetchone()
         return int(row[0]), int(conn.total_changes)
+
+    @contextmanager
+    def cache_neutral_write(self) -> Iterator[None]:
+        """A placement-ledger write changes nothing cached here: keep the caches across it, unless
+        another connection committed meanwhile (its data_version moved)."""
+        before = self._data_version()
+        yield
+        if before is not None and before == self._cache.version:
+            after = self._data_version()
+            if after is not None and after[0] == before[0]:
+                self._cache.version = after
 
     def _cached(self, key: tuple[Any, ...]) -> tuple[bool, Any]:
         version = self._data_version()

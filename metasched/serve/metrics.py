@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from metasched.store import DestinationSummary, RunRecord, Store
+from metasched.store.reconcile import Calibration
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -165,8 +166,9 @@ def render(
     now: datetime,
     *,
     store_up: bool = True,
+    ledger: Mapping[str, Calibration] | None = None,
 ) -> str:
-    """The whole /metrics page."""
+    """The whole /metrics page. ``ledger``: the placement ledger's figures per destination."""
     out: list[str] = []
 
     def series(
@@ -227,6 +229,37 @@ def render(
             ({"destination": s.id, "state": state}, float(n))
             for s in summaries
             for state, n in (("running", s.jobs_running), ("queued", s.jobs_queued), ("held", s.jobs_held))
+        ),
+    )
+    cal = sorted((ledger or {}).items())
+    series(
+        "metasched_ledger_inflight_placements",
+        "Placements rank recorded that no destination's jobs showed yet.",
+        (({"destination": d}, float(c.inflight)) for d, c in cal),
+    )
+    series(
+        "metasched_ledger_inflight_cores",
+        "Cores of those in-flight placements.",
+        (({"destination": d}, c.inflight_cores) for d, c in cal),
+    )
+    series(
+        "metasched_ledger_expired_placements",
+        "Placements never seen within rank.ledger_ttl, kept for collect.history_days.",
+        (({"destination": d}, float(c.expired)) for d, c in cal),
+    )
+    series(
+        "metasched_ledger_prediction_jobs",
+        "Finished placements behind the prediction error (the newest, at most 50).",
+        (({"destination": d}, float(c.jobs)) for d, c in cal),
+    )
+    series(
+        "metasched_ledger_prediction_error",
+        "Median |ln(predicted/actual)| of queue wait and of run time (both at least 1 s; 0 is exact).",
+        (
+            ({"destination": d, "what": what}, value)
+            for d, c in cal
+            for what, value in (("queue_wait", c.queue_error), ("run_time", c.run_error))
+            if value is not None
         ),
     )
     series(

@@ -14,6 +14,7 @@ from typing import Any
 
 from metasched.config import Config
 from metasched.store import DestinationSummary, Store
+from metasched.store.reconcile import EMPTY, Calibration, calibration
 
 COLUMNS = (
     "id",
@@ -56,12 +57,14 @@ def status_rows(
     summaries: Sequence[DestinationSummary],
     now: datetime,
     median_queue_s: Mapping[str, float | None] | None = None,
+    ledger: Mapping[str, Calibration] | None = None,
 ) -> list[dict[str, Any]]:
     """Configured destinations first (config order), then any others the store still knows.
 
     A destination never collected has ``last_success`` null; ``stale`` is true when the last good
     snapshot is older than ``rank.max_state_age`` (rank then treats its state as unknown).
     ``disabled`` is the operator's reason while a disable is in force, ``disabled_until`` its end.
+    ``ledger``: placements in flight and expired, and the prediction error (``Calibration.to_dict``).
     """
     by_id = {s.id: s for s in summaries}
     order = [d.id for d in config.destinations] + sorted(set(by_id) - {d.id for d in config.destinations})
@@ -88,6 +91,7 @@ def status_rows(
         row["disabled_until"] = _iso(s.disabled_until) if s and active else None
         median = (median_queue_s or {}).get(dest_id)
         row["median_queue_s"] = round(median, 1) if median is not None else None
+        row["ledger"] = (ledger or {}).get(dest_id, EMPTY).to_dict()
         rows.append(row)
     return rows
 
@@ -102,10 +106,12 @@ def median_queue_times(store: Store, dest_ids: Sequence[str]) -> dict[str, float
 
 
 def status_report(config: Config, store: Store, now: datetime) -> list[dict[str, Any]]:
-    """Every destination's row, with the median queue time (what ``status --json`` prints)."""
+    """Every destination's row, with the median queue time and the ledger figures (what
+    ``status --json`` prints)."""
     summaries = store.summaries()
     ids = list(dict.fromkeys([d.id for d in config.destinations] + [s.id for s in summaries]))
-    return add_policies(config, store, status_rows(config, summaries, now, median_queue_times(store, ids)))
+    rows = status_rows(config, summaries, now, median_queue_times(store, ids), calibration(store, ids))
+    return add_policies(config, store, rows)
 
 
 def add_policies(config: Config, store: Store, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -129,7 +135,13 @@ def destination_detail(config: Config, store: Store, dest_id: str, now: datetime
     summaries = store.summaries([dest_id])
     if not summaries and config.destination(dest_id) is None:
         return None
-    rows = status_rows(_only(config, dest_id), summaries, now, median_queue_times(store, [dest_id]))
+    rows = status_rows(
+        _only(config, dest_id),
+        summaries,
+        now,
+        median_queue_times(store, [dest_id]),
+        calibration(store, [dest_id]),
+    )
     add_policies(config, store, rows)
     row = rows[0]
     nodes = [asdict(n) for n in store.nodes(dest_id)]
