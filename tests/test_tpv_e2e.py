@@ -8,6 +8,10 @@ console script itself, concurrently. Failing `metasched` binaries are small shel
 missing binary, a non-zero exit, garbage, a hang past the timeout, unknown ids, a partial answer;
 the real binary also fails once (invalid config) and must not win either.
 
+From collected state: two real Slurm test clusters behind the real sshd, one full with a queue and
+one idle, collected by the real `metasched collect`; those TPV configs carry no inline metrics, so
+the winner can only come from the store, and it flips when the store says the other way round.
+
 The fast tests at the end exec the block the way TPV's loader does (statements, then the last
 expression, in one namespace) with stand-in candidates, for what a dry-run cannot show: the full
 order, duplicate ids, a raising score. They need no Galaxy.
@@ -15,14 +19,12 @@ order, duplicate ids, a raising score. They need no Galaxy.
 
 from __future__ import annotations
 
-import ast
+import contextlib
 import json
-import logging
 import os
-import re
-import shutil
+import signal
 import subprocess
-import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,28 +33,33 @@ import pytest
 import yaml
 
 from tests.infra.procs import wait_for
-from tests.infra.tpv import ensure_tpv_env
+from tests.infra.sshd import SSHServer
+from tests.infra.tpv import (
+    BUSY,
+    DRY_RUN_TIMEOUT_S,
+    IDLE,
+    JOB_CONF,
+    DryRun,
+    FakeDestination,
+    Sites,
+    busy_and_idle,
+    clean_env,
+    collect,
+    driver_results,
+    dry_run_argv,
+    ensure_tpv_env,
+    exec_rank_block,
+    metasched_bin,
+    rank_block,
+    start_driver,
+    status,
+    write_tpv_site,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "tpv"
 FRAGMENT = EXAMPLES / "metasched_rank.yml"
 OBJECT_STORES = EXAMPLES / "object_store_locations.yml"
-FALLBACK_LOG = "metasched rank failed, keeping TPV order"
-DRY_RUN_TIMEOUT_S = 600
-
-JOB_CONF = """\
-runners:
-  local:
-    load: galaxy.jobs.runners.local:LocalJobRunner
-    workers: 1
-execution:
-  default: tpv_dispatcher
-  environments:
-    tpv_dispatcher:
-      runner: dynamic
-      type: python
-      function: map_tool_to_destination
-      rules_module: tpv.rules
-"""
+STAND_IN_SLEEP_S = 3600  # the slow stand-in's child: far longer than the test, so only a kill ends it
 
 # TPV's tags prefer site_a (the tool prefers "fast", only site_a offers it); the inline metrics say
 # site_a has a long queue and no free cores while site_b is idle, so metasched picks site_b.
@@ -101,7 +108,7 @@ STAND_INS = {
     "garbage": "echo '<html>502 Bad Gateway</html>'\n",
     # Would answer site_b, but only after the timeout: its child's pid proves the whole group is killed.
     "slow": (
-        'sleep 30 &\necho $! > "$(dirname "$0")/slow.pid"\nwait $!\n'
+        f'sleep {STAND_IN_SLEEP_S} &\necho $! > "$(dirname "$0")/slow.pid"\nwait $!\n'
         'echo \'{"sorted_destinations": ["site_b", "site_a"]}\'\n'
     ),
     "unknown": 'echo \'{"sorted_destinations": ["site_b", "elsewhere"]}\'\n',
@@ -110,38 +117,12 @@ STAND_INS = {
 
 
 @dataclass(frozen=True)
-class DryRun:
-    stdout: str
-    error: str | None = None
-
-    @property
-    def winner(self) -> str:
-        """The id of the JobDestination that dry-run printed (as YAML) on stdout."""
-        ids = re.findall(r"^id: (\S+)$", self.stdout, flags=re.MULTILINE)
-        assert len(ids) == 1, (
-            f"expected one destination in dry-run output (error={self.error}):\n{self.stdout}"
-        )
-        return ids[0]
-
-    @property
-    def fell_back(self) -> bool:
-        return FALLBACK_LOG in self.stdout
-
-
-@dataclass(frozen=True)
 class Runs:
     workdir: Path
     cli: DryRun
     driver: dict[str, DryRun]
-
-
-def _metasched_bin() -> str:
-    """The project's own `metasched` (TPV's venv is a different environment and has none)."""
-    beside = Path(sys.executable).parent / "metasched"
-    found = str(beside) if beside.exists() else shutil.which("metasched")
-    if not found:
-        pytest.fail("no metasched executable next to the test interpreter or on PATH", pytrace=False)
-    return str(Path(found).resolve())
+    state: Path  # metasched config: site_a reaches the busy cluster, site_b the idle one
+    mirror: Path  # the same clusters the other way round
 
 
 def _write_site(path: Path, **context: object) -> Path:
@@ -151,40 +132,19 @@ def _write_site(path: Path, **context: object) -> Path:
     return path
 
 
-def _dry_run_argv(job_conf: Path, *configs: Path) -> list[str]:
-    """`tpv -v dry-run ...`: -v lets the block's warnings through to stdout, where TPV logs."""
-    args = ["-v", "dry-run", "--job-conf", str(job_conf), "--tool", "bwa", "--input-size", "3"]
-    return args + [str(c) for c in configs]
-
-
-DRIVER = """\
-import contextlib, io, json, sys
-from tpv.commands.shell import main
-
-scenarios_file, results_file = sys.argv[1:3]
-scenarios = json.load(open(scenarios_file))
-results = {}
-for name, argv in scenarios.items():
-    out = io.StringIO()
-    sys.argv = ["tpv", *argv]
-    error = None
-    try:
-        with contextlib.redirect_stdout(out):
-            main()
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-    results[name] = {"stdout": out.getvalue(), "error": error}
-json.dump(results, open(results_file, "w"))
-"""
+@pytest.fixture(scope="module")
+def sites(sshd: SSHServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
+    with busy_and_idle(sshd, tmp_path_factory.mktemp("tpv-sites")) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+def runs(tmp_path_factory: pytest.TempPathFactory, sites: Sites) -> Runs:
     tpv = ensure_tpv_env()
     work = tmp_path_factory.mktemp("tpv-e2e")
     job_conf = work / "job_conf.yml"
     job_conf.write_text(JOB_CONF)
-    metasched = _metasched_bin()
+    metasched = metasched_bin()
     ms_config = work / "metasched.yml"
     ms_config.write_text(
         yaml.safe_dump(
@@ -203,9 +163,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         work / "site-real.yml", metasched_bin=metasched, metasched_config=str(ms_config), metasched_timeout=10
     )
     scenarios: dict[str, list[str]] = {
-        "tpv-alone": _dry_run_argv(job_conf, real),
-        "metasched": _dry_run_argv(job_conf, FRAGMENT, real),
-        "metasched-bad-config": _dry_run_argv(
+        "tpv-alone": dry_run_argv(job_conf, real),
+        "metasched": dry_run_argv(job_conf, FRAGMENT, real),
+        "metasched-bad-config": dry_run_argv(
             job_conf,
             FRAGMENT,
             _write_site(
@@ -215,7 +175,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
                 metasched_timeout=10,
             ),
         ),
-        "missing": _dry_run_argv(
+        "missing": dry_run_argv(
             job_conf, FRAGMENT, _write_site(work / "site-missing.yml", metasched_bin=str(work / "nope"))
         ),
     }
@@ -225,20 +185,31 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         script.chmod(0o755)
         timeout = 1 if name == "slow" else 10
         site = _write_site(work / f"site-{name}.yml", metasched_bin=str(script), metasched_timeout=timeout)
-        scenarios[name] = _dry_run_argv(job_conf, FRAGMENT, site)
-    (work / "scenarios.json").write_text(json.dumps(scenarios))
-    (work / "driver.py").write_text(DRIVER)
+        scenarios[name] = dry_run_argv(job_conf, FRAGMENT, site)
+
+    # From collected state only: the real `metasched collect` fills each store just before TPV runs.
+    state = sites.config("state")
+    mirror = sites.config("mirror", {BUSY: IDLE, IDLE: BUSY})
+    for config in (state, mirror):
+        collect(config)
+        collected = write_tpv_site(
+            work / f"site-{config.stem}.yml",
+            metasched_bin=metasched,
+            metasched_config=str(config),
+            metasched_timeout=10,
+        )
+        scenarios[f"collected-{config.stem}"] = dry_run_argv(job_conf, FRAGMENT, collected)
+    scenarios["collected-tpv-alone"] = dry_run_argv(job_conf, work / "site-state.yml")
 
     # Neither the host's metasched config nor its database may leak into the real binary's answer.
-    env = {k: v for k, v in os.environ.items() if k not in ("METASCHED_CONFIG", "METASCHED_DATABASE")}
+    env = clean_env()
     # Galaxy runs with PYTHONPATH=lib; the block must not hand it to metasched. A shadowing package
     # on it would break the real binary, and so the headline scenario, if it did.
     shadow = work / "galaxy-lib" / "metasched"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('Galaxy PYTHONPATH leaked into metasched')\n")
     env["PYTHONPATH"] = str(shadow.parent)
-    driver_cmd = [str(tpv.python), "driver.py", "scenarios.json", "results.json"]
-    driver = subprocess.Popen(driver_cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    driver = start_driver(tpv, work, scenarios, env)
     try:
         cli = subprocess.run(
             [str(tpv.tpv), *scenarios["metasched"]],
@@ -249,19 +220,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
             timeout=DRY_RUN_TIMEOUT_S,
             check=False,
         )
-        driver_out, _ = driver.communicate(timeout=DRY_RUN_TIMEOUT_S)
     finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
+        results = driver_results(driver, work)
     assert cli.returncode == 0, f"tpv dry-run failed:\n{cli.stdout}\n{cli.stderr[-3000:]}"
-    assert driver.returncode == 0, driver_out.decode(errors="replace")[-3000:]
-    results = json.loads((work / "results.json").read_text())
-    return Runs(
-        workdir=work,
-        cli=DryRun(cli.stdout),
-        driver={name: DryRun(r["stdout"], r["error"]) for name, r in results.items()},
-    )
+    return Runs(workdir=work, cli=DryRun(cli.stdout), driver=results, state=state, mirror=mirror)
 
 
 @pytest.mark.slow
@@ -303,6 +265,7 @@ def test_failing_metasched_keeps_tpv_order(runs: Runs, scenario: str, why: str) 
 
 @pytest.mark.slow
 def test_timeout_kills_metasched_and_its_children(runs: Runs) -> None:
+    """The stand-in's child sleeps far longer than the test: if it is gone, the block killed it."""
     pid = int((runs.workdir / "slow.pid").read_text())
 
     def gone() -> bool:
@@ -312,7 +275,12 @@ def test_timeout_kills_metasched_and_its_children(runs: Runs) -> None:
             return True
         return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
-    wait_for(gone, timeout=10, what=f"stand-in child {pid} to be killed")
+    try:
+        wait_for(gone, timeout=10, what=f"stand-in child {pid} to be killed")
+    finally:
+        if not gone():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
@@ -334,32 +302,27 @@ def test_partial_answer_leads_and_request_carries_job_and_locations(runs: Runs) 
     assert request["objectstores"] == yaml.safe_load(OBJECT_STORES.read_text())
 
 
-class FakeDestination:
-    """Just what the block touches on TPV's Destination."""
-
-    def __init__(self, id: str, score: int, context: dict[str, Any] | None = None) -> None:
-        self.id = id
-        self._score = score
-        self.context = context
-        self.max_accepted_cores = 8
-        self.max_accepted_mem = 32.0
-        self.max_accepted_gpus = None
-
-    def score(self, entity: object) -> int:
-        if self._score < 0:
-            raise RuntimeError("broken tag score")
-        return self._score
+@pytest.mark.slow
+def test_collected_state_is_what_the_clusters_show(runs: Runs) -> None:
+    """The premise, from the store the real collect filled: site_a full with a queue, site_b idle."""
+    busy, idle = (status(runs.state)[d] for d in (BUSY, IDLE))
+    assert busy["reachable"] and idle["reachable"]
+    assert busy["cores_free"] == 0 and busy["jobs_running"] == 4 and busy["jobs_queued"] == 4
+    assert idle["cores_free"] == idle["cores_total"] == 8 and idle["jobs_running"] == idle["jobs_queued"] == 0
+    mirrored = status(runs.mirror)
+    assert mirrored[IDLE]["cores_free"] == 0 and mirrored[BUSY]["cores_free"] == 8
 
 
-class NoDatasets:
-    @staticmethod
-    def get_dataset_attributes(datasets: object) -> dict[int, dict[str, Any]]:
-        raise AttributeError("mock job")
-
-
-def _rank_block() -> str:
-    block: str = yaml.safe_load(FRAGMENT.read_text())["tools"]["default"]["rank"]
-    return block
+@pytest.mark.slow
+def test_collected_state_decides_without_inline_metrics(runs: Runs) -> None:
+    """TPV's tags prefer site_a; the stored state alone sends the job to the idle cluster, whichever id
+    it has."""
+    assert runs.driver["collected-tpv-alone"].winner == BUSY
+    for name, idle_id in (("state", IDLE), ("mirror", BUSY)):
+        assert "metasched_metrics" not in (runs.workdir / f"site-{name}.yml").read_text()
+        run = runs.driver[f"collected-{name}"]
+        assert not run.fell_back, run.stdout
+        assert run.winner == idle_id, name
 
 
 def _run_block(candidates: list[FakeDestination], answer: str, tmp_path: Path) -> list[str]:
@@ -367,28 +330,19 @@ def _run_block(candidates: list[FakeDestination], answer: str, tmp_path: Path) -
     script = tmp_path / "metasched"
     script.write_text(f"#!/bin/sh\ncat > \"{tmp_path}/request.json\"\nprintf '%s' '{answer}'\n")
     script.chmod(0o755)
-    tree = ast.parse(_rank_block(), mode="exec")
-    last = tree.body.pop()
-    assert isinstance(last, ast.Expr), "TPV needs the block's last statement to be an expression"
     scope: dict[str, Any] = {
         "candidate_destinations": candidates,
-        "entity": object(),
-        "job": None,
-        "tool": None,
-        "helpers": NoDatasets,
-        "log": logging.getLogger("test.tpv.rank"),
         "cores": 4,
         "metasched_bin": str(script),
         "metasched_timeout": 10,
     }
-    exec(compile(tree, "<rank>", "exec"), scope)
-    ranked = eval(compile(ast.Expression(last.value), "<rank>", "eval"), scope)
+    ranked = exec_rank_block(rank_block(FRAGMENT), scope)
     return [d.id for d in ranked]
 
 
 def test_block_never_names_input_size() -> None:
     """TPV computes the job's input size before the block whenever that text appears in it."""
-    assert "input_size" not in _rank_block()
+    assert "input_size" not in rank_block(FRAGMENT)
 
 
 def test_block_full_order_puts_unranked_candidates_last_in_tpv_order(tmp_path: Path) -> None:
