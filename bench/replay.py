@@ -1,5 +1,6 @@
 """Replay benchmark of ranking quality: the same Galaxy workload placed by TPV's default, at random,
-by metasched and by a perfect-knowledge greedy oracle, scored by the jobs' turnaround.
+by metasched (with and without its placement ledger) and by a perfect-knowledge greedy oracle,
+scored by the jobs' turnaround.
 
 What "good" means here is the product goal: the job finishes soonest. Each job's turnaround is
 staging its inputs at the chosen destination + waiting in that destination's queue + running there.
@@ -7,23 +8,25 @@ staging its inputs at the chosen destination + waiting in that destination's que
 The simulator (see docs/replay.md):
 
 - destinations with different node shapes, per-tool speed factors, ingress bandwidth, object stores,
-  coordinates; one starts with a large backlog, one is on the other side of the world, two have GPUs;
+  coordinates; one is on the other side of the world, two have GPUs, three are Pulsar sites (a job
+  is in no queue while its inputs stage there);
 - each destination schedules first-come-first-served with conservative backfill on exact run times:
   a job reserves the earliest slot on one node where its cores/memory/GPUs fit for its whole run,
   from the moment its inputs are staged, without delaying any earlier reservation;
 - background (non-Galaxy) jobs keep every destination busy to its own degree;
-- Galaxy jobs arrive in workflow bursts; staging = bytes not in the destination's object store /
-  bandwidth(distance), transfers do not contend.
+- Galaxy jobs arrive in workflow bursts (5-40 jobs of one tool within a minute) and as single jobs;
+  staging follows the simulator's own transfer law, which is deliberately not the rank model's.
 
-metasched sees what `metasched collect` would: at each arrival (and every ``--collect-every``
-seconds of simulated time) every destination whose state changed is written into a real SQLite
-store with ``Store.write_snapshot`` — nodes with their allocations, jobs pending/running/held under
-Galaxy names ``g<id>_<tool>_<user>`` with their submit/start times — so the store learns per-tool
-queue and run times from jobs that disappear, exactly as in production. The ranking is
-``metasched.rank.rank`` called in process with a TPV-shaped request; the job goes to the first id of
+metasched sees what `metasched collect` on a timer would: every ``--collect-every`` simulated
+seconds (default 60) every destination's state is written into a real SQLite store with
+``Store.write_snapshot`` and the placement ledger is reconciled; ranks in between read that
+snapshot, however old. ``--fresh-state`` instead writes every changed destination before each
+decision (the optimistic upper bound). The ranking is ``metasched.rank.rank`` called in process
+with a TPV-shaped request carrying the job's id; the job goes to the first id of
 ``sorted_destinations``.
 
-    python bench/replay.py [--jobs 3000] [--seed 1] [--collect-every 60] [--weight NAME=VALUE] [--json]
+    python bench/replay.py [--jobs 3000] [--seed 1] [--collect-every 60] [--fresh-state]
+                           [--weight NAME=VALUE] [--breakdown] [--json]
 """
 
 from __future__ import annotations
@@ -44,14 +47,19 @@ from pathlib import Path
 from typing import Any
 
 from metasched.collect.types import HELD, PENDING, RUNNING, Job, Node, Snapshot
-from metasched.config import Config, SSHSettings
+from metasched.config import Config, RankSettings, SSHSettings
 from metasched.rank import rank
 from metasched.rank.geo import haversine_km
 from metasched.store import Store
+from metasched.store.reconcile import reconcile
 
 EPOCH = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)  # simulated time 0 (a Monday morning)
-HALVING_KM = 2000.0  # the simulator's own distance penalty (the model's default happens to agree)
 INF = math.inf
+# The simulator's own transfer law. The rank model's defaults (100 MB/s at zero distance, half of it
+# at 2,000 km, no per-transfer cost) deliberately differ: it must not be judged on knowing the truth.
+SIM_HALVING_KM = 1200.0  # distance at which a link delivers half of the site's ingress
+SIM_SETUP_S = 20.0  # per dataset moved: connection, metadata, checksum
+JOBS_PER_HOUR = 60.0  # Galaxy arrival rate: the home cluster alone can carry the mean load
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,18 +76,22 @@ class NodeShape:
 
 @dataclass(frozen=True, slots=True)
 class Site:
-    """One destination. ``speed`` multiplies a tool's run time here (missing: ``default_speed``)."""
+    """One destination. ``speed`` multiplies a tool's run time here (missing: ``default_speed``).
+
+    ``pulsar``: a Galaxy job is in no queue while its inputs stage (Pulsar stages, then submits);
+    elsewhere it is submitted at once and held by the scheduler until its inputs are there.
+    """
 
     id: str
     lat: float
     lon: float
     object_store: str | None
     nodes: tuple[NodeShape, ...]
-    ingress_mb_s: float = 100.0  # base transfer throughput into this site over zero distance (10^6 bytes/s)
+    ingress_mb_s: float  # transfer throughput into this site over zero distance (10^6 bytes/s)
     tpv_score: float = 0.0  # TPV's tag score for CPU tools (the admins' preference)
     gpu_tpv_score: float = 0.0  # ... for GPU tools
     utilisation: float = 0.5  # share of the cores background jobs keep busy on average
-    backlog_core_s: float = 0.0  # background work already queued at time 0
+    pulsar: bool = False
     default_speed: float = 1.0
     speed: Mapping[str, float] = field(default_factory=dict)
 
@@ -134,27 +146,29 @@ TOOLS: tuple[tuple[Any, ...], ...] = (
 
 BUILTIN = Scenario(
     sites=(
-        # The admins' home cluster (TPV prefers it), holding 3.5 h of other users' work at time 0.
+        # The admins' home cluster (TPV prefers it): big, next to most of the data, lightly loaded by
+        # other users; sized so that it alone can carry the mean Galaxy load (not its bursts).
         Site(
             "eu_big",
             47.99,
             7.85,
             "os_eu",
             (NodeShape(16, 64, 256),),
-            ingress_mb_s=200,
+            ingress_mb_s=400,
             tpv_score=3,
-            utilisation=0.55,
-            backlog_core_s=3.5 * 1024 * 3600,
+            utilisation=0.3,
         ),
-        # Small, fast, close to eu_big, no object store of its own; nodes too small for spades.
+        # Small, fast, close to eu_big, no object store of its own; nodes too small for spades. Pulsar.
         Site(
             "eu_small",
             50.85,
             4.35,
             None,
             (NodeShape(8, 32, 128),),
+            ingress_mb_s=120,
             tpv_score=1,
             utilisation=0.4,
+            pulsar=True,
             default_speed=0.8,
         ),
         # Few fat-memory nodes on older CPUs.
@@ -164,22 +178,34 @@ BUILTIN = Scenario(
             0.12,
             "os_uk",
             (NodeShape(4, 64, 1024),),
+            ingress_mb_s=150,
             tpv_score=1,
             utilisation=0.35,
             default_speed=1.2,
         ),
-        # Far away but quick; two GPU nodes.
+        # Far away but quick; two GPU nodes. Pulsar.
         Site(
             "us",
             40.80,
             -77.86,
             "os_us",
             (NodeShape(12, 48, 384), NodeShape(2, 32, 192, 4)),
+            ingress_mb_s=250,
             utilisation=0.5,
+            pulsar=True,
             default_speed=0.9,
         ),
-        # The other side of the world, mostly idle, slow ingress.
-        Site("au", -37.81, 144.96, "os_au", (NodeShape(12, 32, 256),), ingress_mb_s=60, utilisation=0.3),
+        # The other side of the world, mostly idle, slow ingress. Pulsar.
+        Site(
+            "au",
+            -37.81,
+            144.96,
+            "os_au",
+            (NodeShape(12, 32, 256),),
+            ingress_mb_s=40,
+            utilisation=0.3,
+            pulsar=True,
+        ),
         # GPU nodes (TPV sends GPU tools here, and keeps CPU tools away: tag score -1).
         Site(
             "gpu",
@@ -187,6 +213,7 @@ BUILTIN = Scenario(
             6.41,
             None,
             (NodeShape(4, 32, 512, 4),),
+            ingress_mb_s=300,
             tpv_score=-1,
             gpu_tpv_score=2,
             utilisation=0.3,
@@ -231,10 +258,14 @@ def _pick(rng: random.Random, weights: Mapping[str, float]) -> str:
 
 
 def make_workload(scn: Scenario, n_jobs: int, seed: int) -> tuple[list[SimJob], float]:
-    """Galaxy jobs in workflow bursts plus each site's background jobs, in arrival order; and the horizon."""
+    """Galaxy jobs in workflow bursts plus each site's background jobs, in arrival order; and the horizon.
+
+    A submission is a single job (40 %) or a workflow burst: 5-40 jobs of one tool by one user
+    within a minute, their data in one object store. Nearly every job is therefore part of a burst.
+    """
     rng = random.Random(seed)
     users = [f"user{i}" for i in range(12)]
-    horizon = n_jobs * 45.0  # 80 Galaxy jobs per simulated hour: ~70 % busy with the background
+    horizon = n_jobs * 3600.0 / JOBS_PER_HOUR
     jobs: list[SimJob] = []
     next_id = 1000
     ds_id = 0
@@ -247,7 +278,7 @@ def make_workload(scn: Scenario, n_jobs: int, seed: int) -> tuple[list[SimJob], 
         tool = tools[_pick(rng, tool_weights)]
         user = rng.choice(users)
         store = _pick(rng, scn.store_weights)
-        burst = 1 if rng.random() < 0.3 else min(n_jobs - galaxy, 1 + int(rng.expovariate(1 / 12)))
+        burst = 1 if rng.random() < 0.4 else min(n_jobs - galaxy, rng.randint(5, 40))
         for _ in range(burst):
             arrival = t0 + rng.uniform(0.0, 60.0)
             datasets = []
@@ -281,14 +312,7 @@ def make_workload(scn: Scenario, n_jobs: int, seed: int) -> tuple[list[SimJob], 
         mean_cores = statistics.fmean(c for c, _ in shapes)
         mean_run = 3600.0 * math.exp(0.7**2 / 2)
         rate = site.utilisation * cores / (mean_cores * mean_run)  # jobs per second
-        t = 0.0
-        backlog = site.backlog_core_s
-        while backlog > 0:  # queued at time 0, in submission order
-            c, m = shapes[-1]
-            run = 3600.0 * math.exp(rng.gauss(0.0, 0.3))
-            jobs.append(SimJob(next_id, -1.0, c, m, 0, run, user="hpc", site=site.id))
-            next_id += 1
-            backlog -= c * run
+        t = -2 * 3600.0  # two hours of warm-up: the background is in its steady state at time 0
         while True:
             t += rng.expovariate(rate)
             if t > horizon * 1.2:
@@ -403,11 +427,17 @@ class Destination:
         self.nodes[node].reserve(start, start + run_s, need)
         placed = Placed(job, self.site.id, node, now, ready, start, start + run_s)
         self.active.append(placed)
-        self.next_change = min(self.next_change, now)  # the queue changed: the next collect must see it
+        # The next collect writes this destination (see MetaschedPolicy._write), even a Pulsar one
+        # whose staging job is not visible yet.
+        self.next_change = min(self.next_change, now)
         return placed
 
     def snapshot(self, now: float) -> Snapshot:
-        """What squeue/sinfo would show at ``now``; finished jobs leave ``active`` here."""
+        """What squeue/sinfo would show at ``now``; finished jobs leave ``active`` here.
+
+        A job still staging is ``held`` at an ordinary site and absent at a Pulsar site (Pulsar
+        submits it to the scheduler only once its inputs are there).
+        """
         self.active = [p for p in self.active if p.end > now]
         nodes = []
         for i, n in enumerate(self.nodes):
@@ -432,7 +462,10 @@ class Destination:
         for p in self.active:
             j = p.job
             if now < p.ready:
-                state, submit, start, change = HELD, None, None, min(change, p.ready)
+                change = min(change, p.ready)
+                if self.site.pulsar:
+                    continue
+                state, submit, start = HELD, None, None
             elif now < p.start:
                 state, submit, start, change = PENDING, p.ready, None, min(change, p.start)
             else:
@@ -447,8 +480,8 @@ class Destination:
                     cores=j.cores,
                     mem_mb=round(j.mem_gb * 1024),
                     gpus=j.gpus,
-                    submit_time=_at(max(submit, 0.0)) if submit is not None else None,
-                    start_time=_at(max(start, 0.0)) if start is not None else None,
+                    submit_time=_at(submit) if submit is not None else None,
+                    start_time=_at(start) if start is not None else None,
                     nodes=f"{self.site.id}-n{p.node:02d}",
                 )
             )
@@ -467,14 +500,15 @@ def run_time(job: SimJob, site: Site) -> float:
 
 
 def staging_s(job: SimJob, site: Site, objectstores: Mapping[str, tuple[float, float]]) -> float:
-    """Real transfer time: every byte not in the site's own object store, over the link's bandwidth."""
+    """Real transfer time: every dataset not in the site's own object store, with a fixed setup cost,
+    over the link's bandwidth (the simulator's law: ``SIM_HALVING_KM``, ``SIM_SETUP_S``)."""
     total = 0.0
     for (_, _, size), real in zip(job.datasets, job.real_stores, strict=True):
         if real == site.object_store:
             continue
         lat, lon = objectstores[real]
         km = haversine_km(lat, lon, site.lat, site.lon)
-        total += size / (site.ingress_mb_s * 1e6 / (1.0 + km / HALVING_KM))
+        total += SIM_SETUP_S + size / (site.ingress_mb_s * 1e6 / (1.0 + km / SIM_HALVING_KM))
     return total
 
 
@@ -530,7 +564,13 @@ def oracle_policy(scn: Scenario, dests: Mapping[str, Destination]) -> Policy:
 
 
 class MetaschedPolicy:
-    """Writes the simulator's state into a real Store, then asks ``metasched.rank.rank``."""
+    """Writes the simulator's state into a real Store as collect's timer would, then asks
+    ``metasched.rank.rank`` and records the placement in the ledger as ``metasched rank`` does.
+
+    ``tick`` is the collect timer (every ``collect_every`` simulated seconds): every destination's
+    snapshot is written, then the ledger is reconciled. With ``fresh_state`` every changed
+    destination is also written before each decision, so rank never sees stale state.
+    """
 
     def __init__(
         self,
@@ -538,15 +578,24 @@ class MetaschedPolicy:
         dests: Mapping[str, Destination],
         db: Path,
         collect_every: float,
+        *,
+        fresh_state: bool = False,
+        ledger: bool = True,
         weights: Mapping[str, float] | None = None,
     ) -> None:
         self.scn = scn
         self.weights = dict(weights or {})
         self.dests = dests
+        db.unlink(missing_ok=True)
         self.store = Store.open(str(db))
-        self.config = Config(path=None, database=None, ssh=SSHSettings(), destinations=())
+        self.config = Config(
+            path=None, database=None, ssh=SSHSettings(), destinations=(), rank=RankSettings(ledger=ledger)
+        )
         self.collect_every = collect_every
+        self.fresh_state = fresh_state
+        self.ledger = ledger
         self.writes = 0
+        self.recorded = 0
         self.rank_s = 0.0
         self.write_s = 0.0
         self.objectstores = {k: {"latitude": v[0], "longitude": v[1]} for k, v in scn.objectstores.items()}
@@ -554,17 +603,34 @@ class MetaschedPolicy:
     def close(self) -> None:
         self.store.close()
 
-    def collect(self, now: float, force: bool = False) -> None:
-        """Write every destination whose state changed since its last snapshot (or that is getting old)."""
-        t = time.perf_counter()
+    def _write(self, now: float) -> None:
+        """Write every destination whose snapshot changed since its last write (or that was last
+        written 4 intervals ago, well inside ``rank.max_state_age``).
+
+        Production rewrites an unchanged destination every minute too; skipping it here only keeps
+        its ``last_success`` older. The ledger cannot tell the difference: a placement marks its
+        destination changed (``Destination.place``), so every in-flight entry is placed after its
+        destination's last write exactly as it would be in production.
+        """
+        stamp = _at(now)
         for dest in self.dests.values():
-            if force or now >= dest.next_change or now - dest.written_at >= self.collect_every * 4:
-                snap = dest.snapshot(now)
-                stamp = _at(now)
-                self.store.write_snapshot(
-                    dest.site.id, snap, run_id=f"r{self.writes}", started=stamp, finished=stamp
-                )
-                self.writes += 1
+            if now < dest.next_change and now - dest.written_at < self.collect_every * 4:
+                continue
+            snap = dest.snapshot(now)
+            self.store.write_snapshot(
+                dest.site.id, snap, run_id=f"r{self.writes}", started=stamp, finished=stamp
+            )
+            self.writes += 1
+
+    def tick(self, now: float) -> None:
+        """One run of the collect timer: the destinations' snapshots, then the ledger's reconciliation
+        (``metasched.store.reconcile``, as ``metasched collect`` runs it after storing)."""
+        t = time.perf_counter()
+        self._write(now)
+        rank_cfg = self.config.rank
+        reconcile(
+            self.store, _at(now), ttl_s=rank_cfg.ledger_ttl, history_days=self.config.collect.history_days
+        )
         self.write_s += time.perf_counter() - t
 
     def request(self, d: Decision) -> dict[str, Any]:
@@ -597,7 +663,10 @@ class MetaschedPolicy:
         }
 
     def __call__(self, d: Decision) -> str:
-        self.collect(d.now)
+        if self.fresh_state:
+            t = time.perf_counter()
+            self._write(d.now)
+            self.write_s += time.perf_counter() - t
         t = time.perf_counter()
         answer = rank(self.request(d), self.config, self.store, _at(d.now))
         self.rank_s += time.perf_counter() - t
@@ -627,17 +696,21 @@ def replay(
     name: str,
     collect_every: float = 60.0,
 ) -> Result:
-    """Feed the workload in arrival order: background jobs to their site, Galaxy jobs as the policy says."""
+    """Feed the workload in arrival order: background jobs to their site, Galaxy jobs as the policy says.
+
+    A policy with a ``tick`` method (metasched) gets it called every ``collect_every`` simulated
+    seconds from time 0, before the arrivals at or after that time.
+    """
     wall = time.perf_counter()
     dests = {s.id: Destination.build(s) for s in scn.sites}
     policy = make_policy(dests)
-    tick = getattr(policy, "collect", None)
+    tick = getattr(policy, "tick", None)
     placed: list[Placed] = []
     next_tick = 0.0
     for job in workload:
-        now = max(job.arrival, 0.0)
+        now = job.arrival
         if tick is not None:
-            while next_tick < now:  # collect's own cycle between arrivals (history end times)
+            while next_tick <= now:
                 tick(next_tick)
                 next_tick += collect_every
         if job.tool is None:
@@ -652,7 +725,7 @@ def replay(
     notes = ""
     if isinstance(policy, MetaschedPolicy):
         notes = (
-            f"{policy.writes} snapshots written in {policy.write_s:.1f} s, "
+            f"{policy.writes} snapshots written and reconciled in {policy.write_s:.1f} s, "
             f"{len(placed)} rank calls in {policy.rank_s:.1f} s"
         )
         policy.close()
@@ -679,12 +752,14 @@ def summarize(r: Result) -> dict[str, float | str]:
     }
 
 
+COLUMNS = ("mean_s", "p50_s", "p95_s", "queue_s", "staging_s", "run_s", "makespan_s", "wall_s")
+
+
 def table(rows: Sequence[Mapping[str, float | str]]) -> str:
-    cols = ("mean_s", "p50_s", "p95_s", "queue_s", "staging_s", "run_s", "makespan_s", "wall_s")
-    head = f"{'policy':<10}" + "".join(f"{c:>13}" for c in cols)
+    head = f"{'policy':<12}" + "".join(f"{c:>12}" for c in COLUMNS)
     lines = [head]
     for row in rows:
-        lines.append(f"{row['policy']!s:<10}" + "".join(f"{float(row[c]):>13,.0f}" for c in cols))
+        lines.append(f"{row['policy']!s:<12}" + "".join(f"{float(row[c]):>12,.0f}" for c in COLUMNS))
     return "\n".join(lines)
 
 
@@ -695,24 +770,75 @@ def shares(r: Result, sites: Sequence[Site]) -> str:
     return ", ".join(f"{k} {v}" for k, v in count.items())
 
 
+def breakdown(results: Sequence[Result], scn: Scenario) -> str:
+    """Mean turnaround (staging + queue + run) per tool and policy: where one policy loses to another."""
+    names = [r.name for r in results]
+    lines = [f"{'tool':<14}{'jobs':>6}" + "".join(f"{n + ' (st/queue/run)':>31}" for n in names)]
+    for tool in scn.tools:
+        cells = []
+        count = 0
+        for r in results:
+            mine = [p for p in r.placed if p.job.tool is tool]
+            count = len(mine)
+            if not mine:
+                cells.append(f"{'-':>31}")
+                continue
+            st = statistics.fmean(p.ready - p.dispatch for p in mine)
+            qu = statistics.fmean(p.start - p.ready for p in mine)
+            ru = statistics.fmean(p.end - p.start for p in mine)
+            cells.append(f"{st + qu + ru:>9,.0f} {st:>6,.0f}/{qu:>6,.0f}/{ru:>6,.0f}")
+        lines.append(f"{tool.key:<14}{count:>6}" + "".join(cells))
+    return "\n".join(lines)
+
+
+POLICIES = ("tpv", "random", "metasched", "no_ledger", "oracle")
+
+
 def run_all(
-    n_jobs: int, seed: int, collect_every: float, workdir: Path, weights: Mapping[str, float] | None = None
+    n_jobs: int,
+    seed: int,
+    collect_every: float,
+    workdir: Path,
+    weights: Mapping[str, float] | None = None,
+    *,
+    fresh_state: bool = False,
+    policies: Sequence[str] = POLICIES,
 ) -> tuple[list[Result], float]:
+    """Replay one workload under each of ``policies`` (``no_ledger``: metasched, ``rank.ledger: false``)."""
     scn = BUILTIN
     workload, horizon = make_workload(scn, n_jobs, seed)
-    results = [
-        replay(scn, workload, lambda dests: tpv_default, "tpv"),
-        replay(scn, workload, lambda dests: random_policy(seed), "random"),
-        replay(
+
+    def metasched(ledger: bool) -> Callable[[Mapping[str, Destination]], Policy]:
+        return lambda dests: MetaschedPolicy(
             scn,
-            workload,
-            lambda dests: MetaschedPolicy(scn, dests, workdir / "replay.sqlite", collect_every, weights),
-            "metasched",
+            dests,
+            workdir / "replay.sqlite",
             collect_every,
-        ),
-        replay(scn, workload, lambda dests: oracle_policy(scn, dests), "oracle"),
-    ]
+            fresh_state=fresh_state,
+            ledger=ledger,
+            weights=weights,
+        )
+
+    makers: dict[str, Callable[[Mapping[str, Destination]], Policy]] = {
+        "tpv": lambda dests: tpv_default,
+        "random": lambda dests: random_policy(seed),
+        "metasched": metasched(True),
+        "no_ledger": metasched(False),
+        "oracle": lambda dests: oracle_policy(scn, dests),
+    }
+    results = [replay(scn, workload, makers[name], name, collect_every) for name in policies]
     return results, horizon
+
+
+def ratios(rows: Sequence[Mapping[str, float | str]]) -> dict[str, float]:
+    """metasched's (and metasched without the ledger's) mean turnaround against each other policy's."""
+    by = {str(r["policy"]): float(r["mean_s"]) for r in rows}
+    out: dict[str, float] = {}
+    for mine in ("metasched", "no_ledger"):
+        for other in ("tpv", "random", "oracle", "no_ledger"):
+            if mine in by and other in by and mine != other:
+                out[f"{mine}/{other}"] = by[mine] / by[other]
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -720,7 +846,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=3000, help="Galaxy jobs in the workload (default 3000)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
-        "--collect-every", type=float, default=60.0, help="simulated seconds between metasched collects"
+        "--collect-every",
+        type=float,
+        default=60.0,
+        help="simulated seconds between collects, like the production timer (default 60)",
+    )
+    ap.add_argument(
+        "--fresh-state",
+        action="store_true",
+        help="also write every changed destination before each decision (rank never sees stale state)",
     )
     ap.add_argument(
         "--weight",
@@ -729,8 +863,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="a rank weight sent as the request's options.weights (repeatable), e.g. tpv_weight=0.02",
     )
+    ap.add_argument("--breakdown", action="store_true", help="also print mean turnaround per tool and policy")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
+    if args.jobs < 1 or args.collect_every <= 0:
+        ap.error("--jobs must be >= 1 and --collect-every > 0")
     weights: dict[str, float] = {}
     for item in args.weight:
         name, eq, value = item.partition("=")
@@ -741,28 +878,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not eq:
             ap.error(f"--weight {item}: expected NAME=NUMBER")
     with tempfile.TemporaryDirectory(prefix="metasched-replay-") as tmp:
-        results, horizon = run_all(args.jobs, args.seed, args.collect_every, Path(tmp), weights)
+        results, horizon = run_all(
+            args.jobs, args.seed, args.collect_every, Path(tmp), weights, fresh_state=args.fresh_state
+        )
     rows = [summarize(r) for r in results]
-    by = {str(r["policy"]): r for r in rows}
-    ms = float(by["metasched"]["mean_s"])
-    ratios = {
-        "metasched/tpv": ms / float(by["tpv"]["mean_s"]),
-        "metasched/random": ms / float(by["random"]["mean_s"]),
-        "metasched/oracle": ms / float(by["oracle"]["mean_s"]),
-    }
+    ratio = ratios(rows)
     if args.json:
-        json.dump({"rows": rows, "ratios": ratios}, sys.stdout, indent=1)
+        json.dump({"rows": rows, "ratios": ratio}, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
+    state = (
+        "fresh state before every decision" if args.fresh_state else f"collect every {args.collect_every:g} s"
+    )
     print(
-        f"{args.jobs} Galaxy jobs over {horizon / 3600:.1f} simulated hours, seed {args.seed}, "
-        f"collect every {args.collect_every:g} s; turnaround = staging + queue + run (seconds)"
-        + (f"; weights {weights}" if weights else "")
+        f"{args.jobs} Galaxy jobs over {horizon / 3600:.1f} simulated hours, seed {args.seed}, {state}; "
+        "turnaround = staging + queue + run (seconds)" + (f"; weights {weights}" if weights else "")
     )
     print(table(rows))
-    print("mean turnaround ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
+    print("mean turnaround ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items()))
     for r in results:
-        print(f"{r.name:<10} placed: {shares(r, BUILTIN.sites)}" + (f"; {r.notes}" if r.notes else ""))
+        print(f"{r.name:<12} placed: {shares(r, BUILTIN.sites)}" + (f"; {r.notes}" if r.notes else ""))
+    if args.breakdown:
+        print("mean turnaround per tool = staging + queue + run (seconds)")
+        print(breakdown(results, BUILTIN))
     return 0
 
 
