@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import parse_qs
 
 import pytest
 import yaml
@@ -322,8 +323,9 @@ def _nm_tree(base: Path, owner: str, pids: dict[str, int]) -> Path:
 
 
 class _RMBodies(BaseHTTPRequestHandler):
-    """The RM's documented JSON: one RUNNING NodeManager, one RUNNING application (what an RM answers
-    for ``states=RUNNING``: FINISHED_APP is not listed, though its pid file is still there)."""
+    """The RM's documented JSON: one RUNNING NodeManager, one RUNNING and one FINISHED application (whose
+    pid file is still there); applications are filtered by ``states=`` as the RM does, so only the
+    enforcer's own ``states=RUNNING`` keeps FINISHED_APP out."""
 
     bodies: ClassVar[dict[str, Any]] = {
         "/ws/v1/cluster/apps": {
@@ -341,7 +343,21 @@ class _RMBodies(BaseHTTPRequestHandler):
                         "amHostHttpAddress": "nm1.example.org:8042",
                         "allocatedMB": 2048,
                         "allocatedVCores": 2,
-                    }
+                    },
+                    {
+                        "id": FINISHED_APP,
+                        "user": "mstest",
+                        "name": "word count",
+                        "queue": "default",
+                        "state": "FINISHED",
+                        "finalStatus": "SUCCEEDED",
+                        "startedTime": 1795400000000,
+                        "launchTime": 1795400001000,
+                        "finishedTime": 1795400090000,
+                        "amHostHttpAddress": "nm1.example.org:8042",
+                        "allocatedMB": -1,
+                        "allocatedVCores": -1,
+                    },
                 ]
             }
         },
@@ -366,7 +382,13 @@ class _RMBodies(BaseHTTPRequestHandler):
     }
 
     def do_GET(self) -> None:
-        body = json.dumps(self.bodies[self.path.partition("?")[0]]).encode()
+        path, _, query = self.path.partition("?")
+        doc = self.bodies[path]
+        wanted = {s.strip().upper() for v in parse_qs(query).get("states", []) for s in v.split(",")}
+        if "apps" in doc and wanted:
+            kept = [a for a in doc["apps"]["app"] if a["state"] in wanted]
+            doc = {"apps": {"app": kept} if kept else None}
+        body = json.dumps(doc).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

@@ -8,12 +8,14 @@ request half sent, SIGHUP with a good and with a broken config.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -896,3 +898,37 @@ def test_the_first_cycle_waits_a_random_share_of_the_interval(tmp_path: Path, se
     log = server.text()
     assert log.index("first collect cycle in") < log.index("collect cycle: 1 ok")
     assert server.stop() == 0
+
+
+def test_later_cycles_are_spread_by_the_jitter_as_the_store_timestamps_show(
+    tmp_path: Path, servers: list[Serve]
+) -> None:
+    """collect.jitter 0.5 of a 1 s interval: cycle starts (each run's own timestamp in the store) are
+    0.5..1.5 s apart, a standard deviation of ~0.29 s where jitter 0 gives ~0.02 s (timestamp noise,
+    measured here up to 0.05 s). Load only lengthens gaps, so a gap 0.15 s short of the interval can
+    only come from the jitter's negative share; with 16 gaps, missing one has a chance of ~0.1 %.
+    """
+    interval, jitter, gaps_wanted = 1.0, 0.5, 16
+    config = write_config(
+        tmp_path / "config.yml",
+        {
+            "collect": {"interval": interval, "jitter": jitter},
+            "destinations": [{"id": "local", "scheduler": "node", "host": "local"}],
+        },
+    )
+    db = tmp_path / "s.db"
+    server = start_serve(tmp_path, config, "--database", str(db))
+    servers.append(server)
+
+    def starts() -> list[float]:
+        with Store.open(str(db), readonly=True) as store:
+            runs = store.runs(limit=100, dest_id="local")
+        return sorted(r.started.timestamp() for r in runs if r.ok)
+
+    wait_for(lambda: len(starts()) > gaps_wanted, 90, f"{gaps_wanted + 1} collect cycles")
+    assert server.stop() == 0
+    times = starts()
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= interval * (1 - jitter) - 0.1, gaps  # never shorter than the jitter allows
+    assert min(gaps) < interval - 0.15, gaps
+    assert statistics.stdev(gaps) > 0.15, gaps

@@ -5,18 +5,22 @@ none of these tests is an integration test. The fixtures in tests/fixtures/yarn/
 of the Hadoop 3.x "ResourceManager REST API's" documentation (``/ws/v1/cluster/metrics``, ``/nodes``,
 ``/apps``) field for field, with values for a cluster of two running NodeManagers, one UNHEALTHY (disk
 full) and one LOST, two RUNNING and two ACCEPTED applications (``allocatedMB: -1`` as the RM reports
-for apps without containers), and the RM's ``{"apps":null}`` for an empty list. The fetch path (curl on
-the head node over real SSH) runs against a loopback HTTP stand-in serving those same bodies.
+for apps without containers), and the RM's ``{"apps":null}`` for an empty list; apps_finished.json
+adds FINISHED, KILLED and FAILED ones. The fetch path (curl on the head node over real SSH) runs against
+a loopback HTTP stand-in serving those same bodies, filtering applications by ``states=`` as the RM does.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -137,6 +141,18 @@ def test_adapter_fetches_with_curl_from_the_configured_rm() -> None:
     assert default.base_url == "http://localhost:8088"
 
 
+def all_apps(query: str) -> str:
+    """The RM's application list: the live apps (apps.json) and finished ones (apps_finished.json), filtered
+    by ``states=`` (comma-separated, any case) as the RM filters them; without it, every app."""
+    apps = [
+        *json.loads(fixture("apps.json"))["apps"]["app"],
+        *json.loads(fixture("apps_finished.json"))["apps"]["app"],
+    ]
+    wanted = {s.strip().upper() for v in parse_qs(query).get("states", []) for s in v.split(",")}
+    kept = [a for a in apps if not wanted or a["state"] in wanted]
+    return json.dumps({"apps": {"app": kept} if kept else None})
+
+
 class RMStandIn(ThreadingHTTPServer):
     """Loopback HTTP server with the RM's REST paths; records (path, Accept) of every request."""
 
@@ -157,11 +173,12 @@ class DocumentedBodies(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.seen.append((self.path, self.headers.get("Accept", "")))
-        name = self.bodies.get(self.path.partition("?")[0])
+        path, _, query = self.path.partition("?")
+        name = self.bodies.get(path)
         if name is None:
             self.send_error(500, "ResourceManager is not active")
             return
-        body = fixture(name).encode()
+        body = (all_apps(query) if name == "apps.json" else fixture(name)).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -200,6 +217,21 @@ def test_fetch_with_curl_over_ssh(sshd: SSHServer, rm_stand_in: RMStandIn) -> No
         "/ws/v1/cluster/apps?states=RUNNING,ACCEPTED,SUBMITTED,NEW,NEW_SAVING",
     ]
     assert {accept for _, accept in rm_stand_in.seen} == {"application/json"}
+    # the stand-in holds finished applications too: only the adapter's states= kept them out
+    with urllib.request.urlopen(url(rm_stand_in) + "/ws/v1/cluster/apps", timeout=10) as answer:
+        every = {a["id"]: a["state"] for a in json.load(answer)["apps"]["app"]}
+    assert sorted(every.values()) == [
+        "ACCEPTED",
+        "ACCEPTED",
+        "FAILED",
+        "FINISHED",
+        "KILLED",
+        "RUNNING",
+        "RUNNING",
+    ]
+    assert {j.job_id for j in snap.jobs} == {
+        i for i, state in every.items() if state in ("RUNNING", "ACCEPTED")
+    }
 
 
 def test_http_error_from_the_rm_is_a_transport_error_naming_curl(
