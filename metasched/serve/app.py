@@ -414,7 +414,8 @@ def _metrics(state: ServeState) -> str:
     try:
         summaries = state.store.summaries()
         state.runs.update(state.store)
-        ledger = calibration(state.store, [s.id for s in summaries])
+        configured = [d.id for d in state.config.destinations]  # also those not collected yet
+        ledger = calibration(state.store, list(dict.fromkeys([*configured, *(s.id for s in summaries)])))
     except Exception as exc:
         log.warning("metrics: store read failed: %s: %s", type(exc).__name__, _one_line(exc))
         store_up = False
