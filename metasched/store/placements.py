@@ -2,9 +2,10 @@
 
 Rank reads the in-flight entries (one indexed query) to count demand the collected state cannot
 contain yet, and records its answer with one short write transaction of its own: TPV waits for
-rank, so the write gives up after ``busy_timeout_s`` (SQLite busy timeout, PostgreSQL lock and
-statement timeout) and the caller answers anyway, with a warning. Collect resolves and expires
-entries (``metasched.store.reconcile``).
+rank, so each attempt gives up after ``busy_timeout_s`` (SQLite busy timeout, PostgreSQL lock and
+statement timeout), a lock held by another writer gets ``WRITE_ATTEMPTS`` attempts in all, and then
+the caller answers anyway, with a warning. Collect resolves and expires entries
+(``metasched.store.reconcile``).
 
 The functions use the Store's own connection, also when it was opened read-only for rank: the write
 lifts SQLite's ``query_only`` (or starts a ``READ WRITE`` transaction on PostgreSQL) for itself only.
@@ -12,6 +13,7 @@ lifts SQLite's ``query_only`` (or starts a ``READ WRITE`` transaction on Postgre
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -27,7 +29,14 @@ INFLIGHT = "inflight"
 RESOLVED = "resolved"
 EXPIRED = "expired"
 MAX_JOB_ID_CHARS = 255  # the column's width on PostgreSQL (VARCHAR(255))
-WRITE_TIMEOUT_S = 0.1  # TPV gives rank 2 s; a locked store must not take them
+WRITE_TIMEOUT_S = 0.1  # per attempt: TPV gives rank 2 s; a locked store must not take them
+# Ten ranks at once queue on SQLite's one writer, and a busy machine can deschedule the holder past
+# one attempt's wait: a second and third attempt save those entries; a store locked for good costs
+# WRITE_ATTEMPTS x WRITE_TIMEOUT_S.
+WRITE_ATTEMPTS = 3
+_SQLITE_BUSY = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes of the extended ones)
+# lock_not_available (lock_timeout), query_canceled (statement_timeout), serialization, deadlock
+_PG_CONTENDED = frozenset({"55P03", "57014", "40001", "40P01"})
 
 _COLUMNS = (
     "job_id",
@@ -58,6 +67,10 @@ class LedgerError(MetaschedError):
     """A placement could not be recorded (locked, read-only or broken store); rank answers anyway."""
 
 
+class _Busy(LedgerError):
+    """This process's own writer holds the store: worth another attempt."""
+
+
 @dataclass(frozen=True, slots=True)
 class PlacementEntry:
     """One rank answer for one Galaxy job. Memory in MB; ``placed_at`` aware (or naive) UTC."""
@@ -84,8 +97,14 @@ def _sql(template: str, param: str, **extra: str) -> str:
     )
 
 
-def record_placement(store: Store, entry: PlacementEntry, busy_timeout_s: float = WRITE_TIMEOUT_S) -> None:
-    """Insert or replace ``entry`` in one write transaction that waits at most ``busy_timeout_s`` for locks.
+def record_placement(
+    store: Store,
+    entry: PlacementEntry,
+    busy_timeout_s: float = WRITE_TIMEOUT_S,
+    attempts: int = WRITE_ATTEMPTS,
+) -> None:
+    """Insert or replace ``entry`` in one write transaction that waits at most ``busy_timeout_s`` for
+    locks; when another writer held them, up to ``attempts`` transactions in all.
 
     Raises LedgerError (one line) when the store cannot be written; nothing is left half-done.
     """
@@ -93,25 +112,47 @@ def record_placement(store: Store, entry: PlacementEntry, busy_timeout_s: float 
         raise LedgerError(f"job id longer than {MAX_JOB_ID_CHARS} characters")
     values: list[Any] = [getattr(entry, c) for c in _COLUMNS]
     values[6] = store._dt_in(entry.placed_at)
-    try:
-        with store.cache_neutral_write():
-            if store.is_postgres:
-                _write_postgres(store, values, busy_timeout_s)
-            else:
-                _write_sqlite(store, values, busy_timeout_s)
-    except store._db_errors as exc:
-        raise LedgerError(" ".join(str(exc).split()) or type(exc).__name__) from exc
+    for attempt in range(1, max(1, attempts) + 1):
+        try:
+            with store.cache_neutral_write():
+                if store.is_postgres:
+                    _write_postgres(store, values, busy_timeout_s)
+                else:
+                    _write_sqlite(store, values, busy_timeout_s)
+            return
+        except _Busy:
+            if attempt >= attempts:
+                raise
+        except store._db_errors as exc:
+            if attempt >= attempts or not _contended(exc):
+                raise LedgerError(" ".join(str(exc).split()) or type(exc).__name__) from exc
+
+
+def _contended(exc: BaseException) -> bool:
+    """A lock another writer held past the attempt's wait (try again), not a store that cannot be
+    written (read-only, missing table, broken connection: give up at once)."""
+    code = getattr(exc, "pgcode", None)
+    if code is not None:
+        return code in _PG_CONTENDED
+    if isinstance(exc, sqlite3.OperationalError):
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_BUSY
+    return False
 
 
 def _write_sqlite(store: Store, values: list[Any], busy_timeout_s: float) -> None:
     # This process's other writers (serve's collect loop) queue on the Store's lock, not on SQLite's.
     lock: Any = store._write_lock
     if not lock.acquire(timeout=busy_timeout_s):
-        raise LedgerError("store busy: a collect in this process is writing")
+        raise _Busy("store busy: a collect in this process is writing")
     try:
         conn = store._sql.connection()  # the raw sqlite3 connection: one statement per step, no peewee
         before = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        sync = conn.execute("PRAGMA synchronous").fetchone()[0]
         conn.execute(f"PRAGMA busy_timeout = {max(1, int(busy_timeout_s * 1000))}")
+        # As collect's connections write (WAL, NORMAL): no fsync while holding the one writer lock,
+        # which ten concurrent ranks otherwise queue on past their wait. A power cut may lose the last
+        # entries; they would have expired anyway, and the answers were given.
+        conn.execute("PRAGMA synchronous = NORMAL")
         if store._readonly:
             conn.execute("PRAGMA query_only = 0")
         try:
@@ -127,6 +168,7 @@ def _write_sqlite(store: Store, values: list[Any], busy_timeout_s: float) -> Non
             if store._readonly:
                 conn.execute("PRAGMA query_only = 1")
             conn.execute(f"PRAGMA busy_timeout = {int(before)}")
+            conn.execute(f"PRAGMA synchronous = {int(sync)}")
     finally:
         lock.release()
 
