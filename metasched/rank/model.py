@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from operator import itemgetter
 from types import MappingProxyType
+from typing import NamedTuple
 
 from metasched.errors import InputError
 from metasched.rank.geo import distance_km, point
@@ -106,6 +107,16 @@ class Dataset:
     size_bytes: float
 
 
+class Ahead(NamedTuple):
+    """A pending job with the scheduler's own expected start, as seen from the time of the request."""
+
+    cores: float
+    mem_mb: float
+    gpus: float
+    wait_s: float  # from now until the scheduler expects it to start (> 0)
+    age_s: float  # how long ago the scheduler computed that
+
+
 @dataclass(slots=True)
 class Observed:
     """What is known about a destination right now, merged from the request, the store and metrics.
@@ -145,6 +156,10 @@ class Observed:
     inflight_cores: float = 0.0
     inflight_mem_mb: float = 0.0
     inflight_gpus: float = 0.0
+    # The scheduler's expected starts of pending jobs, fresh and still ahead (state.observe): a lower
+    # bound on the wait of any job no smaller than one of them. () where the scheduler gives none.
+    ahead: tuple[Ahead, ...] = ()
+    estimated_by: str = "the scheduler"  # who computed ``ahead``, for the reasons ("Slurm")
 
 
 @dataclass(slots=True)
@@ -438,8 +453,48 @@ def state_wait(job: JobSpec, obs: Observed, w: Weights) -> tuple[float | None, s
     return seconds, f"waits for running work: {', '.join(shorts)} ({where}; {t_why})"
 
 
+def blocking_start(job: JobSpec, obs: Observed) -> Ahead | None:
+    """The pending job this one cannot pass that the scheduler expects to start last, if any.
+
+    A job at least as big as one ahead in every resource cannot start before it: the first slot big
+    enough for both goes to the one ahead (metasched.store.start_estimates). Smaller ones ahead are
+    no bound, the job may fit where they do not. Ties go to the freshest estimate.
+    """
+    best: Ahead | None = None
+    cores, mem_mb, gpus = job.cores, job.mem_mb, job.gpus
+    for a in obs.ahead:
+        if a.cores > cores or a.mem_mb > mem_mb or a.gpus > gpus:
+            continue  # bigger in some resource: the job may start where this one cannot
+        if best is None or a.wait_s > best.wait_s or (a.wait_s == best.wait_s and a.age_s < best.age_s):
+            best = a
+    return best
+
+
+def _shape(a: Ahead) -> str:
+    parts = [f"{fmt_num(a.cores)} core{'s' if a.cores != 1 else ''}", f"{a.mem_mb / MB_PER_GB:,.1f} GB"]
+    if a.gpus:
+        parts.append(f"{fmt_num(a.gpus)} GPU{'s' if a.gpus != 1 else ''}")
+    return ", ".join(parts)
+
+
 def queue_time(job: JobSpec, obs: Observed, w: Weights) -> tuple[float, list[str]]:
-    """Blend of the state-based wait and the historical median queue time of this tool here."""
+    """Blend of the state-based wait and the historical median queue time of this tool here, raised
+    to the scheduler's own expected start of the pending work the job cannot pass, where it has one."""
+    seconds, why = _model_queue(job, obs, w)
+    if obs.ahead:
+        blocking = blocking_start(job, obs)
+        if blocking is not None and blocking.wait_s > seconds:
+            wait = blocking.wait_s
+            return wait, [
+                f"queue {wait:,.0f} s: {obs.estimated_by} expects pending work ahead to start in "
+                f"{wait:,.0f} s (estimated {blocking.age_s:,.0f} s ago; a job of {_shape(blocking)} "
+                f"that this one cannot pass), later than the model's {seconds:,.0f} s ({why})"
+            ]
+    return seconds, [f"queue {seconds:,.0f} s: {why}"]
+
+
+def _model_queue(job: JobSpec, obs: Observed, w: Weights) -> tuple[float, str]:
+    """The state-based wait blended with history, and why (the text after "queue N s: ")."""
     state_s, why = state_wait(job, obs, w)
     if obs.history_queue_s is not None and (obs.history_count >= w.min_history or obs.metric_queue_s is None):
         hist: float | None = obs.history_queue_s
@@ -451,13 +506,12 @@ def queue_time(job: JobSpec, obs: Observed, w: Weights) -> tuple[float, list[str
         hist, hist_why = None, ""
     if state_s is not None and hist is not None:
         h = w.history_weight
-        total = (1 - h) * state_s + h * hist
-        return total, [f"queue {total:,.0f} s: {why}; blended with {hist_why}"]
+        return (1 - h) * state_s + h * hist, f"{why}; blended with {hist_why}"
     if state_s is not None:
-        return state_s, [f"queue {state_s:,.0f} s: {why}"]
+        return state_s, why
     if hist is not None:
-        return hist, [f"queue {hist:,.0f} s: no current state; {hist_why}"]
-    return w.unknown_queue_s, [f"queue {w.unknown_queue_s:,.0f} s: unknown (no current state or history)"]
+        return hist, f"no current state; {hist_why}"
+    return w.unknown_queue_s, "unknown (no current state or history)"
 
 
 J_PER_KWH = 3.6e6

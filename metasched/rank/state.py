@@ -16,13 +16,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from metasched.rank.model import MB_PER_GB, Observed, fmt_num
+from metasched.rank.model import MB_PER_GB, Ahead, Observed, fmt_num
 from metasched.rank.request import NO_METRICS, DestinationRequest
 
 if TYPE_CHECKING:
     from metasched.config import DestinationConfig
     from metasched.store import DestinationSummary, MetricRow, Store, ToolTimes
     from metasched.store.placements import PlacementEntry
+    from metasched.store.start_estimates import StartEstimate
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ _UNKNOWN: Mapping[str, None] = MappingProxyType(
     )
 )
 _METRIC_TO_VAL: Mapping[str, str] = MappingProxyType({"queued": "queued_jobs", "running": "running_jobs"})
+# How the reasons name a scheduler that gives start estimates (only Slurm's backfill does, so far).
+_SCHEDULER_NAMES: Mapping[str, str] = MappingProxyType({"slurm": "Slurm"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +194,25 @@ def _positive_opt(value: int | None) -> float | None:
     return float(value) if value else None
 
 
+def fresh_estimates(
+    estimates: Sequence[StartEstimate], now: datetime, max_age: float
+) -> tuple[tuple[Ahead, ...], int]:
+    """The expected starts still ahead of ``now`` and computed at most ``max_age`` seconds ago, as
+    waits from now; and how many were left out as too old. One that is due already bounds nothing."""
+    t = now.timestamp()
+    out: list[Ahead] = []
+    old = 0
+    for e in estimates:
+        if e.start <= t:
+            continue
+        age = t - e.estimated_at
+        if age > max_age:
+            old += 1
+            continue
+        out.append(Ahead(e.cores, e.mem_mb, e.gpus, e.start - t, age if age > 0 else 0.0))
+    return tuple(out), old
+
+
 def observe(
     dest: DestinationRequest,
     summary: DestinationSummary | None,
@@ -216,6 +238,7 @@ def observe(
     usable: bool | None = None
     disabled: str | None = None
     state_stale = False
+    estimates: Sequence[StartEstimate] = ()
 
     if configured is not None and not configured.enabled:
         disabled = "disabled in the config"
@@ -256,6 +279,7 @@ def observe(
             }
             if nodes:
                 usable = summary.nodes_unavailable < summary.nodes_total
+            estimates = summary.start_estimates
             failed = "; last collect failed" if not summary.reachable else ""
             reasons.append(
                 f"collected {age:,.0f} s ago{failed}: {summary.cores_free}/{summary.cores_total} cores, "
@@ -328,6 +352,7 @@ def observe(
             vals[key] = overrides[key]
         if inline.queued is not None:
             vals["queued_cores"] = None  # the request's count is newer than the stored cores behind it
+            estimates = ()  # and than the stored pending jobs the scheduler's estimates are about
         if inline.running is not None:
             vals["running_cores"] = None
         if given:
@@ -390,4 +415,14 @@ def observe(
         jobs, cores, mem_mb, gpus = inflight
         observed.inflight_jobs, observed.inflight_cores = jobs, cores
         observed.inflight_mem_mb, observed.inflight_gpus = mem_mb, gpus
+    if estimates and summary is not None:  # Slurm's backfill: a lower bound on the wait (model.queue_time)
+        ahead, old = fresh_estimates(estimates, now, max_state_age)
+        by = _SCHEDULER_NAMES.get(summary.scheduler, summary.scheduler)
+        if ahead:
+            observed.ahead, observed.estimated_by = ahead, by
+        if old:
+            observed.reasons = (
+                *observed.reasons,
+                f"{old} of {by}'s expected starts older than {max_state_age:,.0f} s ignored",
+            )
     return observed, state_stale, bool(metrics_stale)
