@@ -50,15 +50,21 @@ from metasched.collect.types import HELD, PENDING, RUNNING, Job, Node, Snapshot
 from metasched.config import Config, RankSettings, SSHSettings
 from metasched.rank import rank
 from metasched.rank.geo import haversine_km
-from metasched.store import Store
+from metasched.store import MetricRow, Store
 from metasched.store.reconcile import reconcile
 
 EPOCH = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)  # simulated time 0 (a Monday morning)
 INF = math.inf
-# The simulator's own transfer law. The rank model's defaults (100 MB/s at zero distance, half of it
-# at 2,000 km, no per-transfer cost) deliberately differ: it must not be judged on knowing the truth.
-SIM_HALVING_KM = 1200.0  # distance at which a link delivers half of the site's ingress
+# The simulator's own transfer law: a link carries min(store egress, site ingress) over zero distance,
+# half of that at SIM_HALVING_KM, plus a setup cost per dataset. The rank model's defaults (100 MB/s
+# for every link, half of it at 2,000 km, no per-transfer cost) deliberately differ: rank must not be
+# judged on knowing the truth.
+SIM_HALVING_KM = 1200.0  # long round trips hurt a single TCP stream sooner than the model assumes
 SIM_SETUP_S = 20.0  # per dataset moved: connection, metadata, checksum
+WATTS_PER_CORE = 10.0  # the energy the simulator charges (the rank model's defaults happen to agree)
+WATTS_PER_GPU = 300.0
+CARBON_EVERY_S = 900.0  # how often the simulated carbon feed is refreshed (grid figures are hourly)
+CARBON_SOURCE = "pulsar_carbon_intensity"  # the InfluxDB measurement collect caches them from
 JOBS_PER_HOUR = 60.0  # Galaxy arrival rate: the home cluster alone can carry the mean load
 
 
@@ -92,6 +98,8 @@ class Site:
     gpu_tpv_score: float = 0.0  # ... for GPU tools
     utilisation: float = 0.5  # share of the cores background jobs keep busy on average
     pulsar: bool = False
+    scheduler: str = "slurm"  # only Slurm reports an expected start of pending jobs
+    carbon_g_kwh: float = 300.0  # the site's grid carbon intensity (gCO2/kWh)
     default_speed: float = 1.0
     speed: Mapping[str, float] = field(default_factory=dict)
 
@@ -115,6 +123,7 @@ class Scenario:
     sites: tuple[Site, ...]
     tools: tuple[Tool, ...]
     objectstores: Mapping[str, tuple[float, float]]
+    egress_mb_s: Mapping[str, float]  # what one transfer out of each object store sustains (10^6 bytes/s)
     store_weights: Mapping[str, float]  # where users' data lives; "" = unknown to Galaxy
 
 
@@ -146,8 +155,9 @@ TOOLS: tuple[tuple[Any, ...], ...] = (
 
 BUILTIN = Scenario(
     sites=(
-        # The admins' home cluster (TPV prefers it): big, next to most of the data, lightly loaded by
-        # other users; sized so that it alone can carry the mean Galaxy load (not its bursts).
+        # The admins' home cluster (TPV prefers it): big, next to most of the data, a third busy with
+        # other users' work like every site here; it alone can carry the mean Galaxy load, not its
+        # bursts. Slurm; a coal-heavy grid (Poland-like).
         Site(
             "eu_big",
             47.99,
@@ -157,8 +167,10 @@ BUILTIN = Scenario(
             ingress_mb_s=400,
             tpv_score=3,
             utilisation=0.3,
+            carbon_g_kwh=650,
         ),
-        # Small, fast, close to eu_big, no object store of its own; nodes too small for spades. Pulsar.
+        # Small, fast, close to eu_big, no object store of its own; nodes too small for spades. Pulsar
+        # in front of Slurm; a nuclear-heavy grid (France-like).
         Site(
             "eu_small",
             50.85,
@@ -170,8 +182,9 @@ BUILTIN = Scenario(
             utilisation=0.4,
             pulsar=True,
             default_speed=0.8,
+            carbon_g_kwh=55,
         ),
-        # Few fat-memory nodes on older CPUs.
+        # Few fat-memory nodes on older CPUs. Grid Engine (no start estimates); UK-like grid.
         Site(
             "uk",
             52.20,
@@ -182,8 +195,10 @@ BUILTIN = Scenario(
             tpv_score=1,
             utilisation=0.35,
             default_speed=1.2,
+            scheduler="sge",
+            carbon_g_kwh=200,
         ),
-        # Far away but quick; two GPU nodes. Pulsar.
+        # Far away but quick; two GPU nodes. Pulsar in front of Slurm; US-average grid.
         Site(
             "us",
             40.80,
@@ -194,8 +209,10 @@ BUILTIN = Scenario(
             utilisation=0.5,
             pulsar=True,
             default_speed=0.9,
+            carbon_g_kwh=380,
         ),
-        # The other side of the world, mostly idle, slow ingress. Pulsar.
+        # The other side of the world, mostly idle, slow ingress. Pulsar in front of HTCondor (no
+        # start estimates); Australian-average grid.
         Site(
             "au",
             -37.81,
@@ -205,8 +222,11 @@ BUILTIN = Scenario(
             ingress_mb_s=40,
             utilisation=0.3,
             pulsar=True,
+            scheduler="htcondor",
+            carbon_g_kwh=500,
         ),
-        # GPU nodes (TPV sends GPU tools here, and keeps CPU tools away: tag score -1).
+        # GPU nodes (TPV sends GPU tools here, and keeps CPU tools away: tag score -1). Slurm;
+        # German-average grid.
         Site(
             "gpu",
             50.91,
@@ -218,6 +238,7 @@ BUILTIN = Scenario(
             gpu_tpv_score=2,
             utilisation=0.3,
             speed={"alphafold": 0.6},
+            carbon_g_kwh=350,
         ),
     ),
     tools=tuple(_tool(*row) for row in TOOLS),
@@ -227,6 +248,7 @@ BUILTIN = Scenario(
         "os_us": (40.80, -77.86),
         "os_au": (-37.81, 144.96),
     },
+    egress_mb_s={"os_eu": 300, "os_uk": 150, "os_us": 250, "os_au": 80},
     store_weights={"os_eu": 0.45, "os_uk": 0.15, "os_us": 0.2, "os_au": 0.15, "": 0.05},
 )
 
@@ -432,12 +454,16 @@ class Destination:
         self.next_change = min(self.next_change, now)
         return placed
 
-    def snapshot(self, now: float) -> Snapshot:
+    def snapshot(self, now: float, start_estimates: bool = True) -> Snapshot:
         """What squeue/sinfo would show at ``now``; finished jobs leave ``active`` here.
 
         A job still staging is ``held`` at an ordinary site and absent at a Pulsar site (Pulsar
-        submits it to the scheduler only once its inputs are there).
+        submits it to the scheduler only once its inputs are there). With ``start_estimates`` a
+        Slurm site's pending jobs carry their planned start, as Slurm's backfill reports it, computed
+        at ``now``: exact here (reservations never move), where real Slurm plans on time limits.
         """
+        estimates = start_estimates and self.site.scheduler == "slurm"
+        stamp = _at(now)
         self.active = [p for p in self.active if p.end > now]
         nodes = []
         for i, n in enumerate(self.nodes):
@@ -470,6 +496,7 @@ class Destination:
                 state, submit, start, change = PENDING, p.ready, None, min(change, p.start)
             else:
                 state, submit, start, change = RUNNING, p.ready, p.start, min(change, p.end)
+            planned = estimates and state == PENDING
             name = f"g{j.id}_{j.tool.key}_{j.user}" if j.tool is not None else f"bg{j.id}"
             jobs.append(
                 Job(
@@ -483,6 +510,8 @@ class Destination:
                     submit_time=_at(submit) if submit is not None else None,
                     start_time=_at(start) if start is not None else None,
                     nodes=f"{self.site.id}-n{p.node:02d}",
+                    start_estimate=_at(p.start) if planned else None,
+                    estimated_at=stamp if planned else None,
                 )
             )
         self.written_at = now
@@ -499,17 +528,25 @@ def run_time(job: SimJob, site: Site) -> float:
     return job.base_run_s * speed
 
 
-def staging_s(job: SimJob, site: Site, objectstores: Mapping[str, tuple[float, float]]) -> float:
-    """Real transfer time: every dataset not in the site's own object store, with a fixed setup cost,
-    over the link's bandwidth (the simulator's law: ``SIM_HALVING_KM``, ``SIM_SETUP_S``)."""
+def staging_s(job: SimJob, site: Site, scn: Scenario) -> float:
+    """Real transfer time: every dataset not in the site's own object store, one after the other,
+    each with a fixed setup cost, over its link: min(store egress, site ingress) at zero distance,
+    halved at ``SIM_HALVING_KM`` (the simulator's law, not the rank model's)."""
     total = 0.0
     for (_, _, size), real in zip(job.datasets, job.real_stores, strict=True):
         if real == site.object_store:
             continue
-        lat, lon = objectstores[real]
+        lat, lon = scn.objectstores[real]
         km = haversine_km(lat, lon, site.lat, site.lon)
-        total += SIM_SETUP_S + size / (site.ingress_mb_s * 1e6 / (1.0 + km / SIM_HALVING_KM))
+        link = min(site.ingress_mb_s, scn.egress_mb_s[real]) * 1e6 / (1.0 + km / SIM_HALVING_KM)
+        total += SIM_SETUP_S + size / link
     return total
+
+
+def co2_g(p: Placed, site: Site) -> float:
+    """The job's emissions where it ran: busy cores and GPUs for its run (``energy_kwh``'s law)."""
+    watts = p.job.cores * WATTS_PER_CORE + p.job.gpus * WATTS_PER_GPU
+    return watts * (p.end - p.start) / 3.6e6 * site.carbon_g_kwh
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,7 +591,7 @@ def oracle_policy(scn: Scenario, dests: Mapping[str, Destination]) -> Policy:
         best, best_id = INF, d.candidates[0].id
         for site in d.candidates:
             run = run_time(d.job, site)
-            ready = d.now + staging_s(d.job, site, scn.objectstores)
+            ready = d.now + staging_s(d.job, site, scn)
             start, _ = dests[site.id].plan(d.job, ready, run)
             if start + run < best:
                 best, best_id = start + run, site.id
@@ -568,8 +605,10 @@ class MetaschedPolicy:
     ``metasched.rank.rank`` and records the placement in the ledger as ``metasched rank`` does.
 
     ``tick`` is the collect timer (every ``collect_every`` simulated seconds): every destination's
-    snapshot is written, then the ledger is reconciled. With ``fresh_state`` every changed
-    destination is also written before each decision, so rank never sees stale state.
+    snapshot is written, then the ledger is reconciled, and every ``CARBON_EVERY_S`` the sites'
+    carbon intensities are cached as collect caches InfluxDB's ``pulsar_carbon_intensity``. With
+    ``fresh_state`` every changed destination is also written before each decision, so rank never
+    sees stale state.
     """
 
     def __init__(
@@ -582,6 +621,7 @@ class MetaschedPolicy:
         fresh_state: bool = False,
         ledger: bool = True,
         weights: Mapping[str, float] | None = None,
+        start_estimates: bool = True,
     ) -> None:
         self.scn = scn
         self.weights = dict(weights or {})
@@ -594,6 +634,9 @@ class MetaschedPolicy:
         self.collect_every = collect_every
         self.fresh_state = fresh_state
         self.ledger = ledger
+        self.start_estimates = start_estimates
+        self.carbon_at = -INF
+        self.predicted: dict[int, tuple[float, float, float]] = {}  # job id: rank's staging, queue, run
         self.writes = 0
         self.recorded = 0
         self.rank_s = 0.0
@@ -616,7 +659,7 @@ class MetaschedPolicy:
         for dest in self.dests.values():
             if now < dest.next_change and now - dest.written_at < self.collect_every * 4:
                 continue
-            snap = dest.snapshot(now)
+            snap = dest.snapshot(now, self.start_estimates)
             self.store.write_snapshot(
                 dest.site.id, snap, run_id=f"r{self.writes}", started=stamp, finished=stamp
             )
@@ -627,6 +670,14 @@ class MetaschedPolicy:
         (``metasched.store.reconcile``, as ``metasched collect`` runs it after storing)."""
         t = time.perf_counter()
         self._write(now)
+        if now - self.carbon_at >= CARBON_EVERY_S:
+            stamp = _at(now)
+            rows = [
+                MetricRow(CARBON_SOURCE, s.id, "carbon_intensity", value=s.carbon_g_kwh, observed_at=stamp)
+                for s in self.scn.sites
+            ]
+            self.store.replace_metrics(CARBON_SOURCE, rows, stamp)
+            self.carbon_at = now
         rank_cfg = self.config.rank
         reconcile(
             self.store, _at(now), ttl_s=rank_cfg.ledger_ttl, history_days=self.config.collect.history_days
@@ -671,6 +722,8 @@ class MetaschedPolicy:
         answer = rank(self.request(d), self.config, self.store, _at(d.now))
         self.rank_s += time.perf_counter() - t
         first: str = answer["sorted_destinations"][0]
+        chosen = next(r["components"] for r in answer["ranked"] if r["id"] == first)
+        self.predicted[d.job.id] = (chosen["staging_s"], chosen["queue_s"], chosen["run_s"])
         return first
 
 
@@ -684,6 +737,7 @@ class Result:
     placed: list[Placed]
     seconds: float  # wall time of the replay
     notes: str = ""
+    predicted: Mapping[int, tuple[float, float, float]] = field(default_factory=dict)  # metasched's
 
     def turnarounds(self) -> list[float]:
         return [p.end - p.dispatch for p in self.placed]
@@ -720,16 +774,18 @@ def replay(
         cands = tpv_candidates(scn, dests, job)
         choice = policy(Decision(job, now, cands))
         site = dests[choice].site
-        ready = now + staging_s(job, site, scn.objectstores)
+        ready = now + staging_s(job, site, scn)
         placed.append(dests[choice].place(job, now, ready, run_time(job, site)))
     notes = ""
+    predicted: Mapping[int, tuple[float, float, float]] = {}
     if isinstance(policy, MetaschedPolicy):
         notes = (
             f"{policy.writes} snapshots written and reconciled in {policy.write_s:.1f} s, "
             f"{len(placed)} rank calls in {policy.rank_s:.1f} s"
         )
+        predicted = policy.predicted
         policy.close()
-    return Result(name, placed, time.perf_counter() - wall, notes)
+    return Result(name, placed, time.perf_counter() - wall, notes, predicted)
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -737,8 +793,9 @@ def _pct(values: Sequence[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
 
 
-def summarize(r: Result) -> dict[str, float | str]:
+def summarize(r: Result, scn: Scenario = BUILTIN) -> dict[str, float | str]:
     ta = r.turnarounds()
+    sites = {s.id: s for s in scn.sites}
     return {
         "policy": r.name,
         "mean_s": statistics.fmean(ta),
@@ -748,11 +805,12 @@ def summarize(r: Result) -> dict[str, float | str]:
         "staging_s": statistics.fmean(p.ready - p.dispatch for p in r.placed),
         "run_s": statistics.fmean(p.end - p.start for p in r.placed),
         "makespan_s": max(p.end for p in r.placed) - min(p.dispatch for p in r.placed),
+        "co2_g": statistics.fmean(co2_g(p, sites[p.site]) for p in r.placed),
         "wall_s": r.seconds,
     }
 
 
-COLUMNS = ("mean_s", "p50_s", "p95_s", "queue_s", "staging_s", "run_s", "makespan_s", "wall_s")
+COLUMNS = ("mean_s", "p50_s", "p95_s", "queue_s", "staging_s", "run_s", "makespan_s", "co2_g", "wall_s")
 
 
 def table(rows: Sequence[Mapping[str, float | str]]) -> str:
@@ -770,24 +828,66 @@ def shares(r: Result, sites: Sequence[Site]) -> str:
     return ", ".join(f"{k} {v}" for k, v in count.items())
 
 
+def _cells(mine: Sequence[Placed], count: bool = False) -> str:
+    """One 31-character cell: [jobs] mean turnaround, then its staging/queue/run."""
+    if not mine:
+        return f"{'-':>31}"
+    st = statistics.fmean(p.ready - p.dispatch for p in mine)
+    qu = statistics.fmean(p.start - p.ready for p in mine)
+    ru = statistics.fmean(p.end - p.start for p in mine)
+    if count:
+        return f"{len(mine):>5}{st + qu + ru:>7,.0f} {st:>5,.0f}/{qu:>5,.0f}/{ru:>5,.0f}"
+    return f"{st + qu + ru:>9,.0f} {st:>6,.0f}/{qu:>6,.0f}/{ru:>6,.0f}"
+
+
 def breakdown(results: Sequence[Result], scn: Scenario) -> str:
-    """Mean turnaround (staging + queue + run) per tool and policy: where one policy loses to another."""
+    """Mean turnaround (staging + queue + run) per tool and per site, each policy: where one loses."""
     names = [r.name for r in results]
     lines = [f"{'tool':<14}{'jobs':>6}" + "".join(f"{n + ' (st/queue/run)':>31}" for n in names)]
     for tool in scn.tools:
+        mine = [[p for p in r.placed if p.job.tool is tool] for r in results]
+        lines.append(f"{tool.key:<14}{len(mine[0]):>6}" + "".join(_cells(m) for m in mine))
+    lines.append(f"{'site':<20}" + "".join(f"{n + ' (jobs, st/queue/run)':>31}" for n in names))
+    for site in scn.sites:
+        cells = [_cells([p for p in r.placed if p.site == site.id], count=True) for r in results]
+        lines.append(f"{site.id:<20}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def _actual(p: Placed) -> tuple[float, float, float]:
+    """What happened: staging, queue wait (start - staged), run."""
+    return p.ready - p.dispatch, p.start - p.ready, p.end - p.start
+
+
+def prediction_errors(r: Result, scn: Scenario) -> str:
+    """How right rank was about the destination it chose, per site and factor: the median of
+    predicted/actual (bias: > 1 over-, < 1 underestimates) and the median |ln(predicted/actual)|
+    (spread), over jobs where both are at least 1 s; queue wait is start - staged."""
+    lines = [
+        f"{'site':<10}{'jobs':>6}"
+        + "".join(f"{f + ' pred/act':>17}{'|ln|':>7}" for f in ("staging", "queue", "run"))
+        + f"{'turnaround pred/act':>21}"
+    ]
+    groups: dict[str, list[Placed]] = {"all": list(r.placed)}
+    for site in scn.sites:
+        groups[site.id] = [p for p in r.placed if p.site == site.id]
+    for key, mine in groups.items():
+        mine = [p for p in mine if p.job.id in r.predicted]
+        if not mine:
+            continue
         cells = []
-        count = 0
-        for r in results:
-            mine = [p for p in r.placed if p.job.tool is tool]
-            count = len(mine)
-            if not mine:
-                cells.append(f"{'-':>31}")
+        for k in range(3):
+            pairs = [(r.predicted[p.job.id][k], _actual(p)[k]) for p in mine]
+            pairs = [(a, b) for a, b in pairs if a >= 1.0 and b >= 1.0]
+            if not pairs:
+                cells.append(f"{'-':>17}{'':>7}")
                 continue
-            st = statistics.fmean(p.ready - p.dispatch for p in mine)
-            qu = statistics.fmean(p.start - p.ready for p in mine)
-            ru = statistics.fmean(p.end - p.start for p in mine)
-            cells.append(f"{st + qu + ru:>9,.0f} {st:>6,.0f}/{qu:>6,.0f}/{ru:>6,.0f}")
-        lines.append(f"{tool.key:<14}{count:>6}" + "".join(cells))
+            logs = [math.log(a / b) for a, b in pairs]
+            spread = statistics.median(abs(x) for x in logs)
+            cells.append(f"{math.exp(statistics.median(logs)):>12.2f} ({len(pairs):>3}){spread:>7.2f}")
+        pred = sum(sum(r.predicted[p.job.id]) for p in mine)
+        act = sum(p.end - p.dispatch for p in mine)
+        lines.append(f"{key:<10}{len(mine):>6}" + "".join(cells) + f"{pred / act:>21.2f}")
     return "\n".join(lines)
 
 
@@ -802,6 +902,7 @@ def run_all(
     weights: Mapping[str, float] | None = None,
     *,
     fresh_state: bool = False,
+    start_estimates: bool = True,
     policies: Sequence[str] = POLICIES,
 ) -> tuple[list[Result], float]:
     """Replay one workload under each of ``policies`` (``no_ledger``: metasched, ``rank.ledger: false``)."""
@@ -817,6 +918,7 @@ def run_all(
             fresh_state=fresh_state,
             ledger=ledger,
             weights=weights,
+            start_estimates=start_estimates,
         )
 
     makers: dict[str, Callable[[Mapping[str, Destination]], Policy]] = {
@@ -857,17 +959,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also write every changed destination before each decision (rank never sees stale state)",
     )
     ap.add_argument(
+        "--no-start-estimates",
+        action="store_true",
+        help="Slurm sites' pending jobs carry no expected start (as if backfill never set StartTime)",
+    )
+    ap.add_argument(
+        "--carbon-s-per-kg",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="rank.weights.carbon_s_per_kg: seconds of turnaround traded per kg of CO2 (default 0: off)",
+    )
+    ap.add_argument(
         "--weight",
         action="append",
         default=[],
         metavar="NAME=VALUE",
         help="a rank weight sent as the request's options.weights (repeatable), e.g. tpv_weight=0.02",
     )
-    ap.add_argument("--breakdown", action="store_true", help="also print mean turnaround per tool and policy")
+    ap.add_argument(
+        "--policies",
+        default=",".join(POLICIES),
+        help=f"comma-separated subset of {','.join(POLICIES)} (default: all)",
+    )
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also print mean turnaround per tool and site, and rank's prediction errors per site",
+    )
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
     if args.jobs < 1 or args.collect_every <= 0:
         ap.error("--jobs must be >= 1 and --collect-every > 0")
+    if not math.isfinite(args.carbon_s_per_kg) or args.carbon_s_per_kg < 0:
+        ap.error("--carbon-s-per-kg must be a finite number >= 0")
+    policies = [p for p in args.policies.split(",") if p]
+    unknown = sorted(set(policies) - set(POLICIES))
+    if unknown or not policies:
+        ap.error(f"--policies: unknown {', '.join(unknown) or '(none given)'} (known: {', '.join(POLICIES)})")
     weights: dict[str, float] = {}
     for item in args.weight:
         name, eq, value = item.partition("=")
@@ -877,9 +1006,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"--weight {item}: expected NAME=NUMBER")
         if not eq:
             ap.error(f"--weight {item}: expected NAME=NUMBER")
+    if args.carbon_s_per_kg:
+        weights["carbon_s_per_kg"] = args.carbon_s_per_kg
     with tempfile.TemporaryDirectory(prefix="metasched-replay-") as tmp:
         results, horizon = run_all(
-            args.jobs, args.seed, args.collect_every, Path(tmp), weights, fresh_state=args.fresh_state
+            args.jobs,
+            args.seed,
+            args.collect_every,
+            Path(tmp),
+            weights,
+            fresh_state=args.fresh_state,
+            start_estimates=not args.no_start_estimates,
+            policies=policies,
         )
     rows = [summarize(r) for r in results]
     ratio = ratios(rows)
@@ -890,17 +1028,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = (
         "fresh state before every decision" if args.fresh_state else f"collect every {args.collect_every:g} s"
     )
+    estimates = "no start estimates" if args.no_start_estimates else "Slurm start estimates"
     print(
-        f"{args.jobs} Galaxy jobs over {horizon / 3600:.1f} simulated hours, seed {args.seed}, {state}; "
-        "turnaround = staging + queue + run (seconds)" + (f"; weights {weights}" if weights else "")
+        f"{args.jobs} Galaxy jobs over {horizon / 3600:.1f} simulated hours, seed {args.seed}, {state}, "
+        f"{estimates}; turnaround = staging + queue + run (seconds), co2_g = mean gCO2 per job"
+        + (f"; weights {weights}" if weights else "")
     )
     print(table(rows))
-    print("mean turnaround ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items()))
+    if ratio:
+        print("mean turnaround ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items()))
     for r in results:
         print(f"{r.name:<12} placed: {shares(r, BUILTIN.sites)}" + (f"; {r.notes}" if r.notes else ""))
     if args.breakdown:
-        print("mean turnaround per tool = staging + queue + run (seconds)")
+        print("mean turnaround per tool and per site = staging + queue + run (seconds)")
         print(breakdown(results, BUILTIN))
+        for r in results:
+            if r.predicted:
+                print(f"{r.name}: rank's prediction for the chosen site against what happened")
+                print(prediction_errors(r, BUILTIN))
     return 0
 
 
