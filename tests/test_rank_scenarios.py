@@ -46,9 +46,13 @@ def _node(raw: dict[str, Any], i: int) -> Node:
     )
 
 
-def _jobs(raw: list[dict[str, Any]], prefix: str) -> list[Job]:
+def _jobs(raw: list[dict[str, Any]], prefix: str, now: datetime = NOW) -> list[Job]:
+    """``start_s``/``estimated_s``: the scheduler expects the job to start that many seconds after
+    ``now``, as computed that many seconds before it (Slurm's StartTime and LastSchedEval)."""
     out = []
     for i, j in enumerate(raw):
+        start = None if "start_s" not in j else now + timedelta(seconds=j["start_s"])
+        evaluated = None if "estimated_s" not in j else now - timedelta(seconds=j["estimated_s"])
         for k in range(j.get("count", 1)):
             out.append(
                 Job(
@@ -58,6 +62,8 @@ def _jobs(raw: list[dict[str, Any]], prefix: str) -> list[Job]:
                     mem_mb=int(j.get("mem_gb", 0) * 1024),
                     gpus=j.get("gpus", 0),
                     name=j.get("name", ""),
+                    start_estimate=start,
+                    estimated_at=evaluated,
                 )
             )
     return out
@@ -86,8 +92,10 @@ def build_store(db: Path | str, state: dict[str, Any], now: datetime = NOW) -> N
     with Store.open(str(db)) as store:
         for dest_id, st in (state.get("destinations") or {}).items():
             last = now - timedelta(seconds=st.get("age_s", 60))
+            if "scheduler" in st:  # as collect's sync_destinations records it (default: unknown, "")
+                store.sync_destinations([(dest_id, st["scheduler"], "local")])
             nodes = [_node(n, i) for i, n in enumerate(st.get("nodes", []))]
-            jobs = _jobs(st.get("jobs", []), "j")
+            jobs = _jobs(st.get("jobs", []), "j", now)
             history = st.get("history") or []
             if history:
                 first = last - timedelta(seconds=30)

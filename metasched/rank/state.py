@@ -417,7 +417,7 @@ def observe(
         observed.inflight_mem_mb, observed.inflight_gpus = mem_mb, gpus
     if estimates and summary is not None:  # Slurm's backfill: a lower bound on the wait (model.queue_time)
         ahead, old = fresh_estimates(estimates, now, max_state_age)
-        by = _SCHEDULER_NAMES.get(summary.scheduler, summary.scheduler)
+        by = _SCHEDULER_NAMES.get(summary.scheduler) or summary.scheduler or "the scheduler"
         if ahead:
             observed.ahead, observed.estimated_by = ahead, by
         if old:
