@@ -20,7 +20,9 @@ log = logging.getLogger("metasched.serve")
 
 STALE_FACTOR = 3  # /healthz fails when the newest collect in the store is older than this many intervals
 STALE_MIN_S = 60.0  # ... and older than this (tiny intervals: a cycle skipped for the timer is no outage)
-PROBE_ID = "\x00healthz"  # no destination has this id: the probe reads each table, finds nothing
+# No destination has this id (config refuses control characters in ids): the probe reads each table
+# and finds nothing. Not NUL: PostgreSQL refuses NUL in text, so /healthz was always 503 there.
+PROBE_ID = "\x01healthz"
 
 
 @dataclass(frozen=True, slots=True)
