@@ -6,7 +6,9 @@ P2: 1,000 destinations <= 1.5 x the 50-destination wall.
 
 Both the console script and `python -m metasched` are measured. State is written through the
 Store API (nodes, queued/running jobs, finished-job history and cached metrics per destination), so
-rank reads what a real collect leaves behind.
+rank reads what a real collect leaves behind. The placement ledger is on (issue 9): every request
+carries a new ``job.job_id`` and the store is writable, so every timed rank reads the in-flight
+placements and records its own; the count recorded is printed.
 
     python bench/bench_rank.py [--runs 21] [--check]
 
@@ -95,9 +97,9 @@ def build_state(db: Path, n: int) -> None:
         store.replace_metrics("bench", metrics, fetched_at=now)
 
 
-def build_request(path: Path, n: int) -> None:
+def build_request(path: Path, n: int, job_id: int) -> None:
     request = {
-        "job_info": {"tool_id": TOOL, "cores": 4, "mem": 16, "gpus": 0},
+        "job_info": {"tool_id": TOOL, "job_id": job_id, "cores": 4, "mem": 16, "gpus": 0},
         "objectstores": {
             "eu": {"latitude": 48.0, "longitude": 7.8},
             "au": {"latitude": -33.9, "longitude": 151.2},
@@ -158,13 +160,38 @@ def breakdown(db: Path, request: Path) -> str:
     )
 
 
-def wall(cmd: list[str], env: dict[str, str]) -> float:
+def wall(cmd: list[str], env: dict[str, str]) -> tuple[float, bytes]:
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, check=False)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.decode()[-500:]}")
-    return elapsed
+    return elapsed, proc.stdout
+
+
+def ledger_rows(db: Path) -> int:
+    with Store.open(str(db)) as store:
+        return int(store._fetch('SELECT COUNT(*) FROM "placement"', [])[0][0])
+
+
+class Ranks:
+    """Each rank of ``n`` destinations gets a request with a job id of its own (written before the
+    timed run), and its answer is checked for a placement that was not recorded."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.next_id = 1
+        self.ranks = {50: 0, 1000: 0}
+        self.unrecorded = {50: 0, 1000: 0}
+
+    def prepare(self, n: int) -> None:
+        build_request(self.work / f"request{n}.json", n, self.next_id)
+        self.next_id += 1
+
+    def check(self, n: int, stdout: bytes) -> None:
+        self.ranks[n] += 1
+        warnings = json.loads(stdout)["warnings"]
+        self.unrecorded[n] += any("not recorded" in w for w in warnings)
 
 
 def main() -> int:
@@ -183,30 +210,49 @@ def main() -> int:
         env.pop("CONFIGURATION_DIRECTORY", None)
         env["HOME"] = str(work)
         t = time.perf_counter()
+        ranks = Ranks(work)
         for n in (50, 1000):
             build_state(work / f"state{n}.db", n)
-            build_request(work / f"request{n}.json", n)
+            ranks.prepare(n)
         print(f"state built in {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
         base = [sys.executable, "-c", "import typer, peewee, yaml"]
-        commands: dict[str, tuple[list[str], dict[str, str]]] = {"baseline": (base, env)}
+        commands: dict[str, tuple[list[str], dict[str, str], int | None]] = {"baseline": (base, env, None)}
         for n in (50, 1000):
             env_n = {**env, "METASCHED_DATABASE": str(work / f"state{n}.db")}
             req = ["rank", "--request", str(work / f"request{n}.json")]
             if script:
-                commands[f"script{n}"] = ([script, *req], env_n)
-            commands[f"module{n}"] = ([sys.executable, "-m", "metasched", *req], env_n)
+                commands[f"script{n}"] = ([script, *req], env_n, n)
+            commands[f"module{n}"] = ([sys.executable, "-m", "metasched", *req], env_n, n)
         details = {n: breakdown(work / f"state{n}.db", work / f"request{n}.json") for n in (50, 1000)}
         samples: dict[str, list[float]] = {k: [] for k in commands}
-        for cmd, env_c in commands.values():  # warm the page cache and .pyc files
-            wall(cmd, env_c)
+
+        def timed(cmd: list[str], env_c: dict[str, str], n: int | None) -> float:
+            if n is not None:
+                ranks.prepare(n)
+            elapsed, stdout = wall(cmd, env_c)
+            if n is not None:
+                ranks.check(n, stdout)
+            return elapsed
+
+        for cmd, env_c, dests in commands.values():  # warm the page cache and .pyc files
+            timed(cmd, env_c, dests)
         for _ in range(args.runs):  # alternate, so drift in machine load hits every command alike
-            for key, (cmd, env_c) in commands.items():
-                samples[key].append(wall(cmd, env_c))
+            for key, (cmd, env_c, dests) in commands.items():
+                samples[key].append(timed(cmd, env_c, dests))
+        recorded = {n: ledger_rows(work / f"state{n}.db") for n in (50, 1000)}
 
     med = {k: statistics.median(v) for k, v in samples.items()}
     ok = True
     print(f"runs per command: {args.runs} (median wall, alternated)")
+    print(
+        "ledger: on (rank.ledger default, a new job.job_id per rank, writable store); placements "
+        + ", ".join(
+            f"{n} destinations {recorded[n]} recorded of {ranks.ranks[n]} ranks"
+            f" ({ranks.unrecorded[n]} not recorded)"
+            for n in (50, 1000)
+        )
+    )
     label0 = 'baseline: python -c "import typer, peewee, yaml"'
     print(f"{label0:<52} {med['baseline'] * 1000:8.1f} ms")
     for kind, label in (("script", "metasched rank"), ("module", "python -m metasched rank")):
