@@ -1,7 +1,9 @@
-"""Prometheus text exposition (format 0.0.4), written by hand: a few dozen series, no client library.
+"""The /metrics page: metric families built on each scrape, written by ``prometheus_client``.
 
 Destination series come from the store (so they are right whichever process collected, this one's
 loop or the timer's ``metasched collect``); request and collect-cycle counters are this process's own.
+Each page is rendered from a fresh registry holding one collector for that scrape's families, so
+nothing is registered in prometheus_client's process-wide default registry.
 """
 
 from __future__ import annotations
@@ -12,28 +14,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
 from metasched.store import DestinationSummary, RunRecord, Store
 from metasched.store.reconcile import Calibration
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels: Mapping[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
-
-
-def _num(value: float) -> str:
-    if value != value:  # NaN
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
 
 
 @dataclass(slots=True)
@@ -60,31 +48,29 @@ class RequestStats:
             hist.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
             hist.total += seconds
 
-    def lines(self) -> list[str]:
+    def families(self) -> list[Metric]:
         with self._lock:
             counts = sorted(self._counts.items())
             latency = sorted((p, list(h.counts), h.total) for p, h in self._latency.items())
-        out = [
-            "# HELP metasched_http_requests_total HTTP requests answered, by endpoint, method and status.",
-            "# TYPE metasched_http_requests_total counter",
-        ]
+        requests = CounterMetricFamily(
+            "metasched_http_requests_total",
+            "HTTP requests answered, by endpoint, method and status.",
+            labels=["path", "method", "code"],
+        )
         for (path, method, code), n in counts:
-            out.append(
-                f"metasched_http_requests_total{_labels({'path': path, 'method': method, 'code': code})} {n}"
-            )
-        out += [
-            "# HELP metasched_http_request_duration_seconds Time to answer an HTTP request, by endpoint.",
-            "# TYPE metasched_http_request_duration_seconds histogram",
-        ]
-        name = "metasched_http_request_duration_seconds"
+            requests.add_metric([path, method, code], n)
+        duration = HistogramMetricFamily(
+            "metasched_http_request_duration_seconds",
+            "Time to answer an HTTP request, by endpoint.",
+            labels=["path"],
+        )
         for path, buckets, total in latency:
-            running = 0
+            running, cumulative = 0, []
             for bound, n in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=True):
                 running += n
-                out.append(f"{name}_bucket{_labels({'path': path, 'le': _num(bound)})} {running}")
-            out.append(f"{name}_sum{_labels({'path': path})} {_num(total)}")
-            out.append(f"{name}_count{_labels({'path': path})} {running}")
-        return out
+                cumulative.append((_le(bound), running))
+            duration.add_metric([path], cumulative, sum_value=total)
+        return [requests, duration]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +139,19 @@ class RunTally:
             return dict(self._latest)
 
 
-def _gauge(name: str, help_text: str, kind: str = "gauge") -> list[str]:
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+def _le(bound: float) -> str:
+    """A bucket bound as Prometheus spells it (``0.005``, ``1.0``, ``+Inf``)."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+class _Page(Collector):
+    """One scrape's families, already built."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return iter(self._families)
 
 
 def render(
@@ -169,13 +166,19 @@ def render(
     ledger: Mapping[str, Calibration] | None = None,
 ) -> str:
     """The whole /metrics page. ``ledger``: the placement ledger's figures per destination."""
-    out: list[str] = []
+    families: list[Metric] = []
 
     def series(
         name: str, help_text: str, values: Iterable[tuple[Mapping[str, str], float]], kind: str = "gauge"
     ) -> None:
-        out.extend(_gauge(name, help_text, kind))
-        out.extend(f"{name}{_labels(labels)} {_num(v)}" for labels, v in values)
+        samples = list(values)
+        names = list(samples[0][0]) if samples else []
+        family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+            name, help_text, labels=names
+        )
+        for labels, value in samples:
+            family.add_metric([labels[k] for k in names], value)
+        families.append(family)
 
     def per_dest(name: str, help_text: str, pick: Callable[[DestinationSummary], float]) -> None:
         series(name, help_text, (({"destination": s.id}, float(pick(s))) for s in summaries))
@@ -282,5 +285,7 @@ def render(
             "Unix time the last collect cycle of this process ended.",
             [({}, loop.last_cycle_end.timestamp())],
         )
-    out.extend(requests.lines())
-    return "\n".join(out) + "\n"
+    families.extend(requests.families())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Page(families))
+    return generate_latest(registry).decode()
