@@ -7,6 +7,8 @@ as ``Store.open`` makes it) and a real PostgreSQL 15 (``store_url``).
 - A writer holding the store's lock: the real ``metasched rank`` answers in the normal shape, exit 0,
   with a warning that the placement was not recorded, before the lock is released.
 - No ``job.job_id``: answered, not recorded, ``--explain`` says why; the same job id twice: one entry.
+- The write's bounded retry: a lock held past one attempt is waited out by the next; an error that
+  is not a lock (a missing table) is not retried.
 """
 
 from __future__ import annotations
@@ -281,3 +283,72 @@ def test_ranking_the_same_job_again_replaces_its_entry(store_url: str, env: dict
             'SELECT "placed_at", "actual_destination" FROM "placement"', []
         )
     assert actual is None and placed_again != placed_first[0]
+
+
+# -- the bounded retry -------------------------------------------------------------------------
+
+
+class CountingStore(Store):
+    """Counts the write transactions record_placement attempts (one cache_neutral_write each)."""
+
+    attempts = 0
+
+    @contextmanager
+    def cache_neutral_write(self) -> Iterator[None]:
+        self.attempts += 1
+        yield
+
+
+@contextmanager
+def held_for(url: str, seconds: float) -> Iterator[None]:
+    """Another connection holds the ledger's write lock from entry until ``seconds`` later."""
+    pg = url.startswith("postgresql://")
+    writer = postgres_writer(url, "EXCLUSIVE") if pg else sqlite_writer(url, "IMMEDIATE")
+    locked = threading.Event()
+
+    def hold() -> None:
+        with writer:
+            locked.set()
+            threading.Event().wait(seconds)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    locked.wait(10)
+    try:
+        yield
+    finally:
+        thread.join(30)
+
+
+def entry(job_id: str) -> Any:
+    from metasched.store.placements import PlacementEntry
+
+    return PlacementEntry(job_id, "hpc", TOOL, 2.0, 4096.0, 0.0, datetime.now(UTC), 0.0, 30.0, 600.0)
+
+
+def test_a_lock_held_past_one_attempt_is_waited_out_by_the_next(store_url: str) -> None:
+    """Attempts of 0.3 s against a lock held 0.45 s: one attempt loses the entry, three keep it."""
+    from metasched.store.placements import LedgerError, record_placement
+
+    build_state(store_url)
+    with CountingStore.open(store_url, readonly=True, busy_timeout=0.5, connect_timeout=1) as store:
+        with held_for(store_url, 0.45), pytest.raises(LedgerError, match=r"lock|timeout"):
+            record_placement(store, entry("one"), busy_timeout_s=0.3, attempts=1)
+        assert store.attempts == 1
+        store.attempts = 0
+        with held_for(store_url, 0.45):
+            record_placement(store, entry("three"), busy_timeout_s=0.3, attempts=3)
+        assert 2 <= store.attempts <= 3
+    assert [r[0] for r in ledger_rows(store_url)] == ["three"]
+
+
+def test_a_store_that_cannot_take_the_entry_is_not_retried(store_url: str) -> None:
+    from metasched.store.placements import LedgerError, record_placement
+
+    build_state(store_url)
+    with Store.open(store_url) as store:
+        store._sql.execute_sql('DROP TABLE "placement"')
+    with CountingStore.open(store_url, readonly=True, busy_timeout=0.5, connect_timeout=1) as store:
+        with pytest.raises(LedgerError, match="placement"):
+            record_placement(store, entry("gone"))
+        assert store.attempts == 1
