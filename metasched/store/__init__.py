@@ -17,13 +17,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sqlite3
 import statistics
 import threading
 from array import array
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import groupby
@@ -1223,6 +1224,18 @@ def _make_database(
     )
 
 
+def _create_shareable(file: Path) -> None:
+    """Create a new database file as 0666 minus the umask, where SQLite would use 0644 minus it.
+
+    The umask is the operator's sharing decision (docs/serve.md: ``UMask=0007`` lets group members such
+    as Galaxy's user read the state and write rank's placement ledger); SQLite's 0644 would always deny
+    the group write. An empty file is a valid empty database; its -wal/-shm files get the same mode.
+    Existing files, and failures (SQLite then reports them when it opens the file), are left alone.
+    """
+    with suppress(OSError):
+        os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
 def _sqlite(path: str, readonly: bool = False, busy_timeout: float | None = None) -> SqliteDatabase:
     file = Path(path).expanduser()
     timeout = BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout
@@ -1236,6 +1249,7 @@ def _sqlite(path: str, readonly: bool = False, busy_timeout: float | None = None
         raise ConfigError(
             [f"database: cannot create directory {file.parent}: {exc.strerror or exc}"]
         ) from exc
+    _create_shareable(file)
     return SqliteDatabase(
         str(file),
         timeout=timeout,
