@@ -10,6 +10,12 @@ Each run times a steady-state collect tick: ``parse_squeue`` of the new output, 
 of the jobs finished meanwhile, so finished-job history is detected and written too). The first write
 into an empty database is timed as well. Medians over ``--runs``.
 
+Side by side, in the same run on the same data, two straightforward references: a one-pass parser
+(``line.split(SEP)`` per line, the same Job fields converted field by field, no caching, no TRES or
+array handling) and a plain ``sqlite3`` store (one transaction: DELETE the destination's rows, then
+``executemany`` INSERT of every job into a table with the same columns and unique index, WAL on). The
+ratios say what metasched's parsing and storing cost against them (below 1: faster than the reference).
+
     python bench/bench_scale.py [--jobs 100000] [--runs 3] [--check]
 
 ``--check`` exits 1 when the median parse + store total is above 5 s (timings are noisy on a busy
@@ -20,17 +26,19 @@ from __future__ import annotations
 
 import argparse
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from metasched.collect.adapters.slurm import SEP, SQUEUE_FIELDS, parse_squeue
-from metasched.collect.types import Snapshot
+from metasched.collect.types import HELD, PENDING, RUNNING, Job, Snapshot
 from metasched.store import Store
 
 LIMIT_S = 5.0
@@ -101,8 +109,107 @@ def squeue_output(jobs: int, first_id: int, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_once(workdir: Path, jobs: int, seed: int) -> tuple[float, float, float, int]:
-    """(first write s, parse s, replacing write s, history rows) for one fresh database."""
+def _time(text: str) -> datetime | None:
+    return None if text == "N/A" else datetime.fromisoformat(text).astimezone(UTC)
+
+
+def reference_parse(text: str) -> list[Job]:
+    """The straightforward one-pass parser: split each line, convert each field as it comes."""
+    jobs = []
+    for line in text.splitlines():
+        f = line.split(SEP)
+        state = f[3]
+        start = _time(f[14])
+        jobs.append(
+            Job(
+                job_id=f[0],
+                state=RUNNING if state == "RUNNING" else PENDING if state == "PENDING" else HELD,
+                partition=f[1],
+                name=f[17],
+                user=f[2],
+                raw_state=state,
+                reason="" if f[4] == "None" else f[4],
+                cores=int(f[5]),
+                mem_mb=int(f[8].rstrip("M")),
+                gpus=1 if "gpu" in f[11] else 0,
+                submit_time=_time(f[13]),
+                start_time=start if state == "RUNNING" else None,
+                nodes=f[16],
+                start_estimate=start if state == "PENDING" else None,
+                estimated_at=_time(f[15]) if state == "PENDING" and start is not None else None,
+            )
+        )
+    return jobs
+
+
+_REF_COLUMNS = (
+    "destination, job_id, state, raw_state, partition, name, user, reason, cores, mem_mb, gpus, "
+    "submit_time, start_time, nodes, start_estimate, estimated_at"
+)
+
+
+_REF_TABLE = (
+    "CREATE TABLE IF NOT EXISTS job (id INTEGER PRIMARY KEY, destination TEXT NOT NULL, "
+    "job_id TEXT NOT NULL, "
+    "state TEXT, raw_state TEXT, partition TEXT, name TEXT, user TEXT, reason TEXT, cores INTEGER, "
+    "mem_mb INTEGER, gpus INTEGER, submit_time TEXT, start_time TEXT, nodes TEXT, start_estimate TEXT, "
+    "estimated_at TEXT)"
+)
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def reference_store(db: Path, dest: str, jobs: list[Job]) -> None:
+    """The plain sqlite3 store: replace ``dest``'s rows in one transaction with executemany."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(_REF_TABLE)
+        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS job_dest_id ON job (destination, job_id)")
+        with conn:
+            conn.execute("DELETE FROM job WHERE destination = ?", (dest,))
+            conn.executemany(
+                f"INSERT INTO job ({_REF_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+                (
+                    (
+                        dest,
+                        j.job_id,
+                        j.state,
+                        j.raw_state,
+                        j.partition,
+                        j.name,
+                        j.user,
+                        j.reason,
+                        j.cores,
+                        j.mem_mb,
+                        j.gpus,
+                        _iso(j.submit_time),
+                        _iso(j.start_time),
+                        j.nodes,
+                        _iso(j.start_estimate),
+                        _iso(j.estimated_at),
+                    )
+                    for j in jobs
+                ),
+            )
+    finally:
+        conn.close()
+
+
+@dataclass
+class Timings:
+    first: float  # first write into an empty database
+    parse: float
+    store: float  # replacing write
+    finished: int  # history rows the replacing write recorded
+    ref_parse: float
+    ref_store: float  # replacing write of the plain sqlite3 reference
+
+
+def run_once(workdir: Path, jobs: int, seed: int) -> Timings:
+    """Every figure of one run, on one fresh database (and one for the reference)."""
     previous = parse_squeue(squeue_output(jobs, 1, seed))
     shift = jobs // 10  # 10 % of the previous jobs finished, as many new ones arrived
     text = squeue_output(jobs, 1 + shift, seed + 1)
@@ -121,7 +228,16 @@ def run_once(workdir: Path, jobs: int, seed: int) -> tuple[float, float, float, 
         )
         store_s = time.perf_counter() - t
     assert result.jobs == jobs
-    return first, parse_s, store_s, result.finished
+    t = time.perf_counter()
+    ref_jobs = reference_parse(text)
+    ref_parse = time.perf_counter() - t
+    assert len(ref_jobs) == len(parsed)
+    ref_db = workdir / f"reference-{seed}.db"
+    reference_store(ref_db, "slurm_bench", previous)
+    t = time.perf_counter()
+    reference_store(ref_db, "slurm_bench", parsed)
+    ref_store = time.perf_counter() - t
+    return Timings(first, parse_s, store_s, result.finished, ref_parse, ref_store)
 
 
 def main() -> int:
@@ -130,25 +246,34 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--check", action="store_true", help=f"exit 1 when parse + store exceeds {LIMIT_S} s")
     args = ap.parse_args()
-    firsts, parses, stores, totals = [], [], [], []
+    runs: list[Timings] = []
     with tempfile.TemporaryDirectory(prefix="metasched-bench-") as tmp:
         for i in range(args.runs):
-            first, parse_s, store_s, finished = run_once(Path(tmp), args.jobs, seed=2 * i)
-            firsts.append(first)
-            parses.append(parse_s)
-            stores.append(store_s)
-            totals.append(parse_s + store_s)
+            r = run_once(Path(tmp), args.jobs, seed=2 * i)
+            runs.append(r)
             print(
-                f"run {i + 1}: parse {parse_s:.2f} s, store {store_s:.2f} s (replacing; {finished} "
-                f"finished jobs recorded), total {parse_s + store_s:.2f} s; first write into an empty "
-                f"db {first:.2f} s",
+                f"run {i + 1}: parse {r.parse:.2f} s (reference {r.ref_parse:.2f} s), store {r.store:.2f} s "
+                f"(replacing; {r.finished} finished jobs recorded; reference {r.ref_store:.2f} s), total "
+                f"{r.parse + r.store:.2f} s; first write into an empty db {r.first:.2f} s",
                 flush=True,
             )
-    total = statistics.median(totals)
-    print(f"jobs:            {args.jobs}")
-    print(f"parse (median):  {statistics.median(parses):.2f} s")
-    first = statistics.median(firsts)
-    print(f"store (median):  {statistics.median(stores):.2f} s  (first write: {first:.2f} s)")
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    parse_s, store_s = med([r.parse for r in runs]), med([r.store for r in runs])
+    ref_parse, ref_store = med([r.ref_parse for r in runs]), med([r.ref_store for r in runs])
+    total, ref_total = med([r.parse + r.store for r in runs]), med([r.ref_parse + r.ref_store for r in runs])
+    print(f"jobs: {args.jobs}, medians of {args.runs} runs")
+    print(f"{'':8s}{'metasched':>12s}{'reference':>12s}{'ratio':>8s}   reference")
+
+    def row(label: str, ours: float, ref: float, what: str = "") -> None:
+        print(f"{label:8s}{ours:11.2f}s{ref:11.2f}s{ours / ref:7.2f}x   {what}".rstrip())
+
+    row("parse", parse_s, ref_parse, "one-pass line.split(SEP)")
+    row("store", store_s, ref_store, "sqlite3 executemany")
+    row("total", total, ref_total)
+    print(f"first write into an empty db: {med([r.first for r in runs]):.2f} s")
     print(f"total (median):  {total:.2f} s  -> {args.jobs / total:,.0f} jobs/s")
     ok = total <= LIMIT_S
     print(f"total <= {LIMIT_S:.0f} s:    {'yes' if ok else 'NO'}")
