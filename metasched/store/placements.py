@@ -177,11 +177,12 @@ def _write_postgres(store: Store, values: list[Any], busy_timeout_s: float) -> N
     """One round trip: the transaction, its timeouts and the upsert in one simple query.
 
     ``READ WRITE`` overrides the read-only default of rank's connection for this transaction only;
-    ``SET LOCAL`` timeouts end with it.
+    ``SET LOCAL`` timeouts end with it. The lock timeout fires a little before the statement timeout,
+    so a writer holding the table is reported as ``lock timeout``, not as a slow statement.
     """
-    ms = max(1, int(busy_timeout_s * 1000))
+    ms = max(2, int(busy_timeout_s * 1000))
     sql = (
-        f"BEGIN READ WRITE; SET LOCAL lock_timeout = {ms}; SET LOCAL statement_timeout = {ms}; "
+        f"BEGIN READ WRITE; SET LOCAL lock_timeout = {ms * 9 // 10}; SET LOCAL statement_timeout = {ms}; "
         f"{_sql(_UPSERT, '%s')}; COMMIT"
     )
     conn = store._sql.connection()
