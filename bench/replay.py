@@ -50,6 +50,7 @@ from metasched.collect.types import HELD, PENDING, RUNNING, Job, Node, Snapshot
 from metasched.config import Config, RankSettings, SSHSettings
 from metasched.rank import rank
 from metasched.rank.geo import haversine_km
+from metasched.rank.model import Weights
 from metasched.store import MetricRow, Store
 from metasched.store.reconcile import reconcile
 
@@ -864,13 +865,15 @@ def prediction_errors(r: Result, scn: Scenario) -> str:
     predicted/actual (bias: > 1 over-, < 1 underestimates) and the median |ln(predicted/actual)|
     (spread), over jobs where both are at least 1 s; queue wait is start - staged."""
     lines = [
-        f"{'site':<10}{'jobs':>6}"
+        f"{'site/tool':<14}{'jobs':>6}"
         + "".join(f"{f + ' pred/act':>17}{'|ln|':>7}" for f in ("staging", "queue", "run"))
         + f"{'turnaround pred/act':>21}"
     ]
     groups: dict[str, list[Placed]] = {"all": list(r.placed)}
     for site in scn.sites:
         groups[site.id] = [p for p in r.placed if p.site == site.id]
+    for tool in scn.tools:
+        groups[tool.key] = [p for p in r.placed if p.job.tool is tool]
     for key, mine in groups.items():
         mine = [p for p in mine if p.job.id in r.predicted]
         if not mine:
@@ -887,7 +890,27 @@ def prediction_errors(r: Result, scn: Scenario) -> str:
             cells.append(f"{math.exp(statistics.median(logs)):>12.2f} ({len(pairs):>3}){spread:>7.2f}")
         pred = sum(sum(r.predicted[p.job.id]) for p in mine)
         act = sum(p.end - p.dispatch for p in mine)
-        lines.append(f"{key:<10}{len(mine):>6}" + "".join(cells) + f"{pred / act:>21.2f}")
+        lines.append(f"{key:<14}{len(mine):>6}" + "".join(cells) + f"{pred / act:>21.2f}")
+    return "\n".join(lines)
+
+
+def links(scn: Scenario) -> str:
+    """Each link's throughput (10^6 bytes/s) by the simulator's law, then by the rank model's
+    defaults (``bandwidth_mb_s``, ``halving_km``), from each object store to each site."""
+    w = Weights()
+    head = f"{'store':<8}" + "".join(f"{s.id:>16}" for s in scn.sites)
+    lines = [head]
+    for store, (lat, lon) in scn.objectstores.items():
+        cells = []
+        for site in scn.sites:
+            if store == site.object_store:
+                cells.append(f"{'local':>16}")
+                continue
+            km = haversine_km(lat, lon, site.lat, site.lon)
+            sim = min(site.ingress_mb_s, scn.egress_mb_s[store]) / (1.0 + km / SIM_HALVING_KM)
+            model = w.bandwidth_mb_s / (1.0 + km / w.halving_km)
+            cells.append(f"{sim:>9.1f} / {model:>4.0f}")
+        lines.append(f"{store:<8}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -1042,6 +1065,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.breakdown:
         print("mean turnaround per tool and per site = staging + queue + run (seconds)")
         print(breakdown(results, BUILTIN))
+        print(f"link throughput MB/s: simulator (+{SIM_SETUP_S:g} s per dataset) / rank's default model")
+        print(links(BUILTIN))
         for r in results:
             if r.predicted:
                 print(f"{r.name}: rank's prediction for the chosen site against what happened")
