@@ -153,12 +153,14 @@ def test_prediction_error_from_a_real_collect(cluster: SlurmCluster, tmp_path: P
             datetime.now(UTC),
             ledger=calibration(store, [DEST]),
         )
-    lines = set(page.splitlines())
+    samples = {  # series with labels -> value, however the exposition writes numbers
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith("metasched_ledger_")
+    }
     label = f'destination="{DEST}"'
-    assert f"metasched_ledger_inflight_placements{{{label}}} 0" in lines
-    assert f"metasched_ledger_prediction_jobs{{{label}}} 1" in lines
+    assert samples[f"metasched_ledger_inflight_placements{{{label}}}"] == 0
+    assert samples[f"metasched_ledger_prediction_jobs{{{label}}}"] == 1
     for what, value in (("queue_wait", queue_error), ("run_time", run_error)):
-        line = next(
-            x for x in lines if x.startswith(f'metasched_ledger_prediction_error{{{label},what="{what}"}} ')
-        )
-        assert float(line.rsplit(" ", 1)[1]) == pytest.approx(value, abs=1e-6)
+        key = f'metasched_ledger_prediction_error{{{label},what="{what}"}}'
+        assert samples[key] == pytest.approx(value, abs=1e-6)
