@@ -322,16 +322,22 @@ def _est(cores: int, mem_mb: int, gpus: int, start_s: float, age_s: float) -> An
     return StartEstimate(cores, mem_mb, gpus, t + start_s, t - age_s)
 
 
+def _estimates(*entries: Any, max_age_s: float = 300.0) -> Any:
+    from metasched.rank.model import StartEstimates
+
+    return StartEstimates(entries, NOW.timestamp(), max_age_s, "Slurm")
+
+
 def test_estimate_of_work_the_job_cannot_pass_is_a_floor_on_its_wait() -> None:
     """max(model, bound): a job no smaller than one ahead waits at least until that one starts."""
-    from metasched.rank.model import Ahead, queue_time
+    from metasched.rank.model import queue_time
 
     w = Weights()
     free = Observed(free_cores=8, total_cores=64, queued_cores=0, free_mem_mb=8192)
-    assert queue_time(JobSpec("t", cores=2, mem_mb=2048), free, w)[0] == w.dispatch_s
-    free.ahead = (Ahead(2, 1024, 0, 1234.0, 40.0),)
-    free.estimated_by = "Slurm"
-    seconds, why = queue_time(JobSpec("t", cores=2, mem_mb=2048), free, w)
+    job = JobSpec("t", cores=2, mem_mb=2048)
+    assert queue_time(job, free, w)[0] == w.dispatch_s
+    free.estimates = _estimates(_est(2, 1024, 0, 1234, 40))
+    seconds, why = queue_time(job, free, w)
     assert seconds == 1234.0
     assert why == [
         "queue 1,234 s: Slurm expects pending work ahead to start in 1,234 s (estimated 40 s ago; "
@@ -339,42 +345,47 @@ def test_estimate_of_work_the_job_cannot_pass_is_a_floor_on_its_wait() -> None:
         "free resources now, after the queued work (0 queued cores ahead, 8 free on 64 cores))"
     ]
     # Smaller than the job ahead in any one resource: it may start where that one cannot.
-    for job in (JobSpec("t", cores=1, mem_mb=2048), JobSpec("t", cores=2, mem_mb=512)):
-        assert queue_time(job, free, w) == queue_time(job, replace(free, ahead=()), w)
-    gpu = Observed(free_cores=8, ahead=(Ahead(1, 0, 1, 900.0, 5.0),))
+    for small in (JobSpec("t", cores=1, mem_mb=2048), JobSpec("t", cores=2, mem_mb=512)):
+        assert queue_time(small, free, w) == queue_time(small, replace(free, estimates=None), w)
+    gpu = Observed(free_cores=8, estimates=_estimates(_est(1, 0, 1, 900, 5)))
     assert queue_time(JobSpec("t", cores=4), gpu, w)[0] == w.dispatch_s  # needs no GPU: passes
     assert queue_time(JobSpec("t", cores=4, gpus=1), gpu, w)[0] == 900.0
 
 
 def test_estimate_below_the_model_changes_nothing() -> None:
     """The model already waits longer (a deep backlog): the answer and its reasons are the model's."""
-    from metasched.rank.model import Ahead, queue_time
+    from metasched.rank.model import queue_time
 
     w = Weights()
     backlog = Observed(free_cores=0, total_cores=10, queued_cores=90, dest_run_s=100.0, history_queue_s=50.0)
     plain = queue_time(JobSpec("t"), backlog, w)
-    backlog.ahead = (Ahead(1, 0, 0, 60.0, 1.0),)
+    backlog.estimates = _estimates(_est(1, 0, 0, 60, 1))
     assert queue_time(JobSpec("t"), backlog, w) == plain
     assert "expects" not in plain[1][0]
 
 
-def test_the_latest_start_the_job_cannot_pass_wins_and_history_blends_first() -> None:
+def test_the_latest_start_the_job_cannot_pass_bounds_the_blended_model() -> None:
     """Among the jobs ahead no bigger than this one, the latest expected start bounds the *blended*
-    model (history included); a later start of a bigger job does not count."""
-    from metasched.rank.model import Ahead, blocking_start, queue_time
+    model (history included); a later start of a bigger job, or one due already, does not count."""
+    from metasched.rank.model import blocking_start, queue_time
 
     w = Weights()
-    ahead = (
-        Ahead(8, 8192, 0, 5000.0, 10.0),  # bigger than the job: passed
-        Ahead(1, 100, 0, 2000.0, 30.0),
-        Ahead(2, 1024, 0, 3000.0, 20.0),  # the latest the job cannot pass
-        Ahead(2, 1024, 0, 3000.0, 5.0),  # same start, fresher: reported
+    entries = (
+        _est(8, 8192, 0, 5000, 10),  # bigger than the job: passed
+        _est(2, 1024, 0, 3000, 20),  # the latest the job cannot pass ...
+        _est(2, 1024, 0, 3000, 5),  # ... estimated more recently: reported
+        _est(1, 100, 0, 2000, 30),
+        _est(1, 100, 0, 0, 30),  # due now: bounds nothing
     )
     job = JobSpec("t", cores=4, mem_mb=4096)
-    assert blocking_start(job, Observed(ahead=ahead)) == ahead[3]
+    fresh, stale = blocking_start(job, _estimates(*entries))
+    assert fresh is not None and (fresh.wait_s, fresh.age_s, fresh.job) == (3000.0, 5.0, entries[2])
+    assert stale is None
+    due = blocking_start(JobSpec("t", cores=1, mem_mb=100), _estimates(entries[4]))
+    assert due == (None, None)
     state_s = w.dispatch_s + 4 * w.queued_job_s / 65  # 116 s: below the bound on its own
     obs = Observed(free_cores=0, total_cores=64, queued_cores=0, history_queue_s=20_000.0, history_count=5)
-    obs.ahead = ahead
+    obs.estimates = _estimates(*entries)
     assert queue_time(job, obs, w)[0] == pytest.approx(0.75 * state_s + 0.25 * 20_000.0)  # 5,087 s > 3,000
     obs.history_queue_s = 100.0
     low = 0.75 * state_s + 0.25 * 100.0
@@ -384,46 +395,66 @@ def test_the_latest_start_the_job_cannot_pass_wins_and_history_blends_first() ->
     assert f"later than the model's {low:,.0f} s" in why[0] and "blended with own median queue" in why[0]
 
 
-def test_observe_keeps_fresh_estimates_still_ahead_as_waits_from_now() -> None:
-    """Estimates computed within max_state_age and not yet due, as seconds from now; older ones are
-    left out with a reason, due ones silently (they bound nothing); none on a stale summary, none
-    when the request's own queue count supersedes the stored queue, none at all for SGE/HTCondor."""
+def test_stale_estimates_are_ignored_and_said_only_when_they_would_have_mattered() -> None:
+    """Computed longer than max_state_age ago: no bound; a reason names the one that would have
+    raised the wait, and nothing is said of stale ones below the answer anyway. Clocks a few seconds
+    apart (computed "after" now) read as just estimated."""
+    from metasched.rank.model import queue_time
+
+    w = Weights()
+    job = JobSpec("t", cores=4, mem_mb=4096)
+    obs = Observed(free_cores=8, total_cores=64, queued_cores=0)
+    obs.estimates = _estimates(_est(2, 1024, 0, 3600, 400), _est(1, 100, 0, 600, 10))
+    seconds, why = queue_time(job, obs, w)
+    assert seconds == 600.0
+    assert (
+        why[1]
+        == "Slurm's expected start in 3,600 s of pending work ahead ignored: estimated 400 s ago > 300 s"
+    )
+    obs.estimates = _estimates(_est(2, 1024, 0, 3600, 400), max_age_s=600)
+    assert queue_time(job, obs, w)[0] == 3600.0  # a longer max_state_age keeps it
+    obs.estimates = _estimates(_est(2, 1024, 0, 100, 400), _est(1, 100, 0, 600, 10))
+    assert len(queue_time(job, obs, w)[1]) == 1  # the stale one is earlier than the fresh bound
+    obs.estimates = _estimates(_est(1, 100, 0, 60, -3))
+    assert "(estimated 0 s ago;" in queue_time(job, obs, w)[1][0]
+
+
+def test_observe_carries_estimates_of_fresh_state_only() -> None:
+    """The stored estimates with the request's time and max_state_age; none on a stale summary, none
+    when the request's own queue count supersedes the stored queue, none for SGE/HTCondor."""
     from datetime import timedelta
 
-    from metasched.rank.model import Ahead
     from metasched.rank.request import DestinationRequest, InlineMetrics
     from metasched.rank.state import observe
 
     kw: dict[str, Any] = dict(tool_id="t", now=NOW, max_state_age=300, max_metric_age=900)
     plain = DestinationRequest(id="a", index=0)
-    stored = (_est(4, 1024, 0, 1800, 40), _est(1, 100, 0, 900, 400), _est(1, 100, 0, -5, 10))
+    stored = (_est(4, 1024, 0, 1800, 40), _est(1, 100, 0, 900, 400))
     obs, _, _ = observe(plain, _summary(start_estimates=stored), None, [], None, **kw)
-    assert obs.ahead == (Ahead(4, 1024, 0, 1800.0, 40.0),)
-    assert obs.estimated_by == "Slurm"
-    assert "1 of Slurm's expected starts older than 300 s ignored" in obs.reasons
-    skewed = (_est(1, 100, 0, 60, -3),)  # computed "after" now (clocks apart): age 0, not negative
-    obs, _, _ = observe(plain, _summary(start_estimates=skewed), None, [], None, **kw)
-    assert obs.ahead == (Ahead(1, 100, 0, 60.0, 0.0),)
+    assert obs.estimates == _estimates(*stored)
+    unnamed = observe(plain, _summary(start_estimates=stored, scheduler=""), None, [], None, **kw)[0]
+    assert unnamed.estimates is not None and unnamed.estimates.by == "the scheduler"
     stale = _summary(start_estimates=stored, last_success=NOW - timedelta(seconds=301))
-    assert observe(plain, stale, None, [], None, **kw)[0].ahead == ()
+    assert observe(plain, stale, None, [], None, **kw)[0].estimates is None
     asked = DestinationRequest(id="a", index=0, metrics=InlineMetrics(queued=0))
-    assert observe(asked, _summary(start_estimates=stored), None, [], None, **kw)[0].ahead == ()
+    assert observe(asked, _summary(start_estimates=stored), None, [], None, **kw)[0].estimates is None
     freed = DestinationRequest(id="a", index=0, metrics=InlineMetrics(free_cores=64))
-    assert observe(freed, _summary(start_estimates=stored), None, [], None, **kw)[0].ahead != ()
+    assert observe(freed, _summary(start_estimates=stored), None, [], None, **kw)[0].estimates is not None
     for sched in ("sge", "htcondor"):
-        obs, _, _ = observe(plain, _summary(scheduler=sched), None, [], None, **kw)
-        assert obs.ahead == () and not any("expected start" in r for r in obs.reasons)
+        assert observe(plain, _summary(scheduler=sched), None, [], None, **kw)[0].estimates is None
 
 
 def test_without_estimates_rank_answers_as_before() -> None:
     """A destination whose summary has no estimates: every component and reason as without the feature."""
+    from metasched.rank.model import queue_time
     from metasched.rank.request import DestinationRequest
     from metasched.rank.state import observe
 
     kw: dict[str, Any] = dict(tool_id="t", now=NOW, max_state_age=300, max_metric_age=900)
     obs, _, _ = observe(DestinationRequest(id="a", index=0), _summary(), None, [], None, **kw)
-    assert (obs.ahead, obs.estimated_by) == ((), "the scheduler")
+    assert obs.estimates is None
     job = JobSpec("t", cores=4, mem_mb=1024)
-    with_obs = rank_candidates(job, [], {}, [Candidate(id="a", index=0, observed=obs)], Weights())
-    assert with_obs.ranked[0].queue_s == state_wait(job, obs, Weights())[0]
-    assert not any("expects" in r for r in with_obs.ranked[0].reasons)
+    out = rank_candidates(job, [], {}, [Candidate(id="a", index=0, observed=obs)], Weights())
+    seconds, why = state_wait(job, obs, Weights())
+    assert out.ranked[0].queue_s == seconds
+    assert queue_time(job, obs, Weights())[1] == [f"queue {seconds:,.0f} s: {why}"]

@@ -107,14 +107,22 @@ class Dataset:
     size_bytes: float
 
 
-class Ahead(NamedTuple):
-    """A pending job with the scheduler's own expected start, as seen from the time of the request."""
+# (cores, mem_mb, gpus, start, estimated_at): one pending job's expected start and when the scheduler
+# computed it, epoch seconds (metasched.store.start_estimates.StartEstimate has this layout).
+Estimate = tuple[int, int, int, float, float]
 
-    cores: float
-    mem_mb: float
-    gpus: float
-    wait_s: float  # from now until the scheduler expects it to start (> 0)
-    age_s: float  # how long ago the scheduler computed that
+
+@dataclass(slots=True)
+class StartEstimates:
+    """The scheduler's expected starts of a destination's pending jobs (Slurm's backfill), as stored:
+    the non-dominated ones, latest start first. ``now`` and ``max_age_s`` make them waits and say
+    which are fresh, so the model stays free of clocks. Not frozen, like ``Observed``: built per
+    destination per request."""
+
+    entries: Sequence[Estimate]
+    now: float  # epoch seconds of the request
+    max_age_s: float  # estimates computed longer ago are ignored (max_state_age)
+    by: str = "the scheduler"  # who computed them, for the reasons ("Slurm")
 
 
 @dataclass(slots=True)
@@ -156,10 +164,9 @@ class Observed:
     inflight_cores: float = 0.0
     inflight_mem_mb: float = 0.0
     inflight_gpus: float = 0.0
-    # The scheduler's expected starts of pending jobs, fresh and still ahead (state.observe): a lower
-    # bound on the wait of any job no smaller than one of them. () where the scheduler gives none.
-    ahead: tuple[Ahead, ...] = ()
-    estimated_by: str = "the scheduler"  # who computed ``ahead``, for the reasons ("Slurm")
+    # The scheduler's expected starts of pending jobs (state.observe): a floor on the wait of a job
+    # no smaller than one of them. None where the scheduler gives none or the state is not fresh.
+    estimates: StartEstimates | None = None
 
 
 @dataclass(slots=True)
@@ -453,27 +460,49 @@ def state_wait(job: JobSpec, obs: Observed, w: Weights) -> tuple[float | None, s
     return seconds, f"waits for running work: {', '.join(shorts)} ({where}; {t_why})"
 
 
-def blocking_start(job: JobSpec, obs: Observed) -> Ahead | None:
-    """The pending job this one cannot pass that the scheduler expects to start last, if any.
+class Blocking(NamedTuple):
+    """The latest expected start among the pending jobs a job cannot pass, as seen from ``now``."""
+
+    wait_s: float  # until the scheduler expects it to start
+    age_s: float  # since the scheduler computed that
+    job: Estimate  # the job ahead
+
+
+def blocking_start(job: JobSpec, est: StartEstimates) -> tuple[Blocking | None, Blocking | None]:
+    """(fresh, stale): the latest expected start the job cannot pass among fresh estimates, and
+    among older ones when it is later still (to say what was ignored); None when there is none.
 
     A job at least as big as one ahead in every resource cannot start before it: the first slot big
     enough for both goes to the one ahead (metasched.store.start_estimates). Smaller ones ahead are
-    no bound, the job may fit where they do not. Ties go to the freshest estimate.
+    no bound, the job may fit where they do not. One due already bounds nothing. Equal starts go to
+    the freshest estimate.
     """
-    best: Ahead | None = None
+    now, max_age = est.now, est.max_age_s
     cores, mem_mb, gpus = job.cores, job.mem_mb, job.gpus
-    for a in obs.ahead:
-        if a.cores > cores or a.mem_mb > mem_mb or a.gpus > gpus:
-            continue  # bigger in some resource: the job may start where this one cannot
-        if best is None or a.wait_s > best.wait_s or (a.wait_s == best.wait_s and a.age_s < best.age_s):
-            best = a
-    return best
+    fresh: Estimate | None = None
+    stale: Estimate | None = None
+    for e in est.entries:
+        start, at = e[3], e[4]
+        if start <= now or e[0] > cores or e[1] > mem_mb or e[2] > gpus:
+            continue  # due, or bigger in some resource: the job may start where this one cannot
+        if now - at > max_age:
+            if stale is None or start > stale[3]:
+                stale = e
+        elif fresh is None or start > fresh[3] or (start == fresh[3] and at > fresh[4]):
+            fresh = e
+    if stale is not None and fresh is not None and stale[3] <= fresh[3]:
+        stale = None
+    return (
+        None if fresh is None else Blocking(fresh[3] - now, max(0.0, now - fresh[4]), fresh),
+        None if stale is None else Blocking(stale[3] - now, now - stale[4], stale),
+    )
 
 
-def _shape(a: Ahead) -> str:
-    parts = [f"{fmt_num(a.cores)} core{'s' if a.cores != 1 else ''}", f"{a.mem_mb / MB_PER_GB:,.1f} GB"]
-    if a.gpus:
-        parts.append(f"{fmt_num(a.gpus)} GPU{'s' if a.gpus != 1 else ''}")
+def _shape(e: Estimate) -> str:
+    cores, mem_mb, gpus = e[0], e[1], e[2]
+    parts = [f"{fmt_num(cores)} core{'s' if cores != 1 else ''}", f"{mem_mb / MB_PER_GB:,.1f} GB"]
+    if gpus:
+        parts.append(f"{fmt_num(gpus)} GPU{'s' if gpus != 1 else ''}")
     return ", ".join(parts)
 
 
@@ -481,16 +510,26 @@ def queue_time(job: JobSpec, obs: Observed, w: Weights) -> tuple[float, list[str
     """Blend of the state-based wait and the historical median queue time of this tool here, raised
     to the scheduler's own expected start of the pending work the job cannot pass, where it has one."""
     seconds, why = _model_queue(job, obs, w)
-    if obs.ahead:
-        blocking = blocking_start(job, obs)
-        if blocking is not None and blocking.wait_s > seconds:
-            wait = blocking.wait_s
-            return wait, [
-                f"queue {wait:,.0f} s: {obs.estimated_by} expects pending work ahead to start in "
-                f"{wait:,.0f} s (estimated {blocking.age_s:,.0f} s ago; a job of {_shape(blocking)} "
-                f"that this one cannot pass), later than the model's {seconds:,.0f} s ({why})"
-            ]
-    return seconds, [f"queue {seconds:,.0f} s: {why}"]
+    est = obs.estimates
+    if est is None:
+        return seconds, [f"queue {seconds:,.0f} s: {why}"]
+    fresh, stale = blocking_start(job, est)
+    reasons: list[str] = []
+    if fresh is not None and fresh.wait_s > seconds:
+        model_s, seconds = seconds, fresh.wait_s
+        reasons.append(
+            f"queue {seconds:,.0f} s: {est.by} expects pending work ahead to start in {seconds:,.0f} s "
+            f"(estimated {fresh.age_s:,.0f} s ago; a job of {_shape(fresh.job)} that this one cannot "
+            f"pass), later than the model's {model_s:,.0f} s ({why})"
+        )
+    else:
+        reasons.append(f"queue {seconds:,.0f} s: {why}")
+    if stale is not None and stale.wait_s > seconds:
+        reasons.append(
+            f"{est.by}'s expected start in {stale.wait_s:,.0f} s of pending work ahead ignored: estimated "
+            f"{stale.age_s:,.0f} s ago > {est.max_age_s:,.0f} s"
+        )
+    return seconds, reasons
 
 
 def _model_queue(job: JobSpec, obs: Observed, w: Weights) -> tuple[float, str]:

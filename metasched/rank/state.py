@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from metasched.rank.model import MB_PER_GB, Ahead, Observed, fmt_num
+from metasched.rank.model import MB_PER_GB, Observed, StartEstimates, fmt_num
 from metasched.rank.request import NO_METRICS, DestinationRequest
 
 if TYPE_CHECKING:
@@ -194,25 +194,6 @@ def _positive_opt(value: int | None) -> float | None:
     return float(value) if value else None
 
 
-def fresh_estimates(
-    estimates: Sequence[StartEstimate], now: datetime, max_age: float
-) -> tuple[tuple[Ahead, ...], int]:
-    """The expected starts still ahead of ``now`` and computed at most ``max_age`` seconds ago, as
-    waits from now; and how many were left out as too old. One that is due already bounds nothing."""
-    t = now.timestamp()
-    out: list[Ahead] = []
-    old = 0
-    for e in estimates:
-        if e.start <= t:
-            continue
-        age = t - e.estimated_at
-        if age > max_age:
-            old += 1
-            continue
-        out.append(Ahead(e.cores, e.mem_mb, e.gpus, e.start - t, age if age > 0 else 0.0))
-    return tuple(out), old
-
-
 def observe(
     dest: DestinationRequest,
     summary: DestinationSummary | None,
@@ -232,7 +213,9 @@ def observe(
     """Merge every source into one ``Observed``; also (state was stale, metrics were stale) for warnings.
 
     Carbon intensity and price are read only with ``carbon_max_age`` (an energy weight is on): off,
-    the answer carries no trace of them.
+    the answer carries no trace of them. The scheduler's expected starts of pending jobs come with a
+    fresh summary only, and not when the request gives its own queue count (it supersedes the stored
+    queue they are about); the model keeps those computed within ``max_state_age``.
     """
     reasons: list[str] = []
     usable: bool | None = None
@@ -415,14 +398,7 @@ def observe(
         jobs, cores, mem_mb, gpus = inflight
         observed.inflight_jobs, observed.inflight_cores = jobs, cores
         observed.inflight_mem_mb, observed.inflight_gpus = mem_mb, gpus
-    if estimates and summary is not None:  # Slurm's backfill: a lower bound on the wait (model.queue_time)
-        ahead, old = fresh_estimates(estimates, now, max_state_age)
+    if estimates and summary is not None:  # Slurm's backfill: a floor on the wait (model.queue_time)
         by = _SCHEDULER_NAMES.get(summary.scheduler) or summary.scheduler or "the scheduler"
-        if ahead:
-            observed.ahead, observed.estimated_by = ahead, by
-        if old:
-            observed.reasons = (
-                *observed.reasons,
-                f"{old} of {by}'s expected starts older than {max_state_age:,.0f} s ignored",
-            )
+        observed.estimates = StartEstimates(estimates, now.timestamp(), max_state_age, by)
     return observed, state_stale, bool(metrics_stale)
