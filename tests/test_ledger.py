@@ -20,7 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -289,34 +289,47 @@ def test_ranking_the_same_job_again_replaces_its_entry(store_url: str, env: dict
 
 
 class CountingStore(Store):
-    """Counts the write transactions record_placement attempts (one cache_neutral_write each)."""
+    """Counts the write transactions record_placement attempts (one cache_neutral_write each) and
+    calls ``before_attempt`` with the attempt's number before each."""
 
     attempts = 0
+    before_attempt: Callable[[int], None] | None = None
 
     @contextmanager
     def cache_neutral_write(self) -> Iterator[None]:
         self.attempts += 1
+        if self.before_attempt is not None:
+            self.before_attempt(self.attempts)
         yield
 
 
 @contextmanager
-def held_for(url: str, seconds: float) -> Iterator[None]:
-    """Another connection holds the ledger's write lock from entry until ``seconds`` later."""
+def holding(url: str) -> Iterator[Callable[[], None]]:
+    """Another connection (in its own thread) holds the ledger's write lock until the yielded
+    ``release()`` is called, or the block ends; ``release()`` returns once the lock is free."""
     pg = url.startswith("postgresql://")
     writer = postgres_writer(url, "EXCLUSIVE") if pg else sqlite_writer(url, "IMMEDIATE")
-    locked = threading.Event()
+    locked, go, free = threading.Event(), threading.Event(), threading.Event()
 
     def hold() -> None:
-        with writer:
-            locked.set()
-            threading.Event().wait(seconds)
+        try:
+            with writer:
+                locked.set()
+                go.wait(60)
+        finally:
+            free.set()
+
+    def release() -> None:
+        go.set()
+        free.wait(60)
 
     thread = threading.Thread(target=hold)
     thread.start()
-    locked.wait(10)
+    assert locked.wait(10)
     try:
-        yield
+        yield release
     finally:
+        release()
         thread.join(30)
 
 
@@ -327,18 +340,20 @@ def entry(job_id: str) -> Any:
 
 
 def test_a_lock_held_past_one_attempt_is_waited_out_by_the_next(store_url: str) -> None:
-    """Attempts of 0.3 s against a lock held 0.45 s: one attempt loses the entry, three keep it."""
+    """A lock held through one whole attempt: with one attempt the entry is lost; with three, the
+    lock released just before the second, it is recorded (no timing: the release is an event)."""
     from metasched.store.placements import LedgerError, record_placement
 
     build_state(store_url)
     with CountingStore.open(store_url, readonly=True, busy_timeout=0.5, connect_timeout=1) as store:
-        with held_for(store_url, 0.45), pytest.raises(LedgerError, match="lock"):
-            record_placement(store, entry("one"), busy_timeout_s=0.3, attempts=1)
+        with holding(store_url), pytest.raises(LedgerError, match="lock"):
+            record_placement(store, entry("one"), busy_timeout_s=0.1, attempts=1)
         assert store.attempts == 1
         store.attempts = 0
-        with held_for(store_url, 0.45):
-            record_placement(store, entry("three"), busy_timeout_s=0.3, attempts=3)
-        assert 2 <= store.attempts <= 3
+        with holding(store_url) as release:
+            store.before_attempt = lambda n: release() if n == 2 else None
+            record_placement(store, entry("three"), busy_timeout_s=0.1, attempts=3)
+        assert store.attempts == 2
     assert [r[0] for r in ledger_rows(store_url)] == ["three"]
 
 
