@@ -852,7 +852,55 @@ def breakdown(results: Sequence[Result], scn: Scenario) -> str:
     for site in scn.sites:
         cells = [_cells([p for p in r.placed if p.site == site.id], count=True) for r in results]
         lines.append(f"{site.id:<20}" + "".join(cells))
+    lines.append(f"{'inputs':<20}" + "".join(f"{n + ' (jobs, st/queue/run)':>31}" for n in names))
+    for label, want in (("located by Galaxy", True), ("unlocated", False)):
+        cells = [_cells([p for p in r.placed if located(p.job) is want], count=True) for r in results]
+        lines.append(f"{label:<20}" + "".join(cells))
     return "\n".join(lines)
+
+
+def _tool_key(job: SimJob) -> str:
+    return job.tool.key if job.tool is not None else ""
+
+
+def located(job: SimJob) -> bool:
+    """Whether Galaxy knows the object store of every input (the oracle always knows where they are)."""
+    return all(store is not None for _, store, _ in job.datasets)
+
+
+def gap(mine: Result, ref: Result, scn: Scenario) -> str:
+    """Where ``mine``'s mean turnaround exceeds ``ref``'s: each tool's and each input class's share of
+    the difference (seconds per job of the whole workload, and % of the difference)."""
+    n = len(mine.placed)
+    total = sum(p.end - p.dispatch for p in mine.placed) - sum(p.end - p.dispatch for p in ref.placed)
+    lines = [f"{mine.name} - {ref.name}: {total / n:+,.0f} s per job; by tool, then by inputs"]
+    groups: list[tuple[str, Callable[[SimJob], object], object]] = [
+        (t.key, _tool_key, t.key) for t in scn.tools
+    ]
+    groups += [("located by Galaxy", located, True), ("unlocated", located, False)]
+    for label, key, want in groups:
+        a = [p.end - p.dispatch for p in mine.placed if key(p.job) == want]
+        b = [p.end - p.dispatch for p in ref.placed if key(p.job) == want]
+        diff = sum(a) - sum(b)
+        share = f"{100 * diff / total:>6.0f} %" if total else ""
+        ratio = f"{sum(a) / sum(b):>7.2f}x" if sum(b) else ""
+        lines.append(f"  {label:<18}{len(a):>6} jobs {diff / n:>+9,.0f} s/job {share} {ratio}")
+    return "\n".join(lines)
+
+
+def located_ratios(results: Sequence[Result]) -> dict[str, float]:
+    """metasched's mean turnaround against the oracle's on the jobs whose inputs Galaxy can locate:
+    the comparison without the oracle's knowledge of where Galaxy's unlocated datasets really are."""
+    by = {r.name: r for r in results}
+    out: dict[str, float] = {}
+    if "oracle" not in by:
+        return out
+    ref = sum(p.end - p.dispatch for p in by["oracle"].placed if located(p.job))
+    for mine in ("metasched", "no_ledger"):
+        if mine in by and ref:
+            own = sum(p.end - p.dispatch for p in by[mine].placed if located(p.job))
+            out[f"{mine}/oracle"] = own / ref
+    return out
 
 
 def _actual(p: Placed) -> tuple[float, float, float]:
@@ -1044,8 +1092,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     rows = [summarize(r) for r in results]
     ratio = ratios(rows)
+    located_ratio = located_ratios(results)
     if args.json:
-        json.dump({"rows": rows, "ratios": ratio}, sys.stdout, indent=1)
+        json.dump({"rows": rows, "ratios": ratio, "located_ratios": located_ratio}, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
     state = (
@@ -1060,6 +1109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rows))
     if ratio:
         print("mean turnaround ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items()))
+    if located_ratio:
+        count = sum(1 for p in results[0].placed if located(p.job))
+        print(
+            f"on the {count} jobs whose inputs Galaxy can locate: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in located_ratio.items())
+        )
     for r in results:
         print(f"{r.name:<12} placed: {shares(r, BUILTIN.sites)}" + (f"; {r.notes}" if r.notes else ""))
     if args.breakdown:
@@ -1067,6 +1122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(breakdown(results, BUILTIN))
         print(f"link throughput MB/s: simulator (+{SIM_SETUP_S:g} s per dataset) / rank's default model")
         print(links(BUILTIN))
+        by = {r.name: r for r in results}
+        for mine in ("metasched", "no_ledger"):
+            if mine in by and "oracle" in by:
+                print(gap(by[mine], by["oracle"], BUILTIN))
         for r in results:
             if r.predicted:
                 print(f"{r.name}: rank's prediction for the chosen site against what happened")
