@@ -27,6 +27,7 @@ from metasched.serve.auth import authorized
 from metasched.serve.metrics import render
 from metasched.serve.state import ServeState
 from metasched.store import DestinationSummary
+from metasched.store.reconcile import calibration
 
 log = logging.getLogger("metasched.serve")
 
@@ -406,8 +407,6 @@ def _status(state: ServeState, destination: str | None) -> Any:
 def _metrics(state: ServeState) -> str:
     """The page degrades instead of failing: a store problem drops the destination series, and
     ``metasched_store_up`` says why they are missing."""
-    from metasched.store.reconcile import calibration
-
     summaries: list[DestinationSummary] = []
     ledger = {}
     store_up = True

@@ -18,12 +18,10 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from metasched.errors import MetaschedError
-
-if TYPE_CHECKING:
-    from metasched.store import Store
+from metasched.store import Store, _aware_db
 
 INFLIGHT = "inflight"
 RESOLVED = "resolved"
@@ -198,8 +196,6 @@ def _write_postgres(store: Store, values: list[Any], busy_timeout_s: float) -> N
 def inflight_placements(store: Store, dest_ids: Sequence[str], since: datetime) -> list[PlacementEntry]:
     """In-flight entries placed at ``since`` or later at any of ``dest_ids``: one query on the
     (state, placed_at) index. ``placed_at`` comes back aware UTC."""
-    from metasched.store import _aware_db
-
     if not dest_ids:
         return []
     dest_sql, dest_params = store._in_ids('"destination"', list(dest_ids))
