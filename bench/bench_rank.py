@@ -31,8 +31,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from metasched.collect.types import PENDING, RUNNING, Job, Node, Snapshot
-from metasched.store import MetricRow, Store
+from metasched.domain.destination import MetricRow
+from metasched.domain.jobs import PENDING, RUNNING, Job, Node, Snapshot
+from metasched.store import Store
 
 TOOL = "toolshed.g2.bx.psu.edu/repos/devteam/bwa/bwa_mem/0.7.17.2"
 P1_LIMIT = 1.3

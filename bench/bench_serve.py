@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from metasched.collect.types import PENDING, RUNNING, Job, Node, Snapshot
+from metasched.domain.jobs import PENDING, RUNNING, Job, Node, Snapshot
 from metasched.store import Store
 
 STORED_DESTINATIONS = 80

@@ -46,12 +46,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from metasched.collect.types import HELD, PENDING, RUNNING, Job, Node, Snapshot
 from metasched.config import Config, RankSettings, SSHSettings
+from metasched.domain.destination import MetricRow
+from metasched.domain.jobs import HELD, PENDING, RUNNING, Job, Node, Snapshot
 from metasched.rank import rank
 from metasched.rank.geo import haversine_km
 from metasched.rank.model import Weights
-from metasched.store import MetricRow, Store
+from metasched.store import Store
 from metasched.store.reconcile import reconcile
 
 EPOCH = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)  # simulated time 0 (a Monday morning)

@@ -18,7 +18,7 @@ from typing import Any, Literal, cast
 
 import yaml
 
-from metasched.errors import ConfigError
+from metasched.domain.errors import ConfigError
 
 SchedulerName = Literal["slurm", "node", "sge", "htcondor", "yarn"]
 HostKeyPolicy = Literal["strict", "accept-new"]
@@ -281,7 +281,7 @@ def inspect_config(path: str | Path | None, env: Mapping[str, str] | None = None
 
 
 def _consumer_problems(config: Config) -> list[str]:
-    from metasched.errors import InputError
+    from metasched.domain.errors import InputError
 
     problems: list[str] = []
     try:

@@ -23,7 +23,7 @@ from metasched.config import (
     resolve_config_path,
     slug,
 )
-from metasched.errors import ConfigError, ExitCode
+from metasched.domain.errors import ConfigError, ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "config"

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from metasched.collect.types import PENDING, RUNNING, Job, Node, Snapshot
+from metasched.domain.jobs import PENDING, RUNNING, Job, Node, Snapshot
 from metasched.store import Store
 
 PROCESSES = 10
@@ -334,7 +334,7 @@ def holding(url: str) -> Iterator[Callable[[], None]]:
 
 
 def entry(job_id: str) -> Any:
-    from metasched.store.placements import PlacementEntry
+    from metasched.domain.destination import PlacementEntry
 
     return PlacementEntry(job_id, "hpc", TOOL, 2.0, 4096.0, 0.0, datetime.now(UTC), 0.0, 30.0, 600.0)
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from metasched.config import DestinationConfig, SSHSettings
+from metasched.domain.destination import DestinationSummary
 from metasched.metrics.influx1 import InfluxQueryError, build_query, result_points
 from metasched.metrics.measurements import (
     DEFAULT_SPECS,
@@ -24,7 +25,6 @@ from metasched.metrics.measurements import (
     summary_line,
     summary_measurement,
 )
-from metasched.store import DestinationSummary
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 T = int(NOW.timestamp())

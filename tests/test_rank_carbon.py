@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from metasched.errors import InputError
+from metasched.domain.errors import InputError
 from metasched.rank.model import (
     Candidate,
     JobSpec,

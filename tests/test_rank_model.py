@@ -218,7 +218,7 @@ def test_sqlite_path_reads_urls_like_the_store() -> None:
 
 
 def _summary(**kw: Any) -> Any:
-    from metasched.store import DestinationSummary
+    from metasched.domain.destination import DestinationSummary
 
     base: dict[str, Any] = dict(
         id="a",
@@ -248,9 +248,9 @@ def _summary(**kw: Any) -> Any:
 def test_observe_precedence_request_then_summary_then_metrics() -> None:
     from datetime import timedelta
 
+    from metasched.domain.destination import MetricRow
     from metasched.rank.request import DestinationRequest, InlineMetrics
     from metasched.rank.state import observe
-    from metasched.store import MetricRow
 
     rows = [
         MetricRow("q", "a", "queued", value=99, observed_at=NOW),
@@ -316,7 +316,7 @@ def test_largest_node_decides_feasibility_after_the_totals() -> None:
 
 def _est(cores: int, mem_mb: int, gpus: int, start_s: float, age_s: float) -> Any:
     """A stored estimate ``start_s`` after NOW, computed ``age_s`` before it (epoch seconds, as stored)."""
-    from metasched.store.start_estimates import StartEstimate
+    from metasched.domain.start_estimates import StartEstimate
 
     t = NOW.timestamp()
     return StartEstimate(cores, mem_mb, gpus, t + start_s, t - age_s)

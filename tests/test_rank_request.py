@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from metasched.errors import InputError
+from metasched.domain.errors import InputError
 from metasched.rank.request import MAX_DESTINATIONS, MAX_REQUEST_BYTES, decode_request, parse_request
 
 SEED = Path(__file__).parent / "scenarios" / "rank" / "seed_shaped_locality_request.json"

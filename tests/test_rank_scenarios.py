@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from metasched.collect.types import PENDING, RUNNING, Job, Node, Snapshot
 from metasched.config import Config, DestinationConfig, RankSettings, SSHSettings
-from metasched.store import MetricRow, Store
+from metasched.domain.destination import MetricRow
+from metasched.domain.jobs import PENDING, RUNNING, Job, Node, Snapshot
+from metasched.store import Store
 from metasched.store.galaxy import tool_key
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios" / "rank"

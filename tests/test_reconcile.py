@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from metasched.collect.runner import collect_all
-from metasched.collect.types import PENDING, RUNNING, Job, Node, Snapshot
 from metasched.config import CollectSettings, Config, DestinationConfig, RankSettings, SSHSettings
+from metasched.domain.destination import PlacementEntry
+from metasched.domain.jobs import PENDING, RUNNING, Job, Node, Snapshot
 from metasched.store import Store
-from metasched.store.placements import PlacementEntry, record_placement
+from metasched.store.placements import record_placement
 from metasched.store.reconcile import (
     CALIBRATION_JOBS,
     EMPTY,

@@ -15,7 +15,7 @@ from types import ModuleType
 
 import pytest
 
-from metasched.collect.types import PENDING
+from metasched.domain.jobs import PENDING
 from metasched.store import Store
 
 JOBS = 150

@@ -664,7 +664,7 @@ def test_rank_follows_the_store_at_once_on_sqlite_and_postgresql(
     `metasched disable`) shows in the very next answer (the SQLite read cache is keyed on data_version)."""
     from datetime import UTC, datetime
 
-    from metasched.collect.types import Node, Snapshot
+    from metasched.domain.jobs import Node, Snapshot
 
     now = datetime.now(UTC)
     with Store.open(store_url) as store:
@@ -755,7 +755,7 @@ def test_an_internal_error_is_a_500_and_one_log_line(tmp_path: Path, servers: li
     500 naming the exception type; journald gets one line, no traceback (that needs -vv)."""
     from datetime import UTC, datetime
 
-    from metasched.collect.types import Node, Snapshot
+    from metasched.domain.jobs import Node, Snapshot
 
     db = tmp_path / "state.db"
     now = datetime.now(UTC)
@@ -791,7 +791,7 @@ def test_collect_health_and_errors_come_from_the_store_with_no_collect(
     durations and /healthz follow what the other process recorded in the store."""
     from datetime import UTC, datetime, timedelta
 
-    from metasched.collect.types import Node, Snapshot
+    from metasched.domain.jobs import Node, Snapshot
 
     db = tmp_path / "state.db"
     long_ago = datetime.now(UTC) - timedelta(hours=1)

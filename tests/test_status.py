@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from metasched.collect.types import PENDING, RUNNING, Job, Node, Partition, Snapshot
+from metasched.domain.jobs import PENDING, RUNNING, Job, Node, Partition, Snapshot
 from metasched.store import Store
 
 NOW = datetime.now(UTC)

@@ -17,11 +17,13 @@ from typing import Any
 
 import pytest
 
-from metasched.collect.types import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
-from metasched.errors import CollectError, ConfigError
-from metasched.store import MetricRow, Store, ToolTimes
+from metasched.domain.destination import MetricRow, ToolTimes
+from metasched.domain.errors import CollectError, ConfigError
+from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
+from metasched.domain.start_estimates import StartEstimate, reduce
+from metasched.store import Store
 from metasched.store.models import SCHEMA_VERSION
-from metasched.store.start_estimates import StartEstimate, decode, encode, reduce
+from metasched.store.start_estimates import decode, encode
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[1]
@@ -309,7 +311,8 @@ def test_opening_a_v3_database_fills_the_tool_samples(store_url: str) -> None:
 
 def test_opening_a_v4_database_adds_the_placement_ledger(store_url: str) -> None:
     """v4 -> v5: an empty placement table with rank's and calibration's indexes; the rest untouched."""
-    from metasched.store.placements import PlacementEntry, inflight_placements, record_placement
+    from metasched.domain.destination import PlacementEntry
+    from metasched.store.placements import inflight_placements, record_placement
 
     with Store.open(store_url) as s:
         finish_jobs(s, "d", [("1", "g1_cat1_u", 1, 2)], 5)
@@ -772,7 +775,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from datetime import UTC, datetime, timedelta
-    from metasched.collect.types import Job, Node, Snapshot
+    from metasched.domain.jobs import Job, Node, Snapshot
     from metasched.store import Store
 
     url, rounds = sys.argv[1], int(sys.argv[2])

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from metasched.collect.types import PENDING, RUNNING, Job, Node, Partition, Snapshot
+from metasched.domain.jobs import PENDING, RUNNING, Job, Node, Partition, Snapshot
 from metasched.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from datetime import UTC, datetime
-    from metasched.collect.types import Job, Node, Snapshot
+    from metasched.domain.jobs import Job, Node, Snapshot
     from metasched.store import Store
 
     url, n = sys.argv[1], int(sys.argv[2])

@@ -18,7 +18,7 @@ import pytest
 from metasched.collect.adapters.slurm import squeue_command
 from metasched.collect.transport import LocalTransport, SSHTransport, command_name, open_transport
 from metasched.config import DestinationConfig, SSHSettings
-from metasched.errors import TransportError
+from metasched.domain.errors import TransportError
 from tests.infra.procs import free_port, wait_for
 from tests.infra.sshd import SSHServer, make_key
 

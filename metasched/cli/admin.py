@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from metasched.cli.common import ConfigOpt, DatabaseOpt, JsonOpt, VerboseOpt, fail, setup_logging
-from metasched.errors import InputError
+from metasched.domain.errors import InputError
 
 DestArg = Annotated[
     str, typer.Argument(help="Destination id (as in the config and TPV).", show_default=False)

@@ -19,7 +19,7 @@ from metasched.cli.common import (
     open_context,
     setup_logging,
 )
-from metasched.errors import ConfigError
+from metasched.domain.errors import ConfigError
 
 if TYPE_CHECKING:
     from metasched.collect.runner import CollectReport, DestinationResult

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from metasched.errors import report
+from metasched.cli.report import report
 
 if TYPE_CHECKING:
     from metasched.config import Config

@@ -9,7 +9,7 @@ import sys
 import typer
 
 from metasched.cli.common import ConfigOpt, DatabaseOpt, JsonOpt, VerboseOpt, fail, setup_logging
-from metasched.errors import ExitCode
+from metasched.domain.errors import ExitCode
 
 app = typer.Typer(help="Inspect and validate the configuration.", no_args_is_help=True)
 

@@ -142,7 +142,7 @@ def enforce(
     Exit 0 done (or nothing to do), 3 when some action failed, 2 config problem.
     """
     setup_logging(verbose)
-    from metasched.errors import ExitCode
+    from metasched.domain.errors import ExitCode
     from metasched.policy.enforce import enforce as run_enforce
 
     try:

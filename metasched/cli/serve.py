@@ -104,6 +104,6 @@ def serve(
 
 
 def _usage(message: str) -> Exception:
-    from metasched.errors import InputError
+    from metasched.domain.errors import InputError
 
     return InputError(message)

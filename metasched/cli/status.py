@@ -20,7 +20,7 @@ from metasched.cli.common import (
     open_context,
     setup_logging,
 )
-from metasched.errors import InputError
+from metasched.domain.errors import InputError
 
 if TYPE_CHECKING:
     from rich.console import RenderableType

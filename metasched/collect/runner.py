@@ -27,9 +27,10 @@ from typing import IO, Any
 
 from metasched.collect.adapters import make_adapter
 from metasched.collect.transport import Transport, connection_key, open_transport
-from metasched.collect.types import Adapter, Snapshot
 from metasched.config import Config, DestinationConfig
-from metasched.errors import CollectError, ExitCode, MetaschedError
+from metasched.domain.errors import CollectError, ExitCode, MetaschedError
+from metasched.domain.jobs import Snapshot
+from metasched.domain.ports import Adapter
 from metasched.store import Store
 from metasched.store.reconcile import ReconcileResult, reconcile
 

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from metasched.config import DestinationConfig
-from metasched.errors import TransportError
+from metasched.domain.errors import TransportError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _STDERR_TAIL = 300

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from metasched.config import Config, InfluxSettings
+from metasched.domain.destination import MetricRow
 from metasched.metrics.influx1 import Influx1Client, InfluxError, InfluxServerError
 from metasched.metrics.measurements import (
     MeasurementSpec,
@@ -24,7 +25,7 @@ from metasched.metrics.measurements import (
     summary_line,
     summary_measurement,
 )
-from metasched.store import MetricRow, Store
+from metasched.store import Store
 
 __all__ = ["FetchResult", "InfluxError", "fetch_metrics", "make_client", "pull_metrics", "write_summary"]
 

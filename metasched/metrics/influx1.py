@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from metasched.errors import MetaschedError
+from metasched.domain.errors import MetaschedError
 from metasched.metrics.measurements import FieldValue, MeasurementSpec, Point
 
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from metasched.config import DestinationConfig
-from metasched.store import DestinationSummary, MetricRow
+from metasched.domain.destination import DestinationSummary, MetricRow
 
 Kind = Literal["queue", "queue_run_time", "htcondor", "carbon"]
 FieldValue = float | int | str | bool | None

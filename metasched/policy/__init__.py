@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from metasched.config import POLICY_NAMES, Config, PolicyConfig
-from metasched.errors import InputError
+from metasched.domain.errors import InputError
 
 if TYPE_CHECKING:
     from metasched.store import Store

@@ -11,7 +11,7 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from metasched.errors import InputError
+from metasched.domain.errors import InputError
 from metasched.policy import active_policies, describe, recent_actions, set_policy
 
 if TYPE_CHECKING:

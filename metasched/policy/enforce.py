@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from metasched.config import Config, DestinationConfig
-from metasched.errors import CollectError, MetaschedError
+from metasched.domain.errors import CollectError, MetaschedError
 from metasched.policy import ActivePolicy, active_policies, record_actions
 
 if TYPE_CHECKING:

@@ -23,8 +23,9 @@ from metasched.policy import ActivePolicy, active_policies, weights
 
 if TYPE_CHECKING:
     from metasched.config import Config
+    from metasched.domain.destination import DestinationSummary
     from metasched.rank.model import Outcome, Ranked
-    from metasched.store import DestinationSummary, Store
+    from metasched.store import Store
 
 log = logging.getLogger("metasched.policy")
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from metasched.errors import ConfigError, InputError
+from metasched.domain.errors import ConfigError, InputError
 from metasched.rank.ledger import job_key, record
 from metasched.rank.model import (
     Candidate,

@@ -46,7 +46,8 @@ def record(
         return f"placement of job {job_id} not recorded: no feasible destination"
     if store is None:
         return f"placement of job {job_id} not recorded: no state store to write to"
-    from metasched.store.placements import PlacementEntry, record_placement
+    from metasched.domain.destination import PlacementEntry
+    from metasched.store.placements import record_placement
 
     job = req.job
     entry = PlacementEntry(

@@ -16,7 +16,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from metasched.errors import InputError, report
+from metasched.cli.report import report
+from metasched.domain.errors import InputError
 
 _VALUED: Mapping[str, str] = MappingProxyType(
     {"--request": "request", "-r": "request", "--config": "config", "-c": "config", "--database": "database"}

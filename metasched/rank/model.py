@@ -25,7 +25,7 @@ from operator import itemgetter
 from types import MappingProxyType
 from typing import NamedTuple
 
-from metasched.errors import InputError
+from metasched.domain.errors import InputError
 from metasched.rank.geo import distance_km, point
 
 MB_PER_GB = 1024.0  # job memory is in GB (TPV, Galaxy), stores report MB (MiB): converted once, at parse time

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from metasched.errors import InputError
+from metasched.domain.errors import InputError
 from metasched.rank.model import MB_PER_GB, Dataset, JobSpec, Location
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024

@@ -21,9 +21,9 @@ from metasched.rank.request import NO_METRICS, DestinationRequest
 
 if TYPE_CHECKING:
     from metasched.config import DestinationConfig
-    from metasched.store import DestinationSummary, MetricRow, Store, ToolTimes
-    from metasched.store.placements import PlacementEntry
-    from metasched.store.start_estimates import StartEstimate
+    from metasched.domain.destination import DestinationSummary, MetricRow, PlacementEntry, ToolTimes
+    from metasched.domain.start_estimates import StartEstimate
+    from metasched.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from metasched.errors import ConfigError, InputError
+from metasched.domain.destination import DestinationSummary
+from metasched.domain.errors import ConfigError, InputError
 from metasched.serve.auth import authorized
 from metasched.serve.metrics import render
 from metasched.serve.state import ServeState
-from metasched.store import DestinationSummary
 from metasched.store.reconcile import calibration
 
 log = logging.getLogger("metasched.serve")

@@ -18,7 +18,8 @@ from typing import Any
 
 from peewee import Database
 
-from metasched.store import DestinationSummary, MetricRow, Store, ToolTimes
+from metasched.domain.destination import DestinationSummary, MetricRow, ToolTimes
+from metasched.store import Store
 
 MAX_ENTRIES = 1024  # per thread; distinct (destinations, tool) combinations between two collects
 

@@ -18,7 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from metasched.store import DestinationSummary, RunRecord, Store
+from metasched.domain.destination import DestinationSummary
+from metasched.store import RunRecord, Store
 from metasched.store.reconcile import Calibration
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

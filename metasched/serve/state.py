@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from metasched.config import Config, SSHSettings, load_config
-from metasched.errors import ConfigError
+from metasched.domain.errors import ConfigError
 from metasched.serve.loop import CollectLoop
 from metasched.serve.metrics import LoopStats, RequestStats, RunTally
 from metasched.store import Store

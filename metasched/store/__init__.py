@@ -42,13 +42,15 @@ from peewee import (
     SqliteDatabase,
 )
 
-from metasched.collect.types import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
-from metasched.errors import CollectError, ConfigError
+from metasched.domain.destination import DestinationSummary, MetricRow, ToolTimes
+from metasched.domain.errors import CollectError, ConfigError
+from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, JobState, Node, Partition, Snapshot
+from metasched.domain.start_estimates import reduce
 from metasched.store import models
 from metasched.store.galaxy import parse_galaxy_job_name, tool_key, versionless
 from metasched.store.models import SCHEMA_VERSION
 from metasched.store.samples import SAMPLES, end_seconds, pack, unpack
-from metasched.store.start_estimates import StartEstimate, decode, encode, reduce
+from metasched.store.start_estimates import decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -64,62 +66,6 @@ _DT_FIELD = models.Job.submit_time  # any DateTimeField: its python_value parses
 T = TypeVar("T")
 ALL_TOOLS = ""  # tool_history key of a destination's samples over every tool (no Galaxy tool has it)
 ALL_TOOLS_SAMPLES = 50  # newest jobs behind a destination's typical run time: cheap for rank to read
-
-
-@dataclass(frozen=True, slots=True)
-class DestinationSummary:
-    """A destination's last known state as rank and status need it. Times are aware UTC."""
-
-    id: str
-    scheduler: str
-    host: str
-    reachable: bool
-    last_attempt: datetime | None
-    last_success: datetime | None
-    error: str | None
-    cores_total: int
-    cores_free: int
-    mem_total_mb: int
-    mem_free_mb: int
-    gpus_total: int
-    gpus_free: int
-    nodes_total: int
-    nodes_unavailable: int
-    jobs_running: int
-    jobs_queued: int
-    jobs_held: int
-    queued_cores: int
-    running_cores: int
-    disabled_reason: str | None = None
-    disabled_until: datetime | None = None
-    # Largest available node: a job runs on one node. None when none is available or not known yet.
-    max_node_cores: int | None = None
-    max_node_mem_mb: int | None = None
-    max_node_gpus: int | None = None
-    # The scheduler's expected starts of the pending jobs (Slurm's backfill), non-dominated ones
-    # only (see ``metasched.store.start_estimates``); () where the scheduler has none.
-    start_estimates: tuple[StartEstimate, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ToolTimes:
-    """Per-tool history at one destination (seconds)."""
-
-    count: int
-    median_queue_s: float | None
-    median_run_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class MetricRow:
-    source: str
-    destination_id: str
-    name: str
-    value: float | None = None
-    text: str | None = None
-    tool_id: str = ""
-    observed_at: datetime | None = None
-    fetched_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -926,6 +872,7 @@ class Store:
             values = dict(zip(names, row, strict=True))
             for name in ("submit_time", "start_time", "start_estimate", "estimated_at"):
                 values[name] = _aware(_naive_db(values[name]))
+            values["state"] = JobState(values["state"])
             out.append(Job(**values))
         return out
 

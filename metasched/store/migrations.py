@@ -21,7 +21,7 @@ from typing import Any
 from peewee import Database, PostgresqlDatabase
 from playhouse.migrate import PostgresqlMigrator, SchemaMigrator, SqliteMigrator, migrate
 
-from metasched.errors import MetaschedError
+from metasched.domain.errors import MetaschedError
 from metasched.store.models import SCHEMA_VERSION
 from metasched.store.samples import SAMPLES, end_seconds, pack
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from metasched.errors import MetaschedError
+from metasched.domain.destination import PlacementEntry
+from metasched.domain.errors import MetaschedError
 from metasched.store import Store, _aware_db
 
 INFLIGHT = "inflight"
@@ -67,22 +67,6 @@ class LedgerError(MetaschedError):
 
 class _Busy(LedgerError):
     """This process's own writer holds the store: worth another attempt."""
-
-
-@dataclass(frozen=True, slots=True)
-class PlacementEntry:
-    """One rank answer for one Galaxy job. Memory in MB; ``placed_at`` aware (or naive) UTC."""
-
-    job_id: str
-    destination: str
-    tool_id: str
-    cores: float
-    mem_mb: float
-    gpus: float
-    placed_at: datetime
-    pred_staging_s: float
-    pred_queue_s: float
-    pred_run_s: float
 
 
 def _sql(template: str, param: str, **extra: str) -> str:

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from metasched.config import Config
-from metasched.store import DestinationSummary, Store
+from metasched.domain.destination import DestinationSummary
+from metasched.store import Store
 from metasched.store.reconcile import EMPTY, Calibration, calibration
 
 COLUMNS = (

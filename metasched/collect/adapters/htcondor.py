@@ -20,9 +20,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from metasched.collect.types import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Runner, Snapshot
 from metasched.config import DestinationConfig
-from metasched.errors import ParseError
+from metasched.domain.errors import ParseError
+from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
+from metasched.domain.ports import Runner
 
 SLOT_ATTRIBUTES = (
     "Name",

@@ -12,9 +12,10 @@ MemAvailable (what new work can get without swapping), not MemFree.
 
 from __future__ import annotations
 
-from metasched.collect.types import Node, Runner, Snapshot
 from metasched.config import DestinationConfig
-from metasched.errors import ParseError
+from metasched.domain.errors import ParseError
+from metasched.domain.jobs import Node, Snapshot
+from metasched.domain.ports import Runner
 
 SCRIPT = "uname -n && getconf _NPROCESSORS_ONLN && cat /proc/loadavg /proc/meminfo"
 

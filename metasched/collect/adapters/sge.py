@@ -18,9 +18,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 
-from metasched.collect.types import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Runner, Snapshot
 from metasched.config import DestinationConfig
-from metasched.errors import ParseError
+from metasched.domain.errors import ParseError
+from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, JobState, Node, Partition, Snapshot
+from metasched.domain.ports import Runner
 
 QSTAT_JOBS_ARGS = ("-xml", "-r", "-u", "*")
 QSTAT_QUEUES_ARGS = ("-f", "-xml")
@@ -99,7 +100,7 @@ def sge_time(text: str, tz: timezone) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=tz).astimezone(UTC)
 
 
-def job_state(raw: str, has_predecessors: bool = False) -> str:
+def job_state(raw: str, has_predecessors: bool = False) -> JobState:
     """Normalise SGE state letters; held (h), error (E) and ``-hold_jid`` waits are HELD, not demand.
 
     Precedence: an error (E) wins; then suspension (s, S, T: not using its slots now, OTHER); then

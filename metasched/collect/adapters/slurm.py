@@ -43,9 +43,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from metasched.collect.types import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Runner, Snapshot
 from metasched.config import DestinationConfig
-from metasched.errors import ParseError
+from metasched.domain.errors import ParseError
+from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, JobState, Node, Partition, Snapshot
+from metasched.domain.ports import Runner
 
 SEP = "\x1f"
 ARRAY_EXPAND_LIMIT = 100_000
@@ -290,7 +291,7 @@ def expand_array_indices(expr: str, limit: int = ARRAY_EXPAND_LIMIT) -> list[int
     return out
 
 
-def job_state(raw: str, reason: str) -> str:
+def job_state(raw: str, reason: str) -> JobState:
     """Slurm state + pending reason -> PENDING/RUNNING/HELD/OTHER."""
     state = raw.strip().upper()
     if state in _RUNNING_STATES:

@@ -1,4 +1,4 @@
-"""Plain data every adapter produces and the store consumes; no scheduler-specific fields.
+"""What a destination holds: nodes, partitions and jobs, as adapters produce them and the store keeps them.
 
 Units: memory in MB (MiB as schedulers report them), times as timezone-aware UTC datetimes.
 """
@@ -8,14 +8,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from enum import StrEnum
 
-# Normalised job states. Only PENDING counts as demand; HELD (user/admin hold, dependency,
-# error states such as SGE Eqw) does not.
-PENDING = "pending"
-RUNNING = "running"
-HELD = "held"
-OTHER = "other"  # completing, suspended, ...
+
+class JobState(StrEnum):
+    """Normalised job states. Only PENDING counts as demand; HELD (user/admin hold, dependency,
+    error states such as SGE Eqw) does not; OTHER is completing, suspended, ..."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    HELD = "held"
+    OTHER = "other"
+
+
+PENDING = JobState.PENDING
+RUNNING = JobState.RUNNING
+HELD = JobState.HELD
+OTHER = JobState.OTHER
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +62,7 @@ class Partition:
 @dataclass(frozen=True, slots=True)
 class Job:
     job_id: str  # scheduler id as text; array tasks like "123_4"
-    state: str  # one of PENDING, RUNNING, HELD, OTHER
+    state: JobState
     partition: str = ""
     name: str = ""
     user: str = ""
@@ -78,19 +87,3 @@ class Snapshot:
     nodes: Sequence[Node] = ()
     partitions: Sequence[Partition] = ()
     jobs: Sequence[Job] = ()
-
-
-class Runner(Protocol):
-    """Runs one command on a destination's host. Implemented by the SSH and local transports.
-
-    ``argv`` is quoted by the transport (never joined by callers); ``env`` is added to the
-    command's environment. Raises TransportError on connect failure, timeout or non-zero exit.
-    """
-
-    def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> str: ...
-
-
-class Adapter(Protocol):
-    """One per scheduler: which commands to run, and pure parsers of their output."""
-
-    def collect(self, runner: Runner) -> Snapshot: ...

@@ -1,7 +1,7 @@
 """Exit codes and the exceptions that map onto them.
 
 Every command uses these codes; the README documents them. Core code raises the
-exceptions; only the CLI turns them into exit codes and one-line messages.
+exceptions; only the CLI (``metasched.cli.report``) turns them into exit codes and one-line messages.
 """
 
 from __future__ import annotations
@@ -52,24 +52,3 @@ class ParseError(CollectError):
 
 class UnsupportedScheduler(CollectError):
     """The destination names a scheduler without an adapter yet."""
-
-
-def report(exc: BaseException, verbose: int = 0) -> int:
-    """Print the one-line message (or every config problem) on stderr; return the documented exit code.
-
-    Shared by the Typer commands and rank's Typer-free path so both speak alike.
-    """
-    import logging
-    import sys
-
-    if isinstance(exc, ConfigError):
-        for line in exc.problems:
-            print(line, file=sys.stderr)
-        return int(exc.exit_code)
-    if isinstance(exc, MetaschedError):
-        print(f"metasched: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
-    if verbose:
-        logging.getLogger("metasched").error("unexpected error", exc_info=exc)
-    print(f"metasched: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-    return int(ExitCode.UNEXPECTED)
