@@ -142,15 +142,6 @@ def test_concurrent_ranks_lose_no_entry_and_never_fail(store_url: str, tmp_path:
 # -- the real command line ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """No config anywhere (the built-in default), nothing inherited from the caller's metasched env."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("METASCHED_", "INFLUXDB_"))}
-    out.pop("CONFIGURATION_DIRECTORY", None)
-    out["HOME"] = str(tmp_path / "home")
-    return out
-
-
 def cli_rank(
     url: str, env: dict[str, str], req: dict[str, Any], *extra: str
 ) -> subprocess.CompletedProcess[str]:

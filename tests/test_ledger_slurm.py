@@ -9,7 +9,6 @@ prediction error, and ``/metrics`` exports the same figures.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import yaml
 from metasched.store import Store
 from metasched.store.galaxy import parse_galaxy_job_name
 from metasched.store.reconcile import log_error
+from tests.infra.env import isolated_env
 from tests.infra.procs import wait_for
 from tests.infra.slurm import NODE_CPUS, SlurmCluster, start_slurm, stop_slurm
 
@@ -43,9 +43,7 @@ def cluster() -> Iterator[SlurmCluster]:
 
 
 def metasched(*args: str, home: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("METASCHED_", "INFLUXDB_"))}
-    env.pop("CONFIGURATION_DIRECTORY", None)
-    env["HOME"] = str(home)
+    env = isolated_env(home)
     return subprocess.run(
         [sys.executable, "-m", "metasched", *args],
         input=stdin,

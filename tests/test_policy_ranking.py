@@ -5,7 +5,6 @@ changes with ``metasched policy set`` seen by rank, ``policy show`` and ``status
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -132,16 +131,6 @@ def test_scenario(path: Path, tmp_path: Path) -> None:
     with Store.open(str(tmp_path / "state.db")) as store:
         result = rank(sc["request"], cfg, store, NOW)
     check_expectations(sc, result)
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """No config or database from the environment; HOME private."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("METASCHED_", "INFLUXDB_"))}
-    for key in ("CONFIGURATION_DIRECTORY", "STATE_DIRECTORY", "XDG_STATE_HOME"):
-        out.pop(key, None)
-    out["HOME"] = str(tmp_path / "home")
-    return out
 
 
 def _cli(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -253,13 +252,3 @@ def _ok(proc: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
     assert proc.returncode == 0, proc.stderr.decode()
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """No config or database but the test's own (as tests/test_rank_cli.py's ``env``)."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("METASCHED_", "INFLUXDB_"))}
-    for key in ("CONFIGURATION_DIRECTORY", "STATE_DIRECTORY", "XDG_STATE_HOME", "CREDENTIALS_DIRECTORY"):
-        out.pop(key, None)
-    out["HOME"] = str(tmp_path / "home")
-    return out

@@ -6,7 +6,6 @@ Stores are real SQLite files built through the Store API (see test_rank_scenario
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -32,17 +31,6 @@ HEAVY = (
     "uvicorn",
 )
 HOSTILE = ['a"b', "line\nbreak", "x; rm -rf /", "'; DROP TABLE destination; --", "tab\there", "ünï", "$(id)"]
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """No config anywhere, the default database under a private HOME."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("METASCHED_", "INFLUXDB_"))}
-    out.pop("CONFIGURATION_DIRECTORY", None)
-    out.pop("STATE_DIRECTORY", None)
-    out.pop("XDG_STATE_HOME", None)
-    out["HOME"] = str(tmp_path / "home")
-    return out
 
 
 def metasched_cmd() -> list[str]:

@@ -106,13 +106,3 @@ def test_collected_estimate_bounds_the_wait_of_a_job_that_cannot_pass(
     small = _answer(_cli(["rank", "--config", str(config)], env, _request(1, 50 / 1024)))["ranked"][0]
     assert small["components"]["queue_s"] == pytest.approx(5 + 6 * 60 / 9, abs=1e-3)
     assert not any("expects" in why for why in small["reasons"]), small["reasons"]
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """No config or database but the test's own (as tests/test_rank_cli.py's ``env``)."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("METASCHED_", "INFLUXDB_"))}
-    for key in ("CONFIGURATION_DIRECTORY", "STATE_DIRECTORY", "XDG_STATE_HOME", "CREDENTIALS_DIRECTORY"):
-        out.pop(key, None)
-    out["HOME"] = str(tmp_path / "home")
-    return out

@@ -21,16 +21,9 @@ import yaml
 
 from metasched.domain.jobs import PENDING, RUNNING, Job, Node, Partition, Snapshot
 from metasched.store import Store
+from tests.infra.env import isolated_env
 
 NOW = datetime.now(UTC)
-
-
-def base_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("METASCHED_", "INFLUXDB_"))}
-    for key in ("CONFIGURATION_DIRECTORY", "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY", "XDG_STATE_HOME"):
-        env.pop(key, None)
-    env["HOME"] = str(tmp_path / "home")
-    return env
 
 
 @pytest.fixture
@@ -78,7 +71,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         store.write_snapshot("old", Snapshot([nodes[0]]), run_id="c", started=stale, finished=stale)
         store.record_failure("down", "connection refused", run_id="d", started=NOW, finished=NOW)
     return {
-        **base_env(tmp_path),
+        **isolated_env(tmp_path / "home"),
         "METASCHED_CONFIG": str(config),
         "METASCHED_DATABASE": str(db),
         "COLUMNS": "200",
