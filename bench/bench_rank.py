@@ -128,8 +128,8 @@ def breakdown(db: Path, request: Path) -> str:
     import gc
     from dataclasses import replace
 
+    from metasched.app.ranking import rank_outcome, response
     from metasched.config import load_config
-    from metasched.rank import rank_outcome, response
     from metasched.rank.request import decode_request, parse_request
 
     gc.disable()

@@ -55,9 +55,9 @@ class Command:
 
 COMMANDS = {
     "collect": Command(("collect",), "metasched.collect.runner:collect_all"),
-    "rank": Command(("rank",), "metasched.rank:rank"),
+    "rank": Command(("rank",), "metasched.app.ranking:rank"),
     "serve": Command(("serve", "--no-collect"), "metasched.serve.server:run"),
-    "status": Command(("status",), "metasched.views.status:status_report"),
+    "status": Command(("status",), "metasched.app.status:status_report"),
     "disable": Command(("disable", "here", "--reason", "maintenance"), "metasched.store:Store.set_disabled"),
     "enable": Command(("enable", "here"), "metasched.store:Store.set_disabled"),
     "policy show": Command(("policy", "show"), "metasched.policy:active_policies"),

@@ -123,7 +123,7 @@ def _write_config(sc: dict[str, Any], tmp_path: Path) -> Path:
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_scenario(path: Path, tmp_path: Path) -> None:
     """Each policy scenario through ``rank()`` with the config loaded from a real YAML file."""
-    from metasched.rank import rank
+    from metasched.app.ranking import rank
 
     sc = load_scenario(path)
     cfg = load_config(_write_config(sc, tmp_path), {})

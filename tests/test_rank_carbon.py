@@ -140,7 +140,7 @@ def test_off_by_default_leaves_every_answer_unchanged(path: Path, tmp_path: Path
 
 
 def _rank(sc: dict[str, Any], db: Path) -> dict[str, Any]:
-    from metasched.rank import rank
+    from metasched.app.ranking import rank
 
     build_store(str(db), sc.get("state") or {})
     with Store.open(str(db)) as store:

@@ -300,7 +300,7 @@ def test_fast_path_matches_typer_path(env: dict[str, str]) -> None:
 def test_fast_path_leaves_anything_unusual_to_typer(argv: list[str], handled: bool) -> None:
     import gc
 
-    from metasched.rank.main import fast_main
+    from metasched.cli.rank_fast import fast_main
 
     try:
         code = fast_main(argv, {})
@@ -315,13 +315,13 @@ def test_internal_error_exit_1_nothing_on_stdout(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A bug inside ranking (simulated by a failing rank function) ends with exit 1 and empty stdout."""
-    import metasched.rank
-    from metasched.rank.main import run as run_rank
+    from metasched.cli import rank_fast
+    from metasched.cli.rank_fast import run as run_rank
 
     def broken(*args: object, **kwargs: object) -> dict[str, Any]:
         raise ZeroDivisionError("simulated bug")
 
-    monkeypatch.setattr(metasched.rank, "rank", broken)
+    monkeypatch.setattr(rank_fast, "rank", broken)
     code = run_rank(SEED, False, None, None, 0, env)
     out, err = capsys.readouterr()
     assert (code, out) == (1, "")

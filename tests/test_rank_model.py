@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metasched.app.ranking import rank
 from metasched.config import Config, SSHSettings
-from metasched.rank import rank
 from metasched.rank.geo import haversine_km, transfer_s
 from metasched.rank.model import (
     Candidate,

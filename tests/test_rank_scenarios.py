@@ -188,7 +188,7 @@ def scenario_config(raw: dict[str, Any] | None) -> Config:
 
 def run_scenario(path: Path, tmp_path: Path, url: str | None = None) -> dict[str, Any]:
     """Build the scenario's state in ``url`` (default: a SQLite file in tmp_path) and rank its request."""
-    from metasched.rank import rank
+    from metasched.app.ranking import rank
 
     sc = load_scenario(path)
     db = url or str(tmp_path / "state.db")
@@ -209,7 +209,7 @@ def run_steps(sc: dict[str, Any], config: Config, store: Store, db: str) -> dict
     ``expect`` (checked on the step's last answer), or ``placement: {job_id: id, state: resolved}``,
     set directly in the store as collect's reconciliation would. Returns the last answer.
     """
-    from metasched.rank import rank
+    from metasched.app.ranking import rank
 
     result: dict[str, Any] | None = None
     for i, step in enumerate(sc["steps"]):
@@ -296,7 +296,7 @@ def test_scenario(path: Path, tmp_path: Path, store_url: str) -> None:
 def test_rank_reads_the_store_read_only(tmp_path: Path, store_url: str) -> None:
     """rank's own way of opening the store (short timeouts, read-only) answers on both backends and
     cannot write."""
-    from metasched.rank import rank
+    from metasched.app.ranking import rank
     from metasched.rank.state import open_existing_store
 
     path = SCENARIO_DIR / "queue_ahead_of_free.yml"

@@ -2,7 +2,7 @@
 
 Each command lives in its own module and imports its heavy dependencies inside the command
 function, so ``metasched rank`` never pays for fabric or the web framework. ``rank`` runs once per
-Galaxy job, so ``main()`` sends it to ``metasched.rank.main`` before Typer is even imported
+Galaxy job, so ``main()`` sends it to ``metasched.cli.rank_fast`` before Typer is even imported
 (Typer's import and its pydantic-based option coercion would otherwise double its cost).
 """
 
@@ -51,7 +51,7 @@ def __getattr__(name: str) -> Any:
 
 def main() -> None:
     if sys.argv[1:2] == ["rank"]:
-        from metasched.rank.main import fast_main
+        from metasched.cli.rank_fast import fast_main
 
         code = fast_main(sys.argv[2:], os.environ)
         if code is not None:

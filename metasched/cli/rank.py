@@ -1,4 +1,4 @@
-"""`metasched rank`: the Typer face of metasched.rank.main (which ``main()`` calls directly for speed)."""
+"""`metasched rank`: the Typer face of metasched.cli.rank_fast (which ``main()`` calls directly for speed)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def rank(
     Exit 0 (also when degraded: see "warnings"); 2 for an invalid request or config (one line on
     stderr, nothing on stdout); 1 for an internal error.
     """
-    from metasched.rank.main import run
+    from metasched.cli.rank_fast import run
 
     code = run(request, explain, config, database, verbose, os.environ)
     if code:

@@ -207,7 +207,7 @@ def _rich(data: Any, dest: str | None) -> RenderableType:
 
 
 def _plain(data: Any, dest: str | None) -> str:
-    from metasched.views.text import table
+    from metasched.cli.text import table
 
     if dest is None:
         return table(HEADERS, [_cells(r) for r in data])
@@ -221,7 +221,7 @@ def _plain(data: Any, dest: str | None) -> str:
 
 
 def _read(cfg: Config, store: Store, dest: str | None) -> Any:
-    from metasched.views.status import destination_detail, status_report
+    from metasched.app.status import destination_detail, status_report
 
     now = datetime.now(UTC)
     if dest is None:

@@ -308,14 +308,14 @@ def create_app(state: ServeState) -> FastAPI:
     @app.get("/v1/policy", tags=["policy"])
     async def policy_show() -> Response:
         """Every node group's active policy and recent renice actions (`metasched policy show --json`)."""
-        from metasched.policy.api import show
+        from metasched.app.admin import show
 
         return _json(200, await in_pool(lambda: show(state.config, state.store)))
 
     @app.put("/v1/policy", tags=["policy"])
     async def policy_set(request: Request) -> Response:
         """Switch a node group's policy: `{"name", "group", "high_priority"}` (docs/policies.md)."""
-        from metasched.policy.api import put
+        from metasched.app.admin import put
 
         body, client = await request.body(), request.client.host if request.client else "unknown"
         status, answer = await in_pool(lambda: put(state.config, state.store, body, client))
@@ -365,7 +365,7 @@ def _version() -> str:
 
 def _rank(state: ServeState, body: bytes, *, full: bool) -> tuple[int, bytes]:
     """(status, JSON body) for a rank request; InputError is the client's fault (422), nothing else is."""
-    from metasched.rank import rank
+    from metasched.app.ranking import rank
 
     try:
         result = rank(_decode(body), state.config, state.store, datetime.now(UTC))
@@ -396,7 +396,7 @@ def _decode(body: bytes) -> object:
 
 
 def _status(state: ServeState, destination: str | None) -> Any:
-    from metasched.views.status import destination_detail, status_report
+    from metasched.app.status import destination_detail, status_report
 
     now = datetime.now(UTC)
     if destination is None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from metasched.config import Config
 from metasched.domain.destination import DestinationSummary
+from metasched.policy import active_policies, recent_actions
 from metasched.store import Store
 from metasched.store.reconcile import EMPTY, Calibration, calibration
 
@@ -118,8 +119,6 @@ def status_report(config: Config, store: Store, now: datetime) -> list[dict[str,
 def add_policies(config: Config, store: Store, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``policy``: the node group's active policy (config or runtime override), ``last_enforced``: the
     most recent renice of this destination's jobs (docs/policies.md); both None outside any group."""
-    from metasched.policy import active_policies, recent_actions
-
     by_dest: dict[str, dict[str, Any]] = {}
     for p in active_policies(config, store) if config.policies else []:
         for dest_id in p.config.destinations:
@@ -155,6 +154,4 @@ def destination_detail(config: Config, store: Store, dest_id: str, now: datetime
 
 
 def _only(config: Config, dest_id: str) -> Config:
-    from dataclasses import replace
-
     return replace(config, destinations=tuple(d for d in config.destinations if d.id == dest_id))

@@ -1,4 +1,4 @@
-"""The HTTP side of runtime policy changes (``GET``/``PUT /v1/policy`` in ``metasched serve``).
+"""Admin actions as serve offers them: runtime policy changes (``GET``/``PUT /v1/policy``).
 
 Plain functions from (config, store, body) to (status, JSON object), so ``serve/app.py`` only routes.
 The bearer token is checked by serve's middleware; a server without a token refuses changes (403),
@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from metasched.config import Config
 from metasched.domain.errors import InputError
 from metasched.policy import active_policies, describe, recent_actions, set_policy
-
-if TYPE_CHECKING:
-    from metasched.config import Config
-    from metasched.store import Store
+from metasched.store import Store
 
 _FIELDS = ("name", "group", "high_priority")
 

@@ -9,15 +9,22 @@ handles it, so help text and usage errors have one source. Exit codes and error 
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from metasched.app.ranking import rank
 from metasched.cli.report import report
+from metasched.config import database_url, load_config, resolve_config_path
 from metasched.domain.errors import InputError
+from metasched.rank.request import MAX_REQUEST_BYTES, decode_request
+from metasched.rank.state import open_existing_store
 
 _VALUED: Mapping[str, str] = MappingProxyType(
     {"--request": "request", "-r": "request", "--config": "config", "-c": "config", "--database": "database"}
@@ -25,8 +32,6 @@ _VALUED: Mapping[str, str] = MappingProxyType(
 
 
 def _read_request(path: Path | None) -> bytes:
-    from metasched.rank.request import MAX_REQUEST_BYTES
-
     if path is None:
         if sys.stdin is None or sys.stdin.isatty():
             raise InputError("request: none given (pipe JSON on stdin or use --request FILE)")
@@ -83,18 +88,10 @@ def run(
     env: Mapping[str, str],
 ) -> int:
     """The whole command: read, rank, print. Returns the exit code; stdout stays empty unless it is 0."""
-    import json
-    from datetime import UTC, datetime
-
     if verbose:
         level = logging.DEBUG if verbose > 1 else logging.INFO
         logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
-        from metasched.config import database_url, load_config, resolve_config_path
-        from metasched.rank import rank
-        from metasched.rank.request import decode_request
-        from metasched.rank.state import open_existing_store
-
         request_obj = decode_request(_read_request(request))
         cfg = load_config(resolve_config_path(config, env), env, read_secrets=False)
         store, warning = open_existing_store(database_url(cfg, database, env))
@@ -119,8 +116,6 @@ def fast_main(argv: list[str], env: Mapping[str, str]) -> int | None:
     Only for a process that exits right after: it turns the cyclic garbage collector off, whose passes
     over many small objects cost more than they free (a tenth of the run at 1,000 destinations).
     """
-    import gc
-
     values: dict[str, str] = {}
     explain = False
     verbose = 0
