@@ -45,15 +45,6 @@ def _iso(ts: datetime | None) -> str | None:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z") if ts else None
 
 
-def disabled_now(s: DestinationSummary | None, now: datetime) -> bool:
-    """An operator disable in force (one with a passed ``until`` has lapsed, as rank sees it)."""
-    return bool(
-        s is not None
-        and s.disabled_reason is not None
-        and (s.disabled_until is None or s.disabled_until > now)
-    )
-
-
 def status_rows(
     config: Config,
     summaries: Sequence[DestinationSummary],
@@ -88,7 +79,7 @@ def status_rows(
         }
         for key in COLUMNS[7:]:
             row[key] = getattr(s, key) if s else 0
-        active = disabled_now(s, now)
+        active = s is not None and s.disabled_at(now)
         row["disabled"] = s.disabled_reason if s and active else None
         row["disabled_until"] = _iso(s.disabled_until) if s and active else None
         median = (median_queue_s or {}).get(dest_id)

@@ -43,6 +43,10 @@ class DestinationSummary:
     # only (see ``metasched.store.start_estimates``); () where the scheduler has none.
     start_estimates: tuple[StartEstimate, ...] = ()
 
+    def disabled_at(self, now: datetime) -> bool:
+        """An operator disable in force at ``now``: one whose ``until`` has passed has lapsed."""
+        return self.disabled_reason is not None and (self.disabled_until is None or self.disabled_until > now)
+
 
 @dataclass(frozen=True, slots=True)
 class ToolTimes:

@@ -227,9 +227,7 @@ def observe(
         disabled = "disabled in the config"
     vals: dict[str, float | None]
     if summary is not None:
-        if summary.disabled_reason is not None and (
-            summary.disabled_until is None or summary.disabled_until > now
-        ):
+        if summary.disabled_at(now):
             until = f" until {summary.disabled_until.isoformat()}" if summary.disabled_until else ""
             disabled = f"{summary.disabled_reason}{until}"
         age = _age_s(now, summary.last_success)
