@@ -26,9 +26,12 @@ from urllib.parse import parse_qs
 import pytest
 import yaml
 
+from metasched.app.collect import run_enforcement
 from metasched.config import load_config
 from metasched.policy import recent_actions
-from metasched.policy.enforce import enforce, parse_listpids, parse_ps, spool_dir
+from metasched.policy.enforce import parse_ps
+from metasched.schedulers.sge import spool_dir
+from metasched.schedulers.slurm_pids import parse_listpids
 from metasched.store import Store
 from tests.infra.procs import wait_for
 from tests.infra.sge import SGECluster
@@ -138,7 +141,7 @@ def test_slurm_job_reniced_over_ssh(
         cfg = load_config(config, {})
         with Store.open(str(tmp_path / "state.db")) as store:
             kept = recent_actions(store)
-            again = enforce(cfg, store)
+            again = run_enforcement(cfg, store)
             assert not [a for a in again.actions if a.job == job]
             assert recent_actions(store) == kept  # the same failures again are not recorded twice
 
@@ -160,7 +163,7 @@ def test_slurm_job_reniced_over_ssh(
         data["policies"][0] |= {"name": "best_effort", "high_priority": "hp", "nice": 15, "nodes": ["n1"]}
         config.write_text(yaml.safe_dump(data))
         with Store.open(str(tmp_path / "state.db")) as store:
-            report = enforce(load_config(config, {}), store)
+            report = run_enforcement(load_config(config, {}), store)
         (mine,) = [a for a in report.actions if a.job == job]
         assert mine.ok and mine.host == f"{sshd.host}:{sshd.port}", mine
         assert [nice_of(p) for p in pids] == [15] * len(pids)
@@ -204,7 +207,7 @@ def test_sge_jobs_found_through_the_execd_spool(tmp_path: Path, sge: SGECluster)
     path.write_text(yaml.safe_dump(data))
     cfg = load_config(path, {})
     with Store.open(str(tmp_path / "state.db")) as store:
-        report = enforce(cfg, store)
+        report = run_enforcement(cfg, store)
     running = sge.jobs["running"]
     done = {a.job: a for a in report.actions}
     assert set(running) <= set(done), (report.actions, report.notes)
@@ -223,7 +226,7 @@ def test_sge_jobs_found_through_the_execd_spool(tmp_path: Path, sge: SGECluster)
 def test_exclusive_renices_nothing(tmp_path: Path, sshd: SSHServer, slurm: SlurmCluster, name: str) -> None:
     cfg = load_config(_config(tmp_path, sshd, slurm, {"name": name}), {})
     with Store.open(str(tmp_path / "state.db")) as store:
-        report = enforce(cfg, store)
+        report = run_enforcement(cfg, store)
     assert report.actions == [] and report.notes == ["slurm_a: exclusive: nothing to renice"]
 
 
@@ -241,13 +244,9 @@ FINISHED_APP = "application_1795400000000_0101"
 
 
 def test_discovery_parsers_on_documented_shapes() -> None:
-    from metasched.policy.enforce import (
-        Proc,
-        family,
-        parse_condor_q_running,
-        parse_condor_who,
-        parse_container_pids,
-    )
+    from metasched.policy.enforce import Proc, family
+    from metasched.schedulers.htcondor import parse_condor_q_running, parse_condor_who
+    from metasched.schedulers.yarn import parse_container_pids
 
     root = "/tmp/hadoop-yarn/nm-local-dir/nmPrivate"
     c1 = "container_1795400000000_0117_01_000001"
