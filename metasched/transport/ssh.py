@@ -1,6 +1,7 @@
-"""SSH: one fabric connection per host, reused for every command of every destination on it.
+"""SSH on paramiko alone: one client per host, reused for every command of every destination on it.
 
-fabric/paramiko are imported inside the functions that connect (``rank`` must not pay for them).
+paramiko is imported inside the functions that connect (``rank`` must not pay for it). Host keys are
+checked against the configured known_hosts only; no ~/.ssh/config, agent or default keys take part.
 """
 
 from __future__ import annotations
@@ -64,12 +65,11 @@ class _HostKeyPolicy:
 
 
 class SSHTransport(Transport):
-    """One fabric connection per host; each command is a new paramiko channel on it."""
+    """One paramiko ``SSHClient`` per host; each command is a new channel on its connection."""
 
     def __init__(self, dest: DestinationConfig) -> None:
         super().__init__(dest)
         self._client: Any = None
-        self._conn: Any = None
 
     @property
     def label(self) -> str:
@@ -80,48 +80,41 @@ class SSHTransport(Transport):
         return Path(path).expanduser()
 
     def open(self) -> None:
-        import fabric
         import paramiko
 
         ssh = self.dest.ssh
         key_file = Path(ssh.key_file).expanduser() if ssh.key_file else None
         if key_file is not None and not os.access(key_file, os.R_OK):
             raise TransportError(f"{self.label}: cannot read key file {key_file}")
-        timeout = ssh.connect_timeout
-        connect_kwargs: dict[str, Any] = {
-            "look_for_keys": False,
-            "allow_agent": False,
-            "timeout": timeout,
-            "banner_timeout": timeout,
-            "auth_timeout": timeout,
-        }
-        if key_file is not None:
-            connect_kwargs["key_filename"] = str(key_file)
-        # lazy + an explicit empty SSHConfig: the product's own settings decide, not ~/.ssh/config,
-        # /etc/ssh/ssh_config or ~/.fabric.yml.
-        config = fabric.Config(lazy=True, ssh_config=paramiko.SSHConfig())
-        conn = fabric.Connection(
-            self.dest.host, user=ssh.user, port=ssh.port, config=config, connect_kwargs=connect_kwargs
-        )
-        # Replace fabric's AutoAddPolicy: host keys are verified against known_hosts.
+        client = paramiko.SSHClient()
         known_hosts = self._known_hosts()
         if known_hosts.exists():
             try:
-                conn.client.load_host_keys(str(known_hosts))
+                client.load_host_keys(str(known_hosts))
             except (OSError, paramiko.SSHException) as exc:
                 raise TransportError(f"{self.label}: cannot read known_hosts {known_hosts}: {exc}") from None
         accept_new = ssh.host_key_policy == "accept-new"
-        conn.client.set_missing_host_key_policy(_HostKeyPolicy(self.label, known_hosts, accept_new))
+        client.set_missing_host_key_policy(_HostKeyPolicy(self.label, known_hosts, accept_new))
+        timeout = ssh.connect_timeout
         try:
-            conn.open()
+            client.connect(
+                self.dest.host,
+                port=ssh.port,
+                username=ssh.user,
+                key_filename=str(key_file) if key_file is not None else None,
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+            )
         except TransportError:
-            conn.close()
+            client.close()
             raise
         except Exception as exc:
-            conn.close()
+            client.close()
             raise TransportError(self._connect_error(exc, key_file, known_hosts)) from None
-        self._client = conn.client
-        self._conn = conn
+        self._client = client
 
     def _connect_error(self, exc: Exception, key_file: Path | None, known_hosts: Path) -> str:
         """Turn paramiko/socket errors into one line an operator can act on."""
@@ -179,9 +172,8 @@ class SSHTransport(Transport):
         return status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._client is not None:
+            self._client.close()
             self._client = None
 
 
@@ -192,9 +184,8 @@ class _CommandTimeout(Exception):
 def _exec_channel(ssh_transport: Any, command: str, timeout: float) -> tuple[int, bytes, bytes]:
     """Run ``command`` on a new channel of an open paramiko transport within ``timeout`` seconds.
 
-    Not fabric's ``Connection.run(timeout=...)``: invoke's timer thread can lose the race against the
-    closing channel and report a killed command as exit -1 instead of a timeout. Here one deadline
-    covers the whole command, and on expiry the channel is closed (the connection stays usable).
+    One deadline covers the whole command (output, stderr and exit status); on expiry the channel is
+    closed and the connection stays usable for the next command.
     """
     deadline = time.monotonic() + timeout
     if ssh_transport is None or not ssh_transport.is_active():
