@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,11 +29,15 @@ import yaml
 
 from metasched.app.collect import run_enforcement
 from metasched.config import load_config
+from metasched.domain.jobs import Snapshot
+from metasched.domain.ports import HostRunner, JobPids, NodeRunners, Runner
 from metasched.policy import recent_actions
-from metasched.policy.enforce import parse_ps
+from metasched.policy.enforce import PS_ARGV, Wiring, enforce, family, parse_ps
+from metasched.schedulers.registry import make_adapter
 from metasched.schedulers.sge import spool_dir
 from metasched.schedulers.slurm_pids import parse_listpids
 from metasched.store import Store
+from metasched.transport import open_transport
 from tests.infra.procs import wait_for
 from tests.infra.sge import SGECluster
 from tests.infra.slurm import SlurmCluster
@@ -645,6 +650,84 @@ def test_sudo_renices_a_root_process_over_ssh(
         assert [nice_of(p) for p in pids] == [5, 5]
     finally:
         _stop(job)
+
+
+# --- the port: enforcement knows no scheduler names ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _StandIn:
+    """An adapter of a scheduler enforcement has never heard of: one running job led by ``leader``."""
+
+    leader: int
+
+    def collect(self, runner: Runner) -> Snapshot:
+        raise AssertionError("enforcement never collects")
+
+    def running_jobs(self, head: HostRunner, nodes: NodeRunners) -> _StandInJobs:
+        return _StandInJobs(self.leader)
+
+
+@dataclass(frozen=True)
+class _StandInJobs:
+    leader: int
+    notes: tuple[str, ...] = ("other on n9: listing skipped",)
+
+    @property
+    def jobs(self) -> list[tuple[str, str]]:
+        return [("job-1", "n1")]
+
+    def pids(self, runner: HostRunner, job: str, node: str) -> JobPids:
+        assert (runner.label, job, node) == ("local", "job-1", "n1")
+        return JobPids((self.leader,), leaders=True)
+
+
+def test_enforce_asks_any_adapter_with_the_capability(tmp_path: Path) -> None:
+    """Whatever the scheduler is called, an adapter implementing JobProcesses is asked for its jobs'
+    pids and the leader's whole family is reniced; one without the capability is a note."""
+    leader = subprocess.Popen(["sh", "-c", "sleep 600 & wait"], start_new_session=True)
+    try:
+        data = {
+            "database": str(tmp_path / "state.db"),
+            "destinations": [
+                {"id": "other", "scheduler": "node", "host": "local"},
+                {"id": "plain", "scheduler": "node", "host": "local"},
+                {"id": "hp", "scheduler": "node", "host": "local"},
+            ],
+            "policies": [
+                {
+                    "name": "best_effort",
+                    "destinations": ["other", "plain", "hp"],
+                    "high_priority": "hp",
+                    "nice": 6,
+                }
+            ],
+        }
+        path = tmp_path / "config.yml"
+        path.write_text(yaml.safe_dump(data))
+        cfg = load_config(path, {})
+        wiring = Wiring(
+            adapter_for=lambda d: _StandIn(leader.pid) if d.id == "other" else make_adapter(d),
+            connect=open_transport,
+        )
+        wait_for(lambda: len(family(parse_ps(_ps()), leader.pid)) >= 2, 10, "the stand-in job's sleep")
+        with Store.open(str(tmp_path / "state.db")) as store:
+            report = enforce(cfg, store, wiring)
+        (action,) = report.actions
+        assert action.ok and action.job == "job-1" and action.host == "local" and action.nice == 6
+        assert leader.pid in action.pids and len(action.pids) >= 2
+        assert all(nice_of(p) == 6 for p in action.pids)
+        assert report.notes == [
+            "other on n9: listing skipped",
+            "plain: enforcement not supported for node (job pids unknown)",
+        ]
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
+
+
+def _ps() -> str:
+    return subprocess.run(PS_ARGV, capture_output=True, text=True, check=True).stdout
 
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"

@@ -35,7 +35,7 @@ from metasched.store import Store
 log = logging.getLogger("metasched.enforce")
 
 MAX_NICE = 19
-PS_ARGV = ["ps", "-e", "-o", "pid=,ppid=,pgid=,ni="]
+PS_ARGV = ("ps", "-e", "-o", "pid=,ppid=,pgid=,ni=")
 
 
 class Proc(NamedTuple):

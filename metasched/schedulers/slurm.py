@@ -13,7 +13,7 @@ Why the commands look the way they do:
   a line cut short is detected (ParseError). The only free-text field (job name, node reason) comes
   last, so a name containing the separator (or ``|``, spaces) is still recovered whole.
 
-Units and conventions (see ``collect.types``):
+Units and conventions (see ``domain.jobs``):
 
 - Job memory is the job's total: ``mem=`` of ``tres-alloc`` (allocated when running, requested when
   pending, already multiplied out for --mem-per-cpu); ``MinMemory`` x nodes only when that is missing.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from metasched.domain.ports import HostRunner, JobPids
 
-SQUEUE_RUNNING = ["squeue", "-h", "-a", "-t", "RUNNING", "-o", "%A %N"]
+SQUEUE_RUNNING = ("squeue", "-h", "-a", "-t", "RUNNING", "-o", "%A %N")
 
 
 def parse_listpids(text: str) -> list[int]:
