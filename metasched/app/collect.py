@@ -1,13 +1,12 @@
 """One collect cycle: every enabled destination's adapter over its transport, the snapshots stored,
 the placement ledger settled, enforcement for ``enforce: true`` groups, and InfluxDB metrics refreshed.
 
-Destinations are collected concurrently, each stored (or its failure recorded) alone.
-
-A destination that fails never stops the others and never touches its previous snapshot. One worker
-per host (destinations sharing an SSH login share one connection, collected in turn; ``host: local``
-ones run alone) only talks to the clusters; the calling thread does every store write, in completion order,
-so the database sees one writer per run. A run holds an exclusive lock for its whole duration, so a
-slow timer tick and the next one cannot interleave.
+Destinations are collected concurrently, each stored (or its failure recorded) alone: one that fails
+never stops the others and never touches its previous snapshot. One worker per host (destinations
+sharing an SSH login share one connection, collected in turn; ``host: local`` ones run alone) only
+talks to the clusters; the calling thread does every store write, in completion order, so the
+database sees one writer per run. A run holds the collect lock (``app.lock``) for its whole duration,
+so a slow timer tick and the next one cannot interleave.
 """
 
 from __future__ import annotations
@@ -37,8 +36,9 @@ from metasched.transport import connection_key, open_transport
 from metasched.transport.base import Transport
 
 log = logging.getLogger("metasched.collect")
+enforce_log = logging.getLogger("metasched.enforce")  # enforcement's own log, as `metasched enforce` has it
 
-enforce_log = logging.getLogger("metasched.enforce")
+# The real adapters and transports behind enforcement's port (tests wire stand-ins the same way).
 WIRING = Wiring(adapter_for=make_adapter, connect=open_transport)
 
 
