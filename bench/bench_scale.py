@@ -37,8 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from metasched.collect.adapters.slurm import SEP, SQUEUE_FIELDS, parse_squeue
 from metasched.domain.jobs import HELD, PENDING, RUNNING, Job, Snapshot
+from metasched.schedulers.slurm import SEP, SQUEUE_FIELDS, parse_squeue
 from metasched.store import Store
 
 LIMIT_S = 5.0

@@ -27,9 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-from metasched.collect.adapters import node, slurm
-from metasched.collect.transport import LocalTransport
 from metasched.config import DestinationConfig, SSHSettings
+from metasched.schedulers import node, slurm
+from metasched.transport.local import LocalTransport
 from tests.infra.slurm import (
     BACKFILL_PARAMS,
     SlurmCluster,

@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 import yaml
 
-from metasched.collect.runner import CollectAlreadyRunning, CollectLock, collect_all, lock_path
+from metasched.app.collect import collect_all
+from metasched.app.lock import CollectAlreadyRunning, CollectLock, lock_path
 from metasched.config import Config, DestinationConfig, InfluxSettings, SSHSettings
 from metasched.store import Store
 from tests.infra.procs import free_port

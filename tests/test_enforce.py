@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,10 +27,17 @@ from urllib.parse import parse_qs
 import pytest
 import yaml
 
+from metasched.app.collect import run_enforcement
 from metasched.config import load_config
+from metasched.domain.jobs import Snapshot
+from metasched.domain.ports import HostRunner, JobPids, NodeRunners, Runner
 from metasched.policy import recent_actions
-from metasched.policy.enforce import enforce, parse_listpids, parse_ps, spool_dir
+from metasched.policy.enforce import PS_ARGV, Wiring, enforce, family, parse_ps
+from metasched.schedulers.registry import make_adapter
+from metasched.schedulers.sge import spool_dir
+from metasched.schedulers.slurm_pids import parse_listpids
 from metasched.store import Store
+from metasched.transport import open_transport
 from tests.infra.procs import wait_for
 from tests.infra.sge import SGECluster
 from tests.infra.slurm import SlurmCluster
@@ -138,7 +146,7 @@ def test_slurm_job_reniced_over_ssh(
         cfg = load_config(config, {})
         with Store.open(str(tmp_path / "state.db")) as store:
             kept = recent_actions(store)
-            again = enforce(cfg, store)
+            again = run_enforcement(cfg, store)
             assert not [a for a in again.actions if a.job == job]
             assert recent_actions(store) == kept  # the same failures again are not recorded twice
 
@@ -160,7 +168,7 @@ def test_slurm_job_reniced_over_ssh(
         data["policies"][0] |= {"name": "best_effort", "high_priority": "hp", "nice": 15, "nodes": ["n1"]}
         config.write_text(yaml.safe_dump(data))
         with Store.open(str(tmp_path / "state.db")) as store:
-            report = enforce(load_config(config, {}), store)
+            report = run_enforcement(load_config(config, {}), store)
         (mine,) = [a for a in report.actions if a.job == job]
         assert mine.ok and mine.host == f"{sshd.host}:{sshd.port}", mine
         assert [nice_of(p) for p in pids] == [15] * len(pids)
@@ -204,7 +212,7 @@ def test_sge_jobs_found_through_the_execd_spool(tmp_path: Path, sge: SGECluster)
     path.write_text(yaml.safe_dump(data))
     cfg = load_config(path, {})
     with Store.open(str(tmp_path / "state.db")) as store:
-        report = enforce(cfg, store)
+        report = run_enforcement(cfg, store)
     running = sge.jobs["running"]
     done = {a.job: a for a in report.actions}
     assert set(running) <= set(done), (report.actions, report.notes)
@@ -223,7 +231,7 @@ def test_sge_jobs_found_through_the_execd_spool(tmp_path: Path, sge: SGECluster)
 def test_exclusive_renices_nothing(tmp_path: Path, sshd: SSHServer, slurm: SlurmCluster, name: str) -> None:
     cfg = load_config(_config(tmp_path, sshd, slurm, {"name": name}), {})
     with Store.open(str(tmp_path / "state.db")) as store:
-        report = enforce(cfg, store)
+        report = run_enforcement(cfg, store)
     assert report.actions == [] and report.notes == ["slurm_a: exclusive: nothing to renice"]
 
 
@@ -241,13 +249,9 @@ FINISHED_APP = "application_1795400000000_0101"
 
 
 def test_discovery_parsers_on_documented_shapes() -> None:
-    from metasched.policy.enforce import (
-        Proc,
-        family,
-        parse_condor_q_running,
-        parse_condor_who,
-        parse_container_pids,
-    )
+    from metasched.policy.enforce import Proc, family
+    from metasched.schedulers.htcondor import parse_condor_q_running, parse_condor_who
+    from metasched.schedulers.yarn import parse_container_pids
 
     root = "/tmp/hadoop-yarn/nm-local-dir/nmPrivate"
     c1 = "container_1795400000000_0117_01_000001"
@@ -646,6 +650,84 @@ def test_sudo_renices_a_root_process_over_ssh(
         assert [nice_of(p) for p in pids] == [5, 5]
     finally:
         _stop(job)
+
+
+# --- the port: enforcement knows no scheduler names ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _StandIn:
+    """An adapter of a scheduler enforcement has never heard of: one running job led by ``leader``."""
+
+    leader: int
+
+    def collect(self, runner: Runner) -> Snapshot:
+        raise AssertionError("enforcement never collects")
+
+    def running_jobs(self, head: HostRunner, nodes: NodeRunners) -> _StandInJobs:
+        return _StandInJobs(self.leader)
+
+
+@dataclass(frozen=True)
+class _StandInJobs:
+    leader: int
+    notes: tuple[str, ...] = ("other on n9: listing skipped",)
+
+    @property
+    def jobs(self) -> list[tuple[str, str]]:
+        return [("job-1", "n1")]
+
+    def pids(self, runner: HostRunner, job: str, node: str) -> JobPids:
+        assert (runner.label, job, node) == ("local", "job-1", "n1")
+        return JobPids((self.leader,), leaders=True)
+
+
+def test_enforce_asks_any_adapter_with_the_capability(tmp_path: Path) -> None:
+    """Whatever the scheduler is called, an adapter implementing JobProcesses is asked for its jobs'
+    pids and the leader's whole family is reniced; one without the capability is a note."""
+    leader = subprocess.Popen(["sh", "-c", "sleep 600 & wait"], start_new_session=True)
+    try:
+        data = {
+            "database": str(tmp_path / "state.db"),
+            "destinations": [
+                {"id": "other", "scheduler": "node", "host": "local"},
+                {"id": "plain", "scheduler": "node", "host": "local"},
+                {"id": "hp", "scheduler": "node", "host": "local"},
+            ],
+            "policies": [
+                {
+                    "name": "best_effort",
+                    "destinations": ["other", "plain", "hp"],
+                    "high_priority": "hp",
+                    "nice": 6,
+                }
+            ],
+        }
+        path = tmp_path / "config.yml"
+        path.write_text(yaml.safe_dump(data))
+        cfg = load_config(path, {})
+        wiring = Wiring(
+            adapter_for=lambda d: _StandIn(leader.pid) if d.id == "other" else make_adapter(d),
+            connect=open_transport,
+        )
+        wait_for(lambda: len(family(parse_ps(_ps()), leader.pid)) >= 2, 10, "the stand-in job's sleep")
+        with Store.open(str(tmp_path / "state.db")) as store:
+            report = enforce(cfg, store, wiring)
+        (action,) = report.actions
+        assert action.ok and action.job == "job-1" and action.host == "local" and action.nice == 6
+        assert leader.pid in action.pids and len(action.pids) >= 2
+        assert all(nice_of(p) == 6 for p in action.pids)
+        assert report.notes == [
+            "other on n9: listing skipped",
+            "plain: enforcement not supported for node (job pids unknown)",
+        ]
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
+
+
+def _ps() -> str:
+    return subprocess.run(PS_ARGV, capture_output=True, text=True, check=True).stdout
 
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"

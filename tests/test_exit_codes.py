@@ -54,7 +54,7 @@ class Command:
 
 
 COMMANDS = {
-    "collect": Command(("collect",), "metasched.collect.runner:collect_all"),
+    "collect": Command(("collect",), "metasched.app.collect:collect_all"),
     "rank": Command(("rank",), "metasched.app.ranking:rank"),
     "serve": Command(("serve", "--no-collect"), "metasched.serve.server:run"),
     "status": Command(("status",), "metasched.app.status:status_report"),

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from metasched.collect.adapters import make_adapter
-from metasched.collect.adapters.htcondor import (
+from metasched.config import DestinationConfig, SSHSettings
+from metasched.domain.errors import ParseError
+from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Node
+from metasched.schedulers.htcondor import (
     HTCondorAdapter,
     build_nodes,
     parse_ads,
     parse_condor_q,
     parse_condor_status,
 )
-from metasched.config import DestinationConfig, SSHSettings
-from metasched.domain.errors import ParseError
-from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Node
+from metasched.schedulers.registry import make_adapter
 
 FIXTURES = Path(__file__).parent / "fixtures" / "htcondor"
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from metasched.collect.adapters import make_adapter
-from metasched.collect.adapters.node import NodeAdapter, node_command, parse_node
-from metasched.collect.transport import LocalTransport, SSHTransport
 from metasched.config import DestinationConfig, SSHSettings
 from metasched.domain.errors import ParseError
+from metasched.schedulers.node import NodeAdapter, node_command, parse_node
+from metasched.schedulers.registry import make_adapter
+from metasched.transport.local import LocalTransport
+from metasched.transport.ssh import SSHTransport
 from tests.infra.sshd import SSHServer
 
 PROBE = (Path(__file__).parent / "fixtures" / "node" / "probe.txt").read_text()

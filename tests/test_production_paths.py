@@ -34,7 +34,7 @@ import httpx
 import pytest
 import yaml
 
-from metasched.collect.runner import CollectLock, lock_path
+from metasched.app.lock import CollectLock, lock_path
 from metasched.store import Store
 from metasched.store.placements import inflight_placements
 from tests.infra.postgres import create_database, drop_database

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from metasched.collect.runner import collect_all
+from metasched.app.collect import collect_all
 from metasched.config import CollectSettings, Config, DestinationConfig, RankSettings, SSHSettings
 from metasched.domain.destination import PlacementEntry
 from metasched.domain.jobs import PENDING, RUNNING, Job, Node, Snapshot

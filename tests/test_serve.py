@@ -31,7 +31,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from metasched.collect.runner import CollectLock, lock_path
+from metasched.app.lock import CollectLock, lock_path
 from metasched.store import Store
 from tests.infra.procs import free_port, wait_for
 from tests.infra.slurm import SlurmCluster

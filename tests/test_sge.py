@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from metasched.collect.adapters import make_adapter
-from metasched.collect.adapters.sge import (
+from metasched.config import DestinationConfig, SGESettings, SSHSettings
+from metasched.domain.errors import ParseError, TransportError
+from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job
+from metasched.schedulers.registry import make_adapter
+from metasched.schedulers.sge import (
     SGEAdapter,
     build_snapshot,
     job_state,
@@ -24,10 +27,7 @@ from metasched.collect.adapters.sge import (
     parse_qstat_queues,
     parse_utc_offset,
 )
-from metasched.collect.transport import open_transport
-from metasched.config import DestinationConfig, SGESettings, SSHSettings
-from metasched.domain.errors import ParseError, TransportError
-from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job
+from metasched.transport import open_transport
 from tests.infra.procs import free_port
 from tests.infra.sge import SGECluster
 from tests.infra.sshd import SSHServer

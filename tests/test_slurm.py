@@ -19,8 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from metasched.collect.adapters import make_adapter
-from metasched.collect.adapters.slurm import (
+from metasched.config import DestinationConfig, SSHSettings
+from metasched.domain.errors import ParseError
+from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, Node
+from metasched.schedulers.registry import make_adapter
+from metasched.schedulers.slurm import (
     SEP,
     SQUEUE_FIELDS,
     SlurmAdapter,
@@ -36,10 +39,8 @@ from metasched.collect.adapters.slurm import (
     sinfo_command,
     squeue_command,
 )
-from metasched.collect.transport import LocalTransport, SSHTransport
-from metasched.config import DestinationConfig, SSHSettings
-from metasched.domain.errors import ParseError
-from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, Node
+from metasched.transport.local import LocalTransport
+from metasched.transport.ssh import SSHTransport
 from tests.infra.slurm import SlurmCluster
 from tests.infra.sshd import SSHServer
 

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from metasched.collect.adapters.slurm import squeue_command
-from metasched.collect.transport import LocalTransport, SSHTransport, command_name, open_transport
 from metasched.config import DestinationConfig, SSHSettings
 from metasched.domain.errors import TransportError
+from metasched.schedulers.slurm import squeue_command
+from metasched.transport import open_transport
+from metasched.transport.base import command_name
+from metasched.transport.local import LocalTransport
+from metasched.transport.ssh import SSHTransport
 from tests.infra.procs import free_port, wait_for
 from tests.infra.sshd import SSHServer, make_key
 

@@ -24,12 +24,12 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from metasched.collect.adapters import make_adapter
-from metasched.collect.adapters.yarn import YarnAdapter, parse_apps, parse_metrics, parse_nodes
-from metasched.collect.transport import open_transport
 from metasched.config import DestinationConfig, SSHSettings
 from metasched.domain.errors import ParseError, TransportError
 from metasched.domain.jobs import PENDING, RUNNING
+from metasched.schedulers.registry import make_adapter
+from metasched.schedulers.yarn import YarnAdapter, parse_apps, parse_metrics, parse_nodes
+from metasched.transport import open_transport
 from tests.infra.sshd import SSHServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "yarn"

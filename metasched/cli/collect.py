@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from metasched.app.collect import CollectReport, DestinationResult, collect_all
+from metasched.app.lock import CollectAlreadyRunning
 from metasched.cli.common import (
     ConfigOpt,
     DatabaseOpt,
@@ -22,7 +24,6 @@ from metasched.cli.common import (
 from metasched.domain.errors import ConfigError
 
 if TYPE_CHECKING:
-    from metasched.collect.runner import CollectReport, DestinationResult
     from metasched.config import Config
     from metasched.store import Store
 
@@ -48,8 +49,6 @@ def collect(
     logging.getLogger("paramiko").setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
     if not verbose:  # the per-destination lines/table below already show each result
         logging.getLogger("metasched.collect").setLevel(logging.ERROR)
-    from metasched.collect.runner import CollectAlreadyRunning, collect_all
-
     tty = sys.stdout.isatty() and not json_out
     try:
         cfg, store = open_context(config, database)
@@ -99,8 +98,6 @@ def _print_line(r: DestinationResult) -> None:
 
 def _collect_with_progress(cfg: Config, store: Store) -> CollectReport:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from metasched.collect.runner import collect_all
 
     enabled = sum(1 for d in cfg.destinations if d.enabled)
     with Progress(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from metasched.app.collect import run_enforcement
 from metasched.cli.common import (
     ConfigOpt,
     DatabaseOpt,
@@ -143,12 +144,11 @@ def enforce(
     """
     setup_logging(verbose)
     from metasched.domain.errors import ExitCode
-    from metasched.policy.enforce import enforce as run_enforce
 
     try:
         cfg, store = open_context(config, database)
         try:
-            report = run_enforce(cfg, store, dry_run=dry_run)
+            report = run_enforcement(cfg, store, dry_run=dry_run)
         finally:
             store.close()
     except Exception as exc:

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from metasched.app.collect import collect_all
+from metasched.app.lock import CollectAlreadyRunning
 from metasched.config import Config
 from metasched.serve.metrics import LoopStats
 from metasched.store import Store
@@ -101,8 +103,6 @@ class CollectLoop:
             self._store.close()
 
     def _cycle(self) -> None:
-        from metasched.collect.runner import CollectAlreadyRunning, collect_all
-
         config = self._config()
         with self._lock:
             self._cycle_started = time.monotonic()

@@ -14,16 +14,17 @@ from __future__ import annotations
 import json
 import math
 import posixpath
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from metasched.config import DestinationConfig
-from metasched.domain.errors import ParseError
+from metasched.domain.errors import CollectError, ParseError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
-from metasched.domain.ports import Runner
+from metasched.domain.ports import HostRunner, JobPids, NodeRunners, Runner
 
 SLOT_ATTRIBUTES = (
     "Name",
@@ -288,6 +289,48 @@ def build_snapshot(nodes: list[Node], jobs: list[Job]) -> Snapshot:
     return Snapshot(nodes=nodes, partitions=[partition] if nodes else [], jobs=jobs)
 
 
+def parse_condor_q_running(text: str) -> list[tuple[str, str]]:
+    """``condor_q -allusers -constraint 'JobStatus == 2' -af ClusterId ProcId RemoteHost``:
+    (``Cluster.Proc``, execute host). RemoteHost is ``slotN[_M]@host``; a job without one is skipped."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and "@" in parts[2]:
+            rows.append((f"{parts[0]}.{parts[1]}", parts[2].rpartition("@")[2]))
+    return rows
+
+
+def parse_condor_who(text: str) -> dict[str, int]:
+    """``condor_who -af JobId '#PID'``: job id -> its pid (condor_who leaves the pid empty when the
+    starter log does not name it yet: such jobs are skipped)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and re.fullmatch(r"\d+\.\d+", parts[0]) and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+@dataclass(slots=True)
+class HTCondorRunningJobs:
+    """``RunningJobs`` of one HTCondor pool: each execute host's ``condor_who`` is asked once."""
+
+    jobs: Sequence[tuple[str, str]]
+    env: Mapping[str, str]
+    notes: Sequence[str] = ()
+    listings: dict[str, dict[str, int]] = field(default_factory=dict)  # runner label -> job -> pid
+
+    def pids(self, runner: HostRunner, job: str, node: str) -> JobPids:
+        if runner.label not in self.listings:
+            self.listings[runner.label] = parse_condor_who(
+                runner.run(["condor_who", "-af", "JobId", "#PID"], env=self.env)
+            )
+        pid = self.listings[runner.label].get(job)
+        if pid is None:
+            raise CollectError(f"condor_who on {runner.label} names no pid for job {job}")
+        return JobPids((pid,), leaders=True)
+
+
 class HTCondorAdapter:
     """Runs condor_status (live and absent startds) and condor_q on the destination's submit host."""
 
@@ -299,3 +342,10 @@ class HTCondorAdapter:
         absent = parse_ads(runner.run(["condor_status", *ABSENT_ARGS]), ABSENT_CMD)
         jobs = parse_condor_q(runner.run(["condor_q", *QUEUE_ARGS]))
         return build_snapshot(build_nodes(slots, absent), jobs)
+
+    def running_jobs(self, head: HostRunner, nodes: NodeRunners) -> HTCondorRunningJobs:
+        """Enforcement's ``JobProcesses``: running jobs and their execute hosts from ``condor_q``; on
+        each execute host ``condor_who`` gives each job's pid as the startd and starter know it."""
+        argv = ["condor_q", "-allusers", "-constraint", "JobStatus == 2"]
+        argv += ["-af", "ClusterId", "ProcId", "RemoteHost"]
+        return HTCondorRunningJobs(parse_condor_q_running(head.run(argv, env=self.dest.env)), self.dest.env)

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
-from dataclasses import replace
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from metasched.config import DestinationConfig
-from metasched.domain.errors import ParseError
+from metasched.domain.errors import MetaschedError, ParseError
 from metasched.domain.jobs import OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
-from metasched.domain.ports import Runner
+from metasched.domain.ports import HostRunner, JobPids, NodeRunners, Runner
 
 DEFAULT_URL = "http://localhost:8088"
+# yarn.nodemanager.local-dirs defaults to ${hadoop.tmp.dir}/nm-local-dir, hadoop.tmp.dir to
+# /tmp/hadoop-${user.name}; the NodeManager runs as user yarn.
+YARN_LOCAL_DIRS = ("/tmp/hadoop-yarn/nm-local-dir",)
+RUNNING_APPS_PATH = "/ws/v1/cluster/apps?states=RUNNING"
 METRICS_PATH = "/ws/v1/cluster/metrics"
 NODES_PATH = "/ws/v1/cluster/nodes"
 APPS_PATH = "/ws/v1/cluster/apps?states=RUNNING,ACCEPTED,SUBMITTED,NEW,NEW_SAVING"
@@ -159,6 +164,44 @@ def parse_apps(text: str) -> list[Job]:
     return jobs
 
 
+_APP_ID = re.compile(r"application_\d+_\d+")
+_CONTAINER_ID = re.compile(r"container_(?:e\d+_)?\d+_\d+_\d+_\d+")
+
+
+def parse_container_pids(text: str) -> dict[str, list[int]]:
+    """``awk`` over ``<local-dir>/nmPrivate/<app>/<container>/<container>.pid``: app id -> container pids.
+
+    Lines are ``PATH:PID``; a path not shaped like the NodeManager's own (the container directory and
+    file named by the same container id of that application), or an empty pid file the NM has not
+    finished writing, is ignored.
+    """
+    out: dict[str, list[int]] = {}
+    for line in text.splitlines():
+        path, sep, pid = line.rpartition(":")
+        parts = path.split("/")
+        if not sep or not pid.strip().isdigit() or len(parts) < 4 or parts[-4] != "nmPrivate":
+            continue
+        app, container, name = parts[-3], parts[-2], parts[-1]
+        if not (_APP_ID.fullmatch(app) and _CONTAINER_ID.fullmatch(container) and name == f"{container}.pid"):
+            continue
+        if container.split("_")[-4:-2] != app.split("_")[1:]:  # the container of another application
+            continue
+        out.setdefault(app, []).append(int(pid))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class YarnRunningJobs:
+    """``RunningJobs`` of one YARN cluster: container launch-shell pids listed per NodeManager host."""
+
+    jobs: Sequence[tuple[str, str]]
+    listings: Mapping[str, Mapping[str, list[int]]]  # runner label -> app id -> container pids
+    notes: Sequence[str] = ()
+
+    def pids(self, runner: HostRunner, job: str, node: str) -> JobPids:
+        return JobPids(tuple(self.listings.get(runner.label, {}).get(job, [])), leaders=True)
+
+
 class YarnAdapter:
     """Fetches the RM REST endpoints with curl on the head node (no extra software on the cluster)."""
 
@@ -178,3 +221,34 @@ class YarnAdapter:
         jobs = parse_apps(self._fetch(runner, APPS_PATH))
         # Metrics count only active NodeManagers; the partition lists every node the RM knows.
         return Snapshot(nodes=nodes, partitions=[replace(partition, nodes_total=len(nodes))], jobs=jobs)
+
+    def _pid_files(self, runner: HostRunner) -> dict[str, list[int]]:
+        """The NodeManager's container pid files on this host: app id -> container launch-shell pids.
+
+        ``<yarn.nodemanager.local-dirs>/nmPrivate/<app>/<container>/<container>.pid``, written by the NM
+        itself; each pid is the container's launch shell, started with ``setsid``.
+        """
+        dirs = [f"{d.rstrip('/')}/nmPrivate" for d in (self.dest.yarn_local_dirs or YARN_LOCAL_DIRS)]
+        argv = ["find", *dirs, "-mindepth", "3", "-maxdepth", "3", "-type", "f", "-name", "container_*.pid"]
+        argv += ["-exec", "awk", '{ print FILENAME ":" $0 }', "{}", "+"]
+        return parse_container_pids(runner.run(argv))
+
+    def running_jobs(self, head: HostRunner, nodes: NodeRunners) -> YarnRunningJobs:
+        """Enforcement's ``JobProcesses``: (application, NodeManager host) for every RUNNING application
+        with a container pid file there; a NodeManager whose files cannot be listed becomes a note."""
+        apps = {j.job_id for j in parse_apps(self._fetch(head, RUNNING_APPS_PATH))}
+        names = [n.name for n in parse_nodes(self._fetch(head, NODES_PATH)) if n.available]
+        listings: dict[str, dict[str, list[int]]] = {}
+        notes: list[str] = []
+        out: list[tuple[str, str]] = []
+        for node in names:
+            try:
+                runner = nodes.for_node(node)
+                if runner.label in listings:  # several NodeManagers reached on one host: listed once
+                    continue
+                listings[runner.label] = listing = self._pid_files(runner)
+            except MetaschedError as exc:
+                notes.append(f"{self.dest.id} on {node}: container pids unknown: {exc}")
+                continue
+            out.extend((app, node) for app in sorted(listing) if app in apps)
+        return YarnRunningJobs(out, listings, notes)

@@ -13,7 +13,7 @@ Why the commands look the way they do:
   a line cut short is detected (ParseError). The only free-text field (job name, node reason) comes
   last, so a name containing the separator (or ``|``, spaces) is still recovered whole.
 
-Units and conventions (see ``collect.types``):
+Units and conventions (see ``domain.jobs``):
 
 - Job memory is the job's total: ``mem=`` of ``tres-alloc`` (allocated when running, requested when
   pending, already multiplied out for --mem-per-cpu); ``MinMemory`` x nodes only when that is missing.
@@ -46,7 +46,8 @@ from datetime import UTC, datetime
 from metasched.config import DestinationConfig
 from metasched.domain.errors import ParseError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, JobState, Node, Partition, Snapshot
-from metasched.domain.ports import Runner
+from metasched.domain.ports import HostRunner, NodeRunners, Runner
+from metasched.schedulers import slurm_pids
 
 SEP = "\x1f"
 ARRAY_EXPAND_LIMIT = 100_000
@@ -210,6 +211,10 @@ class SlurmAdapter:
         nodes = parse_sinfo(runner.run(sinfo_command()))
         jobs = parse_squeue(runner.run(squeue_command()))
         return Snapshot(nodes=nodes, partitions=partitions, jobs=jobs)
+
+    def running_jobs(self, head: HostRunner, nodes: NodeRunners) -> slurm_pids.SlurmRunningJobs:
+        """Enforcement's ``JobProcesses``: see ``slurm_pids``."""
+        return slurm_pids.running_jobs(head, self.dest.env)
 
 
 # --- small value parsers --------------------------------------------------------------------------

@@ -1,48 +1,45 @@
-"""One collect run: every enabled destination concurrently, each stored (or its failure recorded) alone.
+"""One collect cycle: every enabled destination's adapter over its transport, the snapshots stored,
+the placement ledger settled, enforcement for ``enforce: true`` groups, and InfluxDB metrics refreshed.
 
-A destination that fails never stops the others and never touches its previous snapshot. One worker
-per host (destinations sharing an SSH login share one connection, collected in turn; ``host: local``
-ones run alone) only talks to the clusters; the calling thread does every store write, in completion order,
-so the database sees one writer per run. A run holds an exclusive lock for its whole duration, so a
-slow timer tick and the next one cannot interleave.
+Destinations are collected concurrently, each stored (or its failure recorded) alone: one that fails
+never stops the others and never touches its previous snapshot. One worker per host (destinations
+sharing an SSH login share one connection, collected in turn; ``host: local`` ones run alone) only
+talks to the clusters; the calling thread does every store write, in completion order, so the
+database sees one writer per run. A run holds the collect lock (``app.lock``) for its whole duration,
+so a slow timer tick and the next one cannot interleave.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import logging
-import os
 import queue
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
-from metasched.collect.adapters import make_adapter
-from metasched.collect.transport import Transport, connection_key, open_transport
+from metasched.app.lock import CollectLock, lock_path
 from metasched.config import Config, DestinationConfig
-from metasched.domain.errors import CollectError, ExitCode, MetaschedError
+from metasched.domain.errors import CollectError, ExitCode
 from metasched.domain.jobs import Snapshot
 from metasched.domain.ports import Adapter
+from metasched.metrics import pull_metrics, write_summary
+from metasched.policy.enforce import Report, Wiring, enforce
+from metasched.schedulers.registry import make_adapter
 from metasched.store import Store
 from metasched.store.reconcile import ReconcileResult, reconcile
+from metasched.transport import connection_key, open_transport
+from metasched.transport.base import Transport
 
 log = logging.getLogger("metasched.collect")
+enforce_log = logging.getLogger("metasched.enforce")  # enforcement's own log, as `metasched enforce` has it
 
-LOCK_POLL_S = 0.1
-
-
-class CollectAlreadyRunning(MetaschedError):
-    """Another collect holds the lock; not an error (the running one does the work)."""
-
-    exit_code = ExitCode.OK
+# The real adapters and transports behind enforcement's port (tests wire stand-ins the same way).
+WIRING = Wiring(adapter_for=make_adapter, connect=open_transport)
 
 
 @dataclass(slots=True)
@@ -93,77 +90,6 @@ class CollectReport:
             "ledger": asdict(self.ledger) if self.ledger is not None else None,
             "destinations": [asdict(r) for r in self.results],
         }
-
-
-def lock_path(db_url: str, env: Mapping[str, str] | None = None) -> Path:
-    """Where the collect lock lives for this database.
-
-    SQLite: ``<db file>.collect.lock`` next to the database, so every process using that file agrees.
-    PostgreSQL (and anything without a local file): ``metasched-collect-<hash of URL>.lock`` in
-    $RUNTIME_DIRECTORY (systemd), else $XDG_RUNTIME_DIR, else /tmp. That only serialises collects on
-    one host; collects from several hosts sharing a PostgreSQL database still cannot corrupt it
-    (each snapshot is one transaction) but may do duplicate work.
-    """
-    env = os.environ if env is None else env
-    scheme, sep, rest = db_url.partition("://")
-    file: str | None = None
-    if not sep:
-        file = db_url
-    elif scheme.lower() == "sqlite" and rest.startswith("/"):
-        file = rest[1:]
-    if file and file != ":memory:" and not file.startswith("file:"):
-        return Path(file).expanduser().with_name(Path(file).name + ".collect.lock")
-    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0] or env.get("XDG_RUNTIME_DIR") or "/tmp"
-    digest = hashlib.sha256(db_url.encode()).hexdigest()[:16]
-    return Path(runtime) / f"metasched-collect-{digest}.lock"
-
-
-class CollectLock:
-    """An exclusive ``flock`` on a lock file, waited for up to ``timeout`` seconds.
-
-    flock (not a PID file) because the kernel drops it when the holder dies, even by kill -9, so a
-    crashed collect never blocks the next one.
-    """
-
-    def __init__(self, path: Path, timeout: float) -> None:
-        self.path = path
-        self.timeout = timeout
-        self._fh: IO[str] | None = None
-
-    def acquire(self) -> None:
-        fh = self.path.open("a+")
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    fh.close()
-                    raise CollectAlreadyRunning(
-                        f"collect already running (lock {self.path} held for more than {self.timeout:g}s)"
-                    ) from None
-                time.sleep(LOCK_POLL_S)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")  # for operators wondering who holds it
-        fh.flush()
-        self._fh = fh
-
-    def release(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
-
-    def __enter__(self) -> CollectLock:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
 
 
 @dataclass(slots=True)
@@ -300,9 +226,7 @@ def _run(
     report.results.sort(key=lambda r: order[r.id])
     report.ledger = _reconcile(config, store, at(time.monotonic()), report.warnings)
     if report.ok_count and any(p.enforce for p in config.policies):  # opt-in renice (docs/policies.md)
-        from metasched.policy.enforce import enforce_after_collect
-
-        report.warnings.extend(enforce_after_collect(config, store))
+        report.warnings.extend(_enforce_after_collect(config, store))
     if config.influxdb is not None:
         report.warnings.extend(_metrics(config, store, base))
     report.finished = at(time.monotonic())
@@ -386,8 +310,6 @@ def _metrics(config: Config, store: Store, now: datetime) -> list[str]:
 
     Metrics feed rank as hints; an InfluxDB outage must not turn a good collect into a failed one.
     """
-    from metasched.metrics import pull_metrics, write_summary
-
     warnings: list[str] = []
     try:
         warnings.extend(pull_metrics(config, store, now))
@@ -400,3 +322,22 @@ def _metrics(config: Config, store: Store, now: datetime) -> list[str]:
         log.warning("influxdb: summary not written: %s", exc)
         warnings.append(f"influxdb: summary not written: {_one_line(str(exc)) or type(exc).__name__}")
     return warnings
+
+
+def run_enforcement(
+    config: Config, store: Store, *, dry_run: bool = False, only_enabled: bool = False
+) -> Report:
+    """Enforcement with the real adapters and transports (``metasched enforce``, and after a collect)."""
+    return enforce(config, store, WIRING, dry_run=dry_run, only_enabled=only_enabled)
+
+
+def _enforce_after_collect(config: Config, store: Store) -> list[str]:
+    """For the collect run: act for ``enforce: true`` groups; any failure is a warning, not an error."""
+    if not any(p.enforce for p in config.policies):
+        return []
+    try:
+        report = run_enforcement(config, store, only_enabled=True)
+    except Exception as exc:
+        enforce_log.warning("enforce: not done: %s", exc, exc_info=enforce_log.isEnabledFor(logging.DEBUG))
+        return [f"enforce: not done: {type(exc).__name__}: {exc}"]
+    return [f"enforce: {a.destination} job {a.job}: {a.error}" for a in report.actions if not a.ok]

@@ -14,14 +14,14 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 
 from metasched.config import DestinationConfig
-from metasched.domain.errors import ParseError
+from metasched.domain.errors import CollectError, ParseError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, JobState, Node, Partition, Snapshot
-from metasched.domain.ports import Runner
+from metasched.domain.ports import HostRunner, JobPids, NodeRunners, Runner
 
 QSTAT_JOBS_ARGS = ("-xml", "-r", "-u", "*")
 QSTAT_QUEUES_ARGS = ("-f", "-xml")
@@ -383,6 +383,46 @@ def build_snapshot(hosts: list[HostInfo], instances: list[QueueInstance], jobs: 
     return Snapshot(nodes=nodes, partitions=partitions, jobs=jobs)
 
 
+def spool_dir(qconf_sconf: str) -> str | None:
+    """``execd_spool_dir`` from ``qconf -sconf``."""
+    for line in qconf_sconf.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "execd_spool_dir":
+            return parts[1]
+    return None
+
+
+def job_leader(runner: HostRunner, job: str, spool: str | None) -> int:
+    """The job's process-group leader: ``<spool>/<host>/active_jobs/<job>.<task>/job_pid``."""
+    if spool is None:
+        raise CollectError("execd_spool_dir not found in qconf -sconf")
+    number, _, task = job.partition("_")
+    if not (number.isdigit() and (task or "1").isdigit()):
+        raise CollectError(f"unexpected SGE job id {job!r}")
+    # execd names its spool directory as it resolves its own host, which may differ from qstat's
+    # host name (host_aliases): look for the job's directory under every host directory.
+    pattern = f"*/active_jobs/{number}.{task or 1}/job_pid"
+    found = runner.run(["find", spool, "-mindepth", "4", "-maxdepth", "4", "-path", pattern]).split()
+    if len(found) != 1:
+        raise CollectError(f"job_pid of {number}.{task or 1} under {spool}: found {len(found)} files")
+    leader = runner.run(["cat", found[0]]).strip()
+    if not leader.isdigit():
+        raise CollectError(f"{found[0]}: not a pid: {leader[:40]!r}")
+    return int(leader)
+
+
+@dataclass(frozen=True, slots=True)
+class SGERunningJobs:
+    """``RunningJobs`` of one SGE destination: each job's leader is read from the execd spool."""
+
+    jobs: Sequence[tuple[str, str]]
+    spool: str | None
+    notes: Sequence[str] = ()
+
+    def pids(self, runner: HostRunner, job: str, node: str) -> JobPids:
+        return JobPids((job_leader(runner, job, self.spool),), leaders=True)
+
+
 class SGEAdapter:
     """Grid Engine over the destination's runner; ``dest.sge`` says where binaries and the cell live."""
 
@@ -409,3 +449,11 @@ class SGEAdapter:
         queues = parse_qstat_queues(runner.run([self._binary("qstat"), *QSTAT_QUEUES_ARGS], env=env))
         hosts = parse_qhost(runner.run([self._binary("qhost"), *QHOST_ARGS], env=env))
         return build_snapshot(hosts, queues, jobs)
+
+    def running_jobs(self, head: HostRunner, nodes: NodeRunners) -> SGERunningJobs:
+        """Enforcement's ``JobProcesses``: running jobs and hosts (array tasks as ``N_T``) from
+        ``qstat -xml``, the execd spool directory from ``qconf -sconf``."""
+        env = self.env
+        jobs = parse_qstat_jobs(head.run([self._binary("qstat"), "-xml", "-u", "*", "-s", "r"], env=env))
+        spool = spool_dir(head.run([self._binary("qconf"), "-sconf"], env=env))
+        return SGERunningJobs([(j.job_id, j.nodes) for j in jobs if j.state == RUNNING and j.nodes], spool)

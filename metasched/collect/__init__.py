@@ -1,1 +1,0 @@
-"""Collection: transports (SSH/local), one adapter per scheduler, and the fan-out runner."""
