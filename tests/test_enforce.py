@@ -42,7 +42,7 @@ from tests.infra.procs import wait_for
 from tests.infra.sge import SGECluster
 from tests.infra.slurm import SlurmCluster
 from tests.infra.sshd import SSHServer
-from tests.test_policy_ranking import _cli, env  # noqa: F401  (env is a fixture)
+from tests.test_policy_ranking import _cli
 
 LISTPIDS = """\
 PID      JOBID    STEPID   LOCALID GLOBALID
