@@ -108,7 +108,7 @@ def test_slurm_job_reniced_over_ssh(
     tmp_path: Path,
     sshd: SSHServer,
     slurm: SlurmCluster,
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
 ) -> None:
     job = _submit_as_mstest(slurm, "policy_victim")
     try:
@@ -180,7 +180,7 @@ def test_enforce_off_by_default_in_collect(
     tmp_path: Path,
     sshd: SSHServer,
     slurm: SlurmCluster,
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
 ) -> None:
     config = _config(tmp_path, sshd, slurm, {"name": "best_effort", "high_priority": "hp"})
     res = _cli(["collect", "-c", str(config)], env)
@@ -446,7 +446,7 @@ def test_yarn_containers_reniced_over_ssh(
     tmp_path: Path,
     sshd: SSHServer,
     rm_url: str,
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
 ) -> None:
     running, pids = _start_job("mstest")
     finished, old_pids = _start_job("mstest")
@@ -484,7 +484,7 @@ def _condor_stand_ins(base: Path, owner: str, queue: str, who: str) -> Path:
 def test_htcondor_job_reniced_over_ssh(
     tmp_path: Path,
     sshd: SSHServer,
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
 ) -> None:
     job, pids = _start_job("mstest")
     try:
@@ -514,7 +514,7 @@ def test_htcondor_job_reniced_over_ssh(
         _stop(job)
 
 
-def test_plain_status_shows_the_last_enforcement(tmp_path: Path, env: dict[str, str]) -> None:  # noqa: F811
+def test_plain_status_shows_the_last_enforcement(tmp_path: Path, env: dict[str, str]) -> None:
     """The issue: "Every action is logged and shown in status" — also in the piped table, not only --json."""
     from metasched.policy import record_actions
 
@@ -610,7 +610,7 @@ def test_sudo_renices_a_root_process_over_ssh(
     sshd: SSHServer,
     rm_url: str,
     sudo_renice: Path,
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
 ) -> None:
     """``sudo: true``: ``sudo -n renice`` over the real sshd reaches a ROOT-owned container process the
     ssh user cannot renice itself, raises its nice and then lowers it again (only root may lower)."""

@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from metasched.app.collect import CollectReport, DestinationResult, collect_all
-from metasched.app.lock import CollectAlreadyRunning
 from metasched.cli.common import (
     ConfigOpt,
     DatabaseOpt,
@@ -23,7 +21,8 @@ from metasched.cli.common import (
 )
 from metasched.domain.errors import ConfigError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the collect service loads when the command runs: other commands never pay for it
+    from metasched.app.collect import CollectReport, DestinationResult
     from metasched.config import Config
     from metasched.store import Store
 
@@ -44,6 +43,9 @@ def collect(
 
     Exit 0 all collected or a collect already running, 3 some failed (old state kept), 2 config error.
     """
+    from metasched.app.collect import collect_all
+    from metasched.app.lock import CollectAlreadyRunning
+
     setup_logging(verbose)
     # paramiko logs every failed handshake with a traceback; our one-line error says it all.
     logging.getLogger("paramiko").setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
@@ -98,6 +100,8 @@ def _print_line(r: DestinationResult) -> None:
 
 def _collect_with_progress(cfg: Config, store: Store) -> CollectReport:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from metasched.app.collect import collect_all
 
     enabled = sum(1 for d in cfg.destinations if d.enabled)
     with Progress(
