@@ -1,6 +1,8 @@
-"""Metrics from InfluxDB, pulled by ``collect`` into the store so ``rank`` never waits on the network.
+"""Metrics from InfluxDB: read for ``collect`` to cache in the store (so ``rank`` never waits on the
+network), and the capacity summary written back. Knows nothing of the store (``metasched.app.metrics``
+joins the two).
 
-``pull_metrics`` never raises for network or server trouble: it returns warnings and replaces only
+``fetch_metrics`` never raises for network or server trouble: it returns warnings and the rows of only
 the measurements it could read, so the old cache stays when InfluxDB is down.
 """
 
@@ -13,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from metasched.config import Config, InfluxSettings
-from metasched.domain.destination import MetricRow
+from metasched.domain.destination import DestinationSummary, MetricRow
 from metasched.metrics.influx1 import Influx1Client, InfluxError, InfluxServerError
 from metasched.metrics.measurements import (
     MeasurementSpec,
@@ -25,9 +27,8 @@ from metasched.metrics.measurements import (
     summary_line,
     summary_measurement,
 )
-from metasched.store import Store
 
-__all__ = ["FetchResult", "InfluxError", "fetch_metrics", "make_client", "pull_metrics", "write_summary"]
+__all__ = ["FetchResult", "InfluxError", "fetch_metrics", "make_client", "write_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -113,21 +114,7 @@ def fetch_metrics(config: Config, now: datetime) -> FetchResult:
     return result
 
 
-def pull_metrics(config: Config, store: Store, now: datetime) -> list[str]:
-    """Refresh the store's metric cache from InfluxDB; return warnings (empty when all went well).
-
-    A measurement whose query failed keeps its old cached rows; once the server proves unusable
-    (down, TLS, authentication) it is not asked further, so when it is down nothing is replaced.
-    """
-    fetched = fetch_metrics(config, now)
-    for source, rows in fetched.rows.items():
-        store.replace_metrics(source, rows, now)
-    for w in fetched.warnings:
-        log.warning("%s", w)
-    return fetched.warnings
-
-
-def write_summary(config: Config, store: Store, now: datetime) -> None:
+def write_summary(config: Config, summaries: Sequence[DestinationSummary], now: datetime) -> None:
     """Write each destination's capacity/queue summary as line protocol, when ``write_summary`` is on.
 
     Raises ``InfluxError`` when the write fails (callers treat it as a warning). Destinations whose id
@@ -139,7 +126,7 @@ def write_summary(config: Config, store: Store, now: datetime) -> None:
     measurement = summary_measurement(settings.measurements)
     ts = int(now.timestamp())
     lines: list[str] = []
-    for s in store.summaries():
+    for s in summaries:
         try:
             lines.append(summary_line(measurement, s, ts))
         except ValueError as e:
