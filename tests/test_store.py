@@ -23,6 +23,7 @@ from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, Node, Part
 from metasched.domain.start_estimates import StartEstimate, reduce
 from metasched.store import Store
 from metasched.store.models import SCHEMA_VERSION
+from metasched.store.rank_reads import tool_times_from_history
 from metasched.store.start_estimates import decode, encode
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -42,9 +43,9 @@ def write(store: Store, dest: str, snapshot: Snapshot, minute: float, **kw: Any)
 def execute_raw(url: str, *statements: str) -> None:
     """Change a database behind the Store's back (older shapes, foreign versions)."""
     if url.startswith("postgresql://"):
-        import psycopg2
+        import psycopg
 
-        conn = psycopg2.connect(url)
+        conn = psycopg.connect(url)
         try:
             with conn, conn.cursor() as cur:
                 for statement in statements:
@@ -60,9 +61,9 @@ def execute_raw(url: str, *statements: str) -> None:
 
 def index_names(url: str, table: str) -> set[str]:
     if url.startswith("postgresql://"):
-        import psycopg2
+        import psycopg
 
-        conn = psycopg2.connect(url)
+        conn = psycopg.connect(url)
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", (table,))
@@ -670,8 +671,8 @@ def test_tool_times_samples_match_the_history_itself(store: Store) -> None:
     def compare() -> None:
         for limit in (1, 2, 3, 50, 91, 150, 200):
             got = store.tool_times("cat1", ["a", "b", "c"], limit=limit)
-            assert got == store._tool_times_from_history("cat1", ["a", "b", "c"], limit), limit
-        assert store.tool_times("cat10", ["b"]) == store._tool_times_from_history("cat10", ["b"], 200)
+            assert got == tool_times_from_history(store.db, "cat1", ["a", "b", "c"], limit), limit
+        assert store.tool_times("cat10", ["b"]) == tool_times_from_history(store.db, "cat10", ["b"], 200)
 
     compare()
     assert store.tool_times("cat1", ["a"])["a"].count == 200
