@@ -559,6 +559,28 @@ def test_reappearing_job_is_not_recorded_twice(store: Store) -> None:
     assert [h.job_id for h in store.history("d")] == ["101"]
 
 
+def test_many_vanished_jobs_are_recorded_once(store: Store) -> None:
+    """Over a thousand history rows at once: on PostgreSQL they go through COPY into a staging table,
+    which must still skip the rows already recorded and keep awkward text intact."""
+    n = 1500
+    awkward = "tab\there\\back\nline"
+    running = Snapshot(
+        jobs=[
+            Job(f"j{k}", RUNNING, "main", f"g{k}_{awkward}", "u", submit_time=at(-10), start_time=at(-5))
+            for k in range(n)
+        ]
+    )
+    write(store, "d", running, 0)
+    assert write(store, "d", Snapshot(), 1).finished == n
+    write(store, "d", running, 2)  # the same jobs (same submit times) again: their rows exist already
+    write(store, "d", Snapshot(), 3)
+    rows = store.history("d", limit=10 * n)
+    assert len(rows) == n
+    assert {r.name for r in rows} == {f"g{k}_{awkward}" for k in range(n)}
+    assert {r.end_time for r in rows} == {at(1)}
+    assert all(r.queue_s == 300.0 and r.run_s == 360.0 for r in rows)
+
+
 def test_history_and_runs_are_pruned(store: Store) -> None:
     write(store, "d", Snapshot(jobs=[JOBS[0]]), 0)
     write(store, "d", Snapshot(), 1)
