@@ -20,11 +20,6 @@ import peewee
 
 from metasched.store.convert import naive_utc, sqlite_text
 
-try:
-    import psycopg
-except ImportError:  # the optional [postgres] extra; SQLite needs no driver of its own
-    psycopg = None  # type: ignore[assignment]
-
 T = TypeVar("T")
 _STAGE_ABOVE = 1000  # conflict-skipping inserts of more rows go through COPY into a staging table
 
@@ -56,7 +51,9 @@ class Database:
         )
         # What a failed write raises: peewee's own errors and the raw driver's (bulk paths use its cursor).
         errors: tuple[type[Exception], ...] = (peewee.PeeweeException, sqlite3.Error)
-        if self.is_postgres and psycopg is not None:
+        if self.is_postgres:
+            import psycopg  # the optional [postgres] extra, loaded only for a PostgreSQL store
+
             errors += (psycopg.Error,)
         self.errors = errors
         # Aware (or naive UTC) datetime -> what the driver stores: naive UTC; text on SQLite, like peewee.
@@ -77,6 +74,8 @@ class Database:
     def client_cursor(self) -> Any:
         """A PostgreSQL cursor that binds parameters on the client: one round trip may then carry
         several statements (the server-side binding of psycopg's default cursor allows one)."""
+        import psycopg
+
         return psycopg.ClientCursor(self.connection())
 
     def bind(self, query: T) -> T:
