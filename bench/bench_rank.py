@@ -172,7 +172,7 @@ def wall(cmd: list[str], env: dict[str, str]) -> tuple[float, bytes]:
 
 def ledger_rows(db: Path) -> int:
     with Store.open(str(db)) as store:
-        return int(store._fetch('SELECT COUNT(*) FROM "placement"', [])[0][0])
+        return int(store.db.fetch('SELECT COUNT(*) FROM "placement"', [])[0][0])
 
 
 class Ranks:

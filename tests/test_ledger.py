@@ -61,7 +61,9 @@ def rank_request(job_id: str | int | None) -> dict[str, Any]:
 
 def ledger_rows(url: str) -> list[tuple[Any, ...]]:
     with Store.open(url) as store:
-        return store._fetch('SELECT "job_id", "destination", "state" FROM "placement" ORDER BY "job_id"', [])
+        return store.db.fetch(
+            'SELECT "job_id", "destination", "state" FROM "placement" ORDER BY "job_id"', []
+        )
 
 
 def valid_answer(result: dict[str, Any]) -> bool:
@@ -190,9 +192,9 @@ def sqlite_writer(url: str, mode: str) -> Iterator[threading.Event]:
 @contextmanager
 def postgres_writer(url: str, mode: str) -> Iterator[threading.Event]:
     """A transaction holding ``LOCK TABLE placement IN <mode> MODE`` until the block ends."""
-    import psycopg2
+    import psycopg
 
-    conn = psycopg2.connect(url)
+    conn = psycopg.connect(url)
     released = threading.Event()
     try:
         with conn.cursor() as cur:
@@ -262,15 +264,15 @@ def test_ranking_the_same_job_again_replaces_its_entry(store_url: str, env: dict
         line.startswith("note: placement of job 4242 recorded: ") for line in first.stderr.splitlines()
     )
     with Store.open(store_url) as store:
-        (placed_first,) = store._fetch('SELECT "placed_at" FROM "placement"', [])
-        store._sql.execute_sql(  # collect saw it meanwhile: the re-rank puts it back in flight
+        (placed_first,) = store.db.fetch('SELECT "placed_at" FROM "placement"', [])
+        store.db.orm.execute_sql(  # collect saw it meanwhile: the re-rank puts it back in flight
             'UPDATE "placement" SET "state" = \'resolved\', "actual_destination" = \'cloud\''
         )
     answer_of(cli_rank(store_url, env, rank_request("4242")))
     rows = ledger_rows(store_url)
     assert len(rows) == 1 and rows[0][0] == "4242" and rows[0][2] == "inflight"
     with Store.open(store_url) as store:
-        ((placed_again, actual),) = store._fetch(
+        ((placed_again, actual),) = store.db.fetch(
             'SELECT "placed_at", "actual_destination" FROM "placement"', []
         )
     assert actual is None and placed_again != placed_first[0]
@@ -353,7 +355,7 @@ def test_a_store_that_cannot_take_the_entry_is_not_retried(store_url: str) -> No
 
     build_state(store_url)
     with Store.open(store_url) as store:
-        store._sql.execute_sql('DROP TABLE "placement"')
+        store.db.orm.execute_sql('DROP TABLE "placement"')
     with CountingStore.open(store_url, readonly=True, busy_timeout=0.5, connect_timeout=1) as store:
         with pytest.raises(LedgerError, match="placement"):
             record_placement(store, entry("gone"))

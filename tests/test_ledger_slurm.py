@@ -66,7 +66,9 @@ def placement(db: Path) -> dict[str, Any]:
     cols = ("state", "destination", "actual_destination", "pred_queue_s", "pred_run_s", "actual_queue_s",
             "actual_run_s", "finished_at")  # fmt: skip
     with Store.open(str(db)) as store:
-        rows = store._fetch(f'SELECT {", ".join(cols)} FROM "placement" WHERE "job_id" = ?', [str(GALAXY_ID)])
+        rows = store.db.fetch(
+            f'SELECT {", ".join(cols)} FROM "placement" WHERE "job_id" = ?', [str(GALAXY_ID)]
+        )
     assert len(rows) == 1
     return dict(zip(cols, rows[0], strict=True))
 

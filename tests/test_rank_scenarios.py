@@ -141,9 +141,9 @@ def build_store(db: Path | str, state: dict[str, Any], now: datetime = NOW) -> N
 def _sql(url: str, statement: str, params: tuple[Any, ...]) -> None:
     """Plain SQL on the store's database (only for what the Store API cannot write yet)."""
     if url.startswith("postgresql://"):
-        import psycopg2
+        import psycopg
 
-        conn = psycopg2.connect(url)
+        conn = psycopg.connect(url)
         try:
             with conn, conn.cursor() as cur:
                 cur.execute(statement.replace("?", "%s"), params)

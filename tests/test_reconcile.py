@@ -73,7 +73,7 @@ def rows(store: Store) -> dict[str, dict[str, Any]]:
     names = ("job_id", "destination", "state", "actual_destination", "actual_queue_s", "actual_run_s")
     cols = ", ".join(f'"{n}"' for n in (*names, "resolved_at", "finished_at"))
     out = {}
-    for row in store._fetch(f'SELECT {cols} FROM "placement"', []):
+    for row in store.db.fetch(f'SELECT {cols} FROM "placement"', []):
         values = dict(zip((*names, "resolved_at", "finished_at"), row, strict=True))
         out[values["job_id"]] = values
     return out

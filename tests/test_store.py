@@ -23,6 +23,7 @@ from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, Node, Part
 from metasched.domain.start_estimates import StartEstimate, reduce
 from metasched.store import Store
 from metasched.store.models import SCHEMA_VERSION
+from metasched.store.rank_reads import tool_times_from_history
 from metasched.store.start_estimates import decode, encode
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -42,9 +43,9 @@ def write(store: Store, dest: str, snapshot: Snapshot, minute: float, **kw: Any)
 def execute_raw(url: str, *statements: str) -> None:
     """Change a database behind the Store's back (older shapes, foreign versions)."""
     if url.startswith("postgresql://"):
-        import psycopg2
+        import psycopg
 
-        conn = psycopg2.connect(url)
+        conn = psycopg.connect(url)
         try:
             with conn, conn.cursor() as cur:
                 for statement in statements:
@@ -60,9 +61,9 @@ def execute_raw(url: str, *statements: str) -> None:
 
 def index_names(url: str, table: str) -> set[str]:
     if url.startswith("postgresql://"):
-        import psycopg2
+        import psycopg
 
-        conn = psycopg2.connect(url)
+        conn = psycopg.connect(url)
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", (table,))
@@ -558,6 +559,28 @@ def test_reappearing_job_is_not_recorded_twice(store: Store) -> None:
     assert [h.job_id for h in store.history("d")] == ["101"]
 
 
+def test_many_vanished_jobs_are_recorded_once(store: Store) -> None:
+    """Over a thousand history rows at once: on PostgreSQL they go through COPY into a staging table,
+    which must still skip the rows already recorded and keep awkward text intact."""
+    n = 1500
+    awkward = "tab\there\\back\nline"
+    running = Snapshot(
+        jobs=[
+            Job(f"j{k}", RUNNING, "main", f"g{k}_{awkward}", "u", submit_time=at(-10), start_time=at(-5))
+            for k in range(n)
+        ]
+    )
+    write(store, "d", running, 0)
+    assert write(store, "d", Snapshot(), 1).finished == n
+    write(store, "d", running, 2)  # the same jobs (same submit times) again: their rows exist already
+    write(store, "d", Snapshot(), 3)
+    rows = store.history("d", limit=10 * n)
+    assert len(rows) == n
+    assert {r.name for r in rows} == {f"g{k}_{awkward}" for k in range(n)}
+    assert {r.end_time for r in rows} == {at(1)}
+    assert all(r.queue_s == 300.0 and r.run_s == 360.0 for r in rows)
+
+
 def test_history_and_runs_are_pruned(store: Store) -> None:
     write(store, "d", Snapshot(jobs=[JOBS[0]]), 0)
     write(store, "d", Snapshot(), 1)
@@ -670,8 +693,8 @@ def test_tool_times_samples_match_the_history_itself(store: Store) -> None:
     def compare() -> None:
         for limit in (1, 2, 3, 50, 91, 150, 200):
             got = store.tool_times("cat1", ["a", "b", "c"], limit=limit)
-            assert got == store._tool_times_from_history("cat1", ["a", "b", "c"], limit), limit
-        assert store.tool_times("cat10", ["b"]) == store._tool_times_from_history("cat10", ["b"], 200)
+            assert got == tool_times_from_history(store.db, "cat1", ["a", "b", "c"], limit), limit
+        assert store.tool_times("cat10", ["b"]) == tool_times_from_history(store.db, "cat10", ["b"], 200)
 
     compare()
     assert store.tool_times("cat1", ["a"])["a"].count == 200

@@ -81,14 +81,9 @@ class StoredState:
 
 def sqlite_path(url: str) -> Path | None:
     """The file behind a SQLite URL or plain path (as ``Store.open`` reads it); None for other schemes."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        path = url
-    elif scheme.lower() == "sqlite":
-        path = rest[1:] if rest.startswith("/") else rest
-    else:
-        return None
-    return Path(path).expanduser() if path else None
+    from metasched.store.url import sqlite_path as parsed  # the store's one URL parse; peewee with it
+
+    return parsed(url)
 
 
 def open_existing_store(url: str) -> tuple[Store | None, str | None]:

@@ -16,10 +16,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from peewee import Database
-
 from metasched.domain.destination import DestinationSummary, MetricRow, ToolTimes
 from metasched.store import Store
+from metasched.store.database import Database
 
 MAX_ENTRIES = 1024  # per thread; distinct (destinations, tool) combinations between two collects
 
@@ -36,8 +35,8 @@ class CachingStore(Store):
     """``summaries``/``tool_times``/``metrics``/``typical_run_s`` cached per thread, dropped when the
     database changed."""
 
-    def __init__(self, db: Database, display_url: str) -> None:
-        super().__init__(db, display_url)
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
         self._cache = _ThreadCache()
 
     def _data_version(self) -> tuple[int, int] | None:
@@ -45,7 +44,7 @@ class CachingStore(Store):
         if self.is_postgres:
             return None
         # The driver connection directly: peewee's execute_sql costs ten times the pragma itself.
-        conn = self._sql.connection()
+        conn = self.db.connection()
         row = conn.execute("PRAGMA data_version").fetchone()
         return int(row[0]), int(conn.total_changes)
 

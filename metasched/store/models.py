@@ -1,4 +1,4 @@
-"""peewee models of the state store. Unbound: ``metasched.store.Store`` binds them to its database.
+"""peewee models of the state store. Unbound: ``metasched.store.database.Database`` binds them.
 
 Units: memory in MB, times naive UTC (peewee/SQLite have no zones; the Store API converts).
 Bump SCHEMA_VERSION and add a step to ``metasched.store.migrations`` for every change.

@@ -21,7 +21,8 @@ from typing import Any
 
 from metasched.domain.destination import PlacementEntry
 from metasched.domain.errors import MetaschedError
-from metasched.store import Store, _aware_db
+from metasched.store.convert import aware_from_db
+from metasched.store.store import Store
 
 INFLIGHT = "inflight"
 RESOLVED = "resolved"
@@ -93,7 +94,7 @@ def record_placement(
     if len(entry.job_id) > MAX_JOB_ID_CHARS:
         raise LedgerError(f"job id longer than {MAX_JOB_ID_CHARS} characters")
     values: list[Any] = [getattr(entry, c) for c in _COLUMNS]
-    values[6] = store._dt_in(entry.placed_at)
+    values[6] = store.db.dt_in(entry.placed_at)
     for attempt in range(1, max(1, attempts) + 1):
         try:
             with store.cache_neutral_write():
@@ -105,7 +106,7 @@ def record_placement(
         except _Busy:
             if attempt >= attempts:
                 raise
-        except store._db_errors as exc:
+        except store.db.errors as exc:
             if attempt >= attempts or not _contended(exc):
                 raise LedgerError(" ".join(str(exc).split()) or type(exc).__name__) from exc
 
@@ -113,7 +114,7 @@ def record_placement(
 def _contended(exc: BaseException) -> bool:
     """A lock another writer held past the attempt's wait (try again), not a store that cannot be
     written (read-only, missing table, broken connection: give up at once)."""
-    code = getattr(exc, "pgcode", None)
+    code = getattr(exc, "sqlstate", None)
     if code is not None:
         return code in _PG_CONTENDED
     if isinstance(exc, sqlite3.OperationalError):
@@ -123,11 +124,11 @@ def _contended(exc: BaseException) -> bool:
 
 def _write_sqlite(store: Store, values: list[Any], busy_timeout_s: float) -> None:
     # This process's other writers (serve's collect loop) queue on the Store's lock, not on SQLite's.
-    lock: Any = store._write_lock
+    lock: Any = store.db.write_lock
     if not lock.acquire(timeout=busy_timeout_s):
         raise _Busy("store busy: a collect in this process is writing")
     try:
-        conn = store._sql.connection()  # the raw sqlite3 connection: one statement per step, no peewee
+        conn = store.db.connection()  # the raw sqlite3 connection: one statement per step, no peewee
         before = conn.execute("PRAGMA busy_timeout").fetchone()[0]
         sync = conn.execute("PRAGMA synchronous").fetchone()[0]
         conn.execute(f"PRAGMA busy_timeout = {max(1, int(busy_timeout_s * 1000))}")
@@ -135,7 +136,7 @@ def _write_sqlite(store: Store, values: list[Any], busy_timeout_s: float) -> Non
         # which ten concurrent ranks otherwise queue on past their wait. A power cut may lose the last
         # entries; they would have expired anyway, and the answers were given.
         conn.execute("PRAGMA synchronous = NORMAL")
-        if store._readonly:
+        if store.db.readonly:
             conn.execute("PRAGMA query_only = 0")
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -147,7 +148,7 @@ def _write_sqlite(store: Store, values: list[Any], busy_timeout_s: float) -> Non
                     conn.execute("ROLLBACK")
                 raise
         finally:
-            if store._readonly:
+            if store.db.readonly:
                 conn.execute("PRAGMA query_only = 1")
             conn.execute(f"PRAGMA busy_timeout = {int(before)}")
             conn.execute(f"PRAGMA synchronous = {int(sync)}")
@@ -167,8 +168,7 @@ def _write_postgres(store: Store, values: list[Any], busy_timeout_s: float) -> N
         f"BEGIN READ WRITE; SET LOCAL lock_timeout = {ms * 9 // 10}; SET LOCAL statement_timeout = {ms}; "
         f"{_sql(_UPSERT, '%s')}; COMMIT"
     )
-    conn = store._sql.connection()
-    with conn.cursor() as cur:
+    with store.db.client_cursor() as cur:
         try:
             cur.execute(sql, values)
         except BaseException:
@@ -182,13 +182,13 @@ def inflight_placements(store: Store, dest_ids: Sequence[str], since: datetime) 
     (state, placed_at) index. ``placed_at`` comes back aware UTC."""
     if not dest_ids:
         return []
-    dest_sql, dest_params = store._in_ids('"destination"', list(dest_ids))
-    param = store._db.param
+    dest_sql, dest_params = store.db.in_ids('"destination"', list(dest_ids))
+    param = store.db.param
     sql = _sql(_SELECT_INFLIGHT, param, dest=dest_sql)
-    rows = store._fetch(sql, [store._dt_in(since), *dest_params])
+    rows = store.db.fetch(sql, [store.db.dt_in(since), *dest_params])
     out: list[PlacementEntry] = []
     for r in rows:
-        placed = _aware_db(r[6])
+        placed = aware_from_db(r[6])
         if placed is None:
             continue
         out.append(PlacementEntry(r[0], r[1], r[2], r[3], r[4], r[5], placed, r[7], r[8], r[9]))

@@ -28,12 +28,12 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from metasched.store.convert import naive_from_db
+from metasched.store.kv import put_setting
 from metasched.store.placements import EXPIRED, INFLIGHT, RESOLVED
-
-if TYPE_CHECKING:
-    from metasched.store import Store
+from metasched.store.store import Store
 
 CALIBRATION_JOBS = 50  # newest finished resolved jobs per destination behind the prediction error
 MIN_SECONDS = 1.0  # predictions and outcomes are clamped to at least this before the log ratio
@@ -135,13 +135,13 @@ def reconcile(store: Store, now: datetime, *, ttl_s: float, history_days: int) -
     Raises the database's error when the store cannot be read or written; nothing is then changed
     (the caller logs it and the snapshots already stored stay).
     """
-    p = store._db.param
+    p = store.db.param
     seen = _seen(store)
     outcomes = _outcomes(store, now, history_days, seen)
-    stamp = store._dt_in(now)
+    stamp = store.db.dt_in(now)
     resolved = elsewhere = finished = 0
-    with store._write_tx():
-        cursor = store._sql.cursor()
+    with store.db.write_tx():
+        cursor = store.db.cursor()
         for job_id, (placed, dest, ranked) in seen.items():
             cursor.execute(_RESOLVE.format(p=p), (stamp, dest, job_id, placed))
             if cursor.rowcount > 0:
@@ -153,11 +153,11 @@ def reconcile(store: Store, now: datetime, *, ttl_s: float, history_days: int) -
                 finished += 1
                 if state == INFLIGHT and job_id not in seen:  # ended between two collects' views of it
                     resolved += 1
-        cursor.execute(_EXPIRE.format(p=p), (store._dt_in(now - timedelta(seconds=ttl_s)),))
+        cursor.execute(_EXPIRE.format(p=p), (store.db.dt_in(now - timedelta(seconds=ttl_s)),))
         expired = max(0, cursor.rowcount)
-        cursor.execute(_PRUNE.format(p=p), (store._dt_in(now - timedelta(days=history_days)),))
+        cursor.execute(_PRUNE.format(p=p), (store.db.dt_in(now - timedelta(days=history_days)),))
         pruned = max(0, cursor.rowcount)
-        store._put_setting(WATERMARK_KEY, now.isoformat())
+        put_setting(store.db, WATERMARK_KEY, now.isoformat())
     return ReconcileResult(resolved, elsewhere, finished, expired, pruned)
 
 
@@ -165,19 +165,19 @@ def _seen(store: Store) -> dict[str, tuple[Any, str, str]]:
     """In-flight entries whose job is in a destination's stored jobs: job id -> (placed_at as stored,
     destination it is at, destination rank put first). Nothing is read past one indexed probe when
     no entry is in flight."""
-    from metasched.store import _naive_db
-
-    if not store._fetch('SELECT 1 FROM "placement" WHERE "state" = \'inflight\' LIMIT 1', []):
+    if not store.db.fetch('SELECT 1 FROM "placement" WHERE "state" = \'inflight\' LIMIT 1', []):
         return {}
     found: dict[str, list[tuple[Any, str, str, Any]]] = {}
-    for job_id, placed, ranked, dest, submit in store._fetch(_SEEN, []):
+    for job_id, placed, ranked, dest, submit in store.db.fetch(_SEEN, []):
         if _submitted_after(submit, placed):
             found.setdefault(job_id, []).append((placed, ranked, dest, submit))
     out: dict[str, tuple[Any, str, str]] = {}
     for job_id, copies in found.items():
         placed, ranked = copies[0][0], copies[0][1]
         # Normally at one destination; a stale copy elsewhere loses to the ranked one, else the newest.
-        at = [c for c in copies if c[2] == ranked] or sorted(copies, key=lambda c: _naive_db(c[3]) or _MIN)
+        at = [c for c in copies if c[2] == ranked] or sorted(
+            copies, key=lambda c: naive_from_db(c[3]) or _MIN
+        )
         out[job_id] = (placed, at[-1][2], ranked)
     return out
 
@@ -186,9 +186,7 @@ def _submitted_after(submit: Any, placed: Any) -> bool:
     """Whether a job (submit time as stored) can be the one placed then: Galaxy submits after rank
     answered, so a job submitted well before is an earlier run of a resubmitted job. Unknown submit
     times match; SUBMIT_SKEW_S allows for the cluster's clock."""
-    from metasched.store import _naive_db
-
-    submitted, at = _naive_db(submit), _naive_db(placed)
+    submitted, at = naive_from_db(submit), naive_from_db(placed)
     return submitted is None or at is None or submitted >= at - timedelta(seconds=SUBMIT_SKEW_S)
 
 
@@ -203,11 +201,11 @@ def _outcomes(
         datetime.fromisoformat(raw) - timedelta(seconds=WATERMARK_SLACK_S) if raw else now - FIRST_LOOKBACK
     )
     since = max(since, now - timedelta(days=history_days))
-    dest_ids = [row[0] for row in store._fetch('SELECT "id" FROM "destination"', [])]
+    dest_ids = [row[0] for row in store.db.fetch('SELECT "id" FROM "destination"', [])]
     if not dest_ids:
         return {}
-    where, params = store._in_ids('f."destination_id"', dest_ids)
-    rows = store._fetch(_FINISHED.format(dest=where, p=store._db.param), [*params, store._dt_in(since)])
+    where, params = store.db.in_ids('f."destination_id"', dest_ids)
+    rows = store.db.fetch(_FINISHED.format(dest=where, p=store.db.param), [*params, store.db.dt_in(since)])
     out: dict[str, tuple[Any, ...]] = {}
     for job_id, placed, state, actual, dest, queue_s, run_s, end, submit in rows:
         if state == RESOLVED and actual != dest:
@@ -232,15 +230,15 @@ def calibration(
     (one statement per _DESTINATION_CHUNK destinations)."""
     wanted = list(dict.fromkeys(dest_ids))
     counts: dict[tuple[str, str], tuple[int, float]] = {}
-    for state, dest, n, cores in store._fetch(_COUNTS, []):
+    for state, dest, n, cores in store.db.fetch(_COUNTS, []):
         counts[(state, dest)] = (int(n), float(cores or 0.0))
     pairs: dict[str, list[tuple[float, Any, float, Any]]] = {}
     if limit > 0:
-        p = store._db.param
+        p = store.db.param
         for i in range(0, len(wanted), _DESTINATION_CHUNK):
             chunk = wanted[i : i + _DESTINATION_CHUNK]
             sql = " UNION ALL ".join(_OUTCOMES.format(p=p, limit=int(limit), n=n) for n in range(len(chunk)))
-            for dest, pq, aq, pr, ar in store._fetch(sql, chunk):
+            for dest, pq, aq, pr, ar in store.db.fetch(sql, chunk):
                 pairs.setdefault(dest, []).append((pq, aq, pr, ar))
     out: dict[str, Calibration] = {}
     for dest in wanted:

@@ -52,11 +52,10 @@ def _run_as() -> dict[str, Any]:
 
 def _admin_sql(url: str, statement: str) -> None:
     """Run one statement outside a transaction (CREATE/DROP DATABASE cannot run inside one)."""
-    import psycopg2
+    import psycopg
 
-    conn = psycopg2.connect(url, connect_timeout=5)
+    conn = psycopg.connect(url, connect_timeout=5, autocommit=True)
     try:
-        conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(statement)
     finally:
