@@ -23,8 +23,6 @@ from metasched.domain.jobs import PENDING, RUNNING, Job, Node, Partition, Snapsh
 from metasched.store import Store
 from tests.infra.env import isolated_env
 
-NOW = datetime.now(UTC)
-
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
@@ -51,10 +49,11 @@ def env(tmp_path: Path) -> dict[str, str]:
     parts = [
         Partition("main", is_default=True, nodes_total=2, cores_total=16, limits={"MaxTime": "1-00:00:00"})
     ]
-    submit = NOW - timedelta(hours=1)
+    now = datetime.now(UTC)  # per test: a module-level clock goes stale while a long suite runs
+    submit = now - timedelta(hours=1)
     with Store.open(str(db)) as store:
         # Two snapshots: jobs seen running, then gone, give finished-job history (queue waits 60 s, 180 s).
-        first = NOW - timedelta(minutes=10)
+        first = now - timedelta(minutes=10)
         running = [
             Job("1", RUNNING, "main", cores=1, submit_time=submit, start_time=submit + timedelta(seconds=60)),
             Job(
@@ -65,11 +64,11 @@ def env(tmp_path: Path) -> dict[str, str]:
             "hpc", Snapshot(nodes, parts, running), run_id="a", started=first, finished=first
         )
         now_jobs = [Job("3", RUNNING, "main", cores=2), Job("4", PENDING, "main", cores=4)]
-        last = NOW - timedelta(seconds=20)
+        last = now - timedelta(seconds=20)
         store.write_snapshot("hpc", Snapshot(nodes, parts, now_jobs), run_id="b", started=last, finished=last)
-        stale = NOW - timedelta(hours=3)
+        stale = now - timedelta(hours=3)
         store.write_snapshot("old", Snapshot([nodes[0]]), run_id="c", started=stale, finished=stale)
-        store.record_failure("down", "connection refused", run_id="d", started=NOW, finished=NOW)
+        store.record_failure("down", "connection refused", run_id="d", started=now, finished=now)
     return {
         **isolated_env(tmp_path / "home"),
         "METASCHED_CONFIG": str(config),
@@ -210,13 +209,14 @@ def test_watch_when_piped_prints_a_table_per_refresh(env: dict[str, str]) -> Non
 
 
 def test_disable_until_enabled_is_shown_and_ranked_infeasible(env: dict[str, str]) -> None:
+    asked = datetime.now(UTC)
     r = run(["disable", "hpc", "--reason", "kernel update", "--until", "2h"], env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("hpc: disabled until ") and "kernel update" in r.stdout
     row = rows(env)["hpc"]
     assert row["disabled"] == "kernel update" and row["disabled_until"] is not None
     until = datetime.fromisoformat(row["disabled_until"].replace("Z", "+00:00"))
-    assert timedelta(hours=1.9) < until - NOW < timedelta(hours=2.1)
+    assert timedelta(hours=1.9) < until - asked < timedelta(hours=2.1)
     assert "disabled: kernel update" in run(["status"], env).stdout
 
     request = json.dumps({"job": {"tool_id": "t"}, "destinations": [{"id": "hpc"}, {"id": "old"}]}).encode()
@@ -237,7 +237,7 @@ def test_disable_until_enabled_is_shown_and_ranked_infeasible(env: dict[str, str
 
 
 def test_disable_before_the_first_collect_and_until_a_time(env: dict[str, str]) -> None:
-    when = (NOW + timedelta(days=1)).replace(microsecond=0)
+    when = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
     r = run(["disable", "never", "--until", when.strftime("%Y-%m-%dT%H:%M:%SZ"), "--json"], env)
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)

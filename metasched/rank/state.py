@@ -12,18 +12,17 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
+from metasched.config import DestinationConfig
+from metasched.domain.destination import DestinationSummary, MetricRow, PlacementEntry, ToolTimes
+from metasched.domain.start_estimates import StartEstimate
 from metasched.rank.model import MB_PER_GB, Observed, StartEstimates, fmt_num
 from metasched.rank.request import NO_METRICS, DestinationRequest
-
-if TYPE_CHECKING:
-    from metasched.config import DestinationConfig
-    from metasched.domain.destination import DestinationSummary, MetricRow, PlacementEntry, ToolTimes
-    from metasched.domain.start_estimates import StartEstimate
-    from metasched.store import Store
+from metasched.store import Store
+from metasched.store.galaxy import versionless
+from metasched.store.placements import inflight_placements
+from metasched.store.url import sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +78,6 @@ class StoredState:
     placements: Mapping[str, Sequence[PlacementEntry]] = field(default_factory=dict)  # in-flight ledger
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a SQLite URL or plain path (as ``Store.open`` reads it); None for other schemes."""
-    from metasched.store.url import sqlite_path as parsed  # the store's one URL parse; peewee with it
-
-    return parsed(url)
-
-
 def open_existing_store(url: str) -> tuple[Store | None, str | None]:
     """Open the store only if it exists already: rank must not create an empty database as a side effect.
 
@@ -97,8 +89,6 @@ def open_existing_store(url: str) -> tuple[Store | None, str | None]:
             None,
             f"state store {path} does not exist yet (run metasched collect): ranking from the request",
         )
-    from metasched.store import Store
-
     try:
         return Store.open(url, readonly=True, busy_timeout=RANK_BUSY_TIMEOUT_S, connect_timeout=1), None
     except Exception as exc:  # any driver error: rank degrades, it never fails a job over state
@@ -121,8 +111,6 @@ def load_state(
     typical = store.typical_run_s(dest_ids)
     placed: dict[str, list[PlacementEntry]] = {}
     if ledger_since is not None:
-        from metasched.store.placements import inflight_placements
-
         for entry in inflight_placements(store, dest_ids, ledger_since):
             placed.setdefault(entry.destination, []).append(entry)
     return StoredState(
@@ -155,8 +143,6 @@ def _latest(rows: Sequence[MetricRow], tool_id: str) -> dict[str, MetricRow]:
     (Tool Shed ids differ in their last segment), which beats a destination-wide one."""
     if not rows:
         return {}
-    from metasched.store.galaxy import versionless  # rows come from a store: it is imported already
-
     best: dict[str, tuple[int, MetricRow]] = {}
     base = versionless(tool_id)
     for row in rows:
