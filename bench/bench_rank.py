@@ -126,11 +126,12 @@ def build_request(path: Path, n: int, job_id: int) -> None:
 def breakdown(db: Path, request: Path) -> str:
     """Where the time of one in-process ranking goes (ms), to see which part grows with destinations."""
     import gc
-    from dataclasses import replace
 
-    from metasched.config import load_config
+    from msgspec.structs import replace
+
     from metasched.rank import rank_outcome, response
     from metasched.rank.request import decode_request, parse_request
+    from metasched.settings import load_config
 
     gc.disable()
     try:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from metasched.collect.adapters import node, slurm
 from metasched.collect.transport import LocalTransport
-from metasched.config import DestinationConfig, SSHSettings
+from metasched.settings import DestinationConfig, SSHSettings
 from tests.infra.slurm import (
     BACKFILL_PARAMS,
     SlurmCluster,

@@ -26,9 +26,9 @@ from urllib.parse import parse_qs
 import pytest
 import yaml
 
-from metasched.config import load_config
 from metasched.policy import recent_actions
 from metasched.policy.enforce import enforce, parse_listpids, parse_ps, spool_dir
+from metasched.settings import load_config
 from metasched.store import Store
 from tests.infra.procs import wait_for
 from tests.infra.sge import SGECluster

@@ -24,9 +24,9 @@ from metasched.collect.adapters.htcondor import (
     parse_condor_q,
     parse_condor_status,
 )
-from metasched.config import DestinationConfig, SSHSettings
 from metasched.domain.errors import ParseError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Node
+from metasched.settings import DestinationConfig, SSHSettings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "htcondor"
 

@@ -11,8 +11,8 @@ import pytest
 from metasched.collect.adapters import make_adapter
 from metasched.collect.adapters.node import NodeAdapter, node_command, parse_node
 from metasched.collect.transport import LocalTransport, SSHTransport
-from metasched.config import DestinationConfig, SSHSettings
 from metasched.domain.errors import ParseError
+from metasched.settings import DestinationConfig, SSHSettings
 from tests.infra.sshd import SSHServer
 
 PROBE = (Path(__file__).parent / "fixtures" / "node" / "probe.txt").read_text()

@@ -25,9 +25,9 @@ from metasched.collect.adapters.sge import (
     parse_utc_offset,
 )
 from metasched.collect.transport import open_transport
-from metasched.config import DestinationConfig, SGESettings, SSHSettings
 from metasched.domain.errors import ParseError, TransportError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job
+from metasched.settings import DestinationConfig, SGESettings, SSHSettings
 from tests.infra.procs import free_port
 from tests.infra.sge import SGECluster
 from tests.infra.sshd import SSHServer

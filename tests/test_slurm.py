@@ -37,9 +37,9 @@ from metasched.collect.adapters.slurm import (
     squeue_command,
 )
 from metasched.collect.transport import LocalTransport, SSHTransport
-from metasched.config import DestinationConfig, SSHSettings
 from metasched.domain.errors import ParseError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, Node
+from metasched.settings import DestinationConfig, SSHSettings
 from tests.infra.slurm import SlurmCluster
 from tests.infra.sshd import SSHServer
 

@@ -10,15 +10,15 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from metasched.collect.adapters.slurm import squeue_command
 from metasched.collect.transport import LocalTransport, SSHTransport, command_name, open_transport
-from metasched.config import DestinationConfig, SSHSettings
 from metasched.domain.errors import TransportError
+from metasched.settings import DestinationConfig, SSHSettings
 from tests.infra.procs import free_port, wait_for
 from tests.infra.sshd import SSHServer, make_key
 

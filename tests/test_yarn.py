@@ -27,9 +27,9 @@ import pytest
 from metasched.collect.adapters import make_adapter
 from metasched.collect.adapters.yarn import YarnAdapter, parse_apps, parse_metrics, parse_nodes
 from metasched.collect.transport import open_transport
-from metasched.config import DestinationConfig, SSHSettings
 from metasched.domain.errors import ParseError, TransportError
 from metasched.domain.jobs import PENDING, RUNNING
+from metasched.settings import DestinationConfig, SSHSettings
 from tests.infra.sshd import SSHServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "yarn"

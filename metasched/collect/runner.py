@@ -27,10 +27,10 @@ from typing import IO, Any
 
 from metasched.collect.adapters import make_adapter
 from metasched.collect.transport import Transport, connection_key, open_transport
-from metasched.config import Config, DestinationConfig
 from metasched.domain.errors import CollectError, ExitCode, MetaschedError
 from metasched.domain.jobs import Snapshot
 from metasched.domain.ports import Adapter
+from metasched.settings import Config, DestinationConfig
 from metasched.store import Store
 from metasched.store.reconcile import ReconcileResult, reconcile
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from metasched.config import DestinationConfig
 from metasched.domain.errors import TransportError
+from metasched.settings import DestinationConfig
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _STDERR_TAIL = 300

@@ -15,7 +15,7 @@ from metasched.domain.errors import InputError
 from metasched.policy import active_policies, describe, recent_actions, set_policy
 
 if TYPE_CHECKING:
-    from metasched.config import Config
+    from metasched.settings import Config
     from metasched.store import Store
 
 _FIELDS = ("name", "group", "high_priority")

@@ -38,9 +38,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from metasched.config import Config, DestinationConfig
 from metasched.domain.errors import CollectError, MetaschedError
 from metasched.policy import ActivePolicy, active_policies, record_actions
+from metasched.settings import Config, DestinationConfig
 
 if TYPE_CHECKING:
     from metasched.collect.transport import Transport

@@ -13,21 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from metasched.domain.errors import ConfigError, InputError
 from metasched.rank.ledger import job_key, record
-from metasched.rank.model import (
-    Candidate,
-    Location,
-    Outcome,
-    Ranked,
-    Weights,
-    energy_on,
-    make_weights,
-    rank_candidates,
-)
+from metasched.rank.model import Candidate, Location, Outcome, Ranked, energy_on, rank_candidates
 from metasched.rank.request import RankRequest, parse_request
 from metasched.rank.state import StoredState, load_state, observe
+from metasched.settings.weights import Weights, make_weights
 
 if TYPE_CHECKING:
-    from metasched.config import Config
+    from metasched.settings import Config
     from metasched.store import Store
 
 __all__ = ["SCHEMA_VERSION", "rank", "rank_outcome", "response"]

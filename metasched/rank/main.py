@@ -90,10 +90,10 @@ def run(
         level = logging.DEBUG if verbose > 1 else logging.INFO
         logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
-        from metasched.config import database_url, load_config, resolve_config_path
         from metasched.rank import rank
         from metasched.rank.request import decode_request
         from metasched.rank.state import open_existing_store
+        from metasched.settings import database_url, load_config, resolve_config_path
 
         request_obj = decode_request(_read_request(request))
         cfg = load_config(resolve_config_path(config, env), env, read_secrets=False)

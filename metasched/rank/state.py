@@ -20,9 +20,9 @@ from metasched.rank.model import MB_PER_GB, Observed, StartEstimates, fmt_num
 from metasched.rank.request import NO_METRICS, DestinationRequest
 
 if TYPE_CHECKING:
-    from metasched.config import DestinationConfig
     from metasched.domain.destination import DestinationSummary, MetricRow, PlacementEntry, ToolTimes
     from metasched.domain.start_estimates import StartEstimate
+    from metasched.settings import DestinationConfig
     from metasched.store import Store
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from metasched.config import Config
 from metasched.serve.metrics import LoopStats
+from metasched.settings import Config
 from metasched.store import Store
 
 log = logging.getLogger("metasched.serve.collect")

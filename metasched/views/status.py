@@ -12,8 +12,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from metasched.config import Config
 from metasched.domain.destination import DestinationSummary
+from metasched.settings import Config
 from metasched.store import Store
 from metasched.store.reconcile import EMPTY, Calibration, calibration
 
@@ -155,6 +155,6 @@ def destination_detail(config: Config, store: Store, dest_id: str, now: datetime
 
 
 def _only(config: Config, dest_id: str) -> Config:
-    from dataclasses import replace
+    from msgspec.structs import replace
 
     return replace(config, destinations=tuple(d for d in config.destinations if d.id == dest_id))

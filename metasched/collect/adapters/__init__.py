@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from metasched.config import DestinationConfig
 from metasched.domain.errors import UnsupportedScheduler
 from metasched.domain.ports import Adapter
+from metasched.settings import DestinationConfig
 
 # scheduler name -> "module:ClassName"; each class is constructed with the DestinationConfig.
 ADAPTERS: dict[str, str] = {

@@ -20,10 +20,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from metasched.config import DestinationConfig
 from metasched.domain.errors import ParseError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
 from metasched.domain.ports import Runner
+from metasched.settings import DestinationConfig
 
 SLOT_ATTRIBUTES = (
     "Name",

@@ -43,10 +43,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from metasched.config import DestinationConfig
 from metasched.domain.errors import ParseError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, JobState, Node, Partition, Snapshot
 from metasched.domain.ports import Runner
+from metasched.settings import DestinationConfig
 
 SEP = "\x1f"
 ARRAY_EXPAND_LIMIT = 100_000

@@ -15,10 +15,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from metasched.config import DestinationConfig
 from metasched.domain.errors import ParseError
 from metasched.domain.jobs import OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
 from metasched.domain.ports import Runner
+from metasched.settings import DestinationConfig
 
 DEFAULT_URL = "http://localhost:8088"
 METRICS_PATH = "/ws/v1/cluster/metrics"
