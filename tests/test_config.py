@@ -16,14 +16,13 @@ from metasched.cli import app
 from metasched.domain.errors import ConfigError, ExitCode
 from metasched.settings import (
     SSHSettings,
-    check_config,
     database_url,
     default_database_url,
-    inspect_config,
     load_config,
     resolve_config_path,
     slug,
 )
+from metasched.settings.check import check_config, inspect_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "config"

@@ -3,7 +3,8 @@
 The schema is the Structs in ``models`` (sections) and ``assemble.ConfigFile`` (the whole file), built
 from the constrained types in ``types``. ``load_config`` decodes a file with msgspec and, when that
 fails, walks it (``walker``) to report every problem as ``FILE: key.path: message``. Kept free of
-heavy imports (``yaml``, ``msgspec`` and the standard library): ``rank`` loads the config on every call.
+heavy imports (``yaml``, ``msgspec`` and the standard library): ``rank`` loads the config on every call;
+``config check``'s extra checks are in ``metasched.settings.check``.
 """
 
 from metasched.settings.environment import (
@@ -16,12 +17,9 @@ from metasched.settings.environment import (
 from metasched.settings.loading import (
     DEFAULT_DESTINATION_ID,
     SYSTEM_CONFIG,
-    ConfigReport,
-    check_config,
     database_url,
     default_config,
     default_database_url,
-    inspect_config,
     load_config,
     resolve_config_path,
 )
@@ -65,7 +63,6 @@ __all__ = [
     "SYSTEM_CONFIG",
     "CollectSettings",
     "Config",
-    "ConfigReport",
     "DestinationConfig",
     "HostKeyPolicy",
     "InfluxSettings",
@@ -75,11 +72,9 @@ __all__ = [
     "SSHSettings",
     "SchedulerName",
     "ServeSettings",
-    "check_config",
     "database_url",
     "default_config",
     "default_database_url",
-    "inspect_config",
     "load_config",
     "resolve_config_path",
     "slug",

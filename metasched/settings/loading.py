@@ -1,4 +1,4 @@
-"""The entry points: which file, load it (every problem at once), check it, where the database is."""
+"""The entry points: which file, load it (every problem at once), where the database is."""
 
 from __future__ import annotations
 
@@ -6,17 +6,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import msgspec
-
-from metasched.domain.errors import ConfigError, InputError
+from metasched.domain.errors import ConfigError
 from metasched.settings.assemble import ConfigFile, assemble, resolve_serve
 from metasched.settings.document import read_document
 from metasched.settings.environment import ENV_LABEL, influx_from_env
-from metasched.settings.measurements import specs_from_overrides
 from metasched.settings.models import LOCAL_HOST, Config, DestinationConfig, ServeSettings, SSHSettings
 from metasched.settings.problems import describe, in_file_order, render
 from metasched.settings.walker import decode
-from metasched.settings.weights import make_weights
 
 SYSTEM_CONFIG = Path("/etc/metasched/config.yml")
 DEFAULT_DESTINATION_ID = "localhost"
@@ -84,43 +80,6 @@ def load_config(
     if problems or result.config is None:
         raise ConfigError(problems or [f"{label}: invalid configuration"])
     return result.config
-
-
-class ConfigReport(msgspec.Struct, frozen=True):
-    """What ``config check`` shows: the file checked, the config when usable, every problem."""
-
-    label: str  # the file, or "built-in default"
-    config: Config | None
-    problems: list[str]
-
-
-def inspect_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> ConfigReport:
-    """``load_config`` plus the checks of the values' meaning: rank weight names, metric overrides.
-
-    The other commands report those when they use the values.
-    """
-    label = str(path) if path is not None else "built-in default"
-    try:
-        config = load_config(path, env)
-    except ConfigError as exc:
-        return ConfigReport(label, None, list(exc.problems))
-    return ConfigReport(label, config, [f"{label}: {p}" for p in _meaning_problems(config)])
-
-
-def _meaning_problems(config: Config) -> list[str]:
-    problems: list[str] = []
-    try:
-        make_weights(("rank.weights", config.rank.weights))
-    except InputError as exc:
-        problems.append(str(exc))
-    if config.influxdb is not None:
-        problems.extend(specs_from_overrides(config.influxdb.measurements)[1])
-    return problems
-
-
-def check_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> list[str]:
-    """Every problem of a config file as ``FILE: key.path: message`` lines (empty when valid)."""
-    return inspect_config(path, env).problems
 
 
 def default_database_url(env: Mapping[str, str] | None = None) -> str:
