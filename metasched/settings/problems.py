@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 
 import msgspec.inspect as mi
 
+from metasched.settings.types import MAX_FLOAT
+
 PathPart = str | int
 KeyPath = tuple[PathPart, ...]
 _LATE = 1 << 40  # sorts after every position inside the anchor
@@ -116,7 +118,7 @@ def _expected(t: mi.Type) -> str:
             return f"must be an integer {lo}-{hi}"
         return f"must be an integer >= {lo}" if lo is not None else "must be an integer"
     if isinstance(t, mi.FloatType):
-        hi = t.le if t.le is not None and t.le < _FLOAT_MAX else None
+        hi = t.le if t.le is not None and t.le < MAX_FLOAT else None
         if t.gt == 0:
             return "must be a number > 0"
         if t.ge is not None and hi is not None:
@@ -132,6 +134,3 @@ def _expected(t: mi.Type) -> str:
     if isinstance(t, mi.ListType | mi.VarTupleType | mi.TupleType):
         return "must be a list"
     return "has the wrong type"
-
-
-_FLOAT_MAX = 1.7976931348623157e308
