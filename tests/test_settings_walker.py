@@ -133,3 +133,18 @@ def test_the_walk_agrees_with_msgspec_on_what_it_accepts() -> None:
     assert fast.problems == [] and fast.value == msgspec.convert(raw, ConfigFile)
     walked = decode({**raw, "database": None}, ConfigFile)  # null: msgspec refuses, the walk decodes
     assert walked.problems == [] and walked.value == fast.value
+
+
+def test_seed_indices_name_their_range(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.json"
+    path.write_text(
+        '{"cluster": {"policy": {"name": "shared", "high_priority": -1}, "nodes": [{"ip": "10.0.0.1"}],'
+        ' "schedulers": [{"name": "Slurm", "master": -1}, {"name": "SGE", "master": "x"}]}}'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert [p.removeprefix(f"{path}: ") for p in info.value.problems] == [
+        "cluster.schedulers[0].master: must be an index into cluster.nodes (0-0), got -1",
+        "cluster.schedulers[1].master: must be an index into cluster.nodes, got 'x'",
+        "cluster.policy.high_priority: must be an index into cluster.schedulers (0-1), got -1",
+    ]

@@ -117,7 +117,7 @@ def seed_cluster(
             problems.append(Problem((*sp, "name"), f"cannot make a destination id from {sched.name!r}"))
             continue
         master = nodes.get(sched.master)
-        if sched.master >= n_nodes:
+        if not 0 <= sched.master < n_nodes:
             message = f"must be an index into cluster.nodes (0-{n_nodes - 1}), got {describe(sched.master)}"
             problems.append(Problem((*sp, "master"), message))
         sched_ids[cast(int, sp[-1])] = dest_id
@@ -156,7 +156,7 @@ def _seed_policy(
     hp = policy.high_priority
     high: str | None = None
     if hp is not None:
-        if hp < len(sched_ids):
+        if 0 <= hp < len(sched_ids):
             high = sched_ids[hp]
         else:
             message = f"must be an index into cluster.schedulers (0-{len(sched_ids) - 1}), got {describe(hp)}"
