@@ -36,7 +36,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from metasched.app.collect import collect_all
-from metasched.config import CollectSettings, Config, DestinationConfig, SSHSettings
+from metasched.settings import CollectSettings, Config, DestinationConfig, SSHSettings
 from metasched.store import Store
 from tests.infra.sshd import SSHDFactory, SSHServer, make_base_dir
 

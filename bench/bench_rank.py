@@ -31,6 +31,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from msgspec.structs import replace
+
 from metasched.domain.destination import MetricRow
 from metasched.domain.jobs import PENDING, RUNNING, Job, Node, Snapshot
 from metasched.store import Store
@@ -126,11 +128,10 @@ def build_request(path: Path, n: int, job_id: int) -> None:
 def breakdown(db: Path, request: Path) -> str:
     """Where the time of one in-process ranking goes (ms), to see which part grows with destinations."""
     import gc
-    from dataclasses import replace
 
     from metasched.app.ranking import rank_outcome, response
-    from metasched.config import load_config
     from metasched.rank.request import decode_request, parse_request
+    from metasched.settings import load_config
 
     gc.disable()
     try:

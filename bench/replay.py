@@ -47,11 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from metasched.app.ranking import rank
-from metasched.config import Config, RankSettings, SSHSettings
 from metasched.domain.destination import MetricRow
 from metasched.domain.jobs import HELD, PENDING, RUNNING, Job, Node, Snapshot
 from metasched.rank.geo import haversine_km
-from metasched.rank.model import Weights
+from metasched.settings import Config, RankSettings, SSHSettings
+from metasched.settings.weights import Weights
 from metasched.store import Store
 from metasched.store.reconcile import reconcile
 

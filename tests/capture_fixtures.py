@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from metasched.config import DestinationConfig, SSHSettings
 from metasched.schedulers import node, slurm
+from metasched.settings import DestinationConfig, SSHSettings
 from metasched.transport.local import LocalTransport
 from tests.infra.slurm import (
     BACKFILL_PARAMS,

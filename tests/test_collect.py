@@ -21,17 +21,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from msgspec.structs import replace
 
 from metasched.app.collect import collect_all
 from metasched.app.lock import CollectAlreadyRunning, CollectLock, lock_path
-from metasched.config import Config, DestinationConfig, InfluxSettings, SSHSettings
+from metasched.settings import Config, DestinationConfig, InfluxSettings, SSHSettings
 from metasched.store import Store
 from tests.infra.procs import free_port
 from tests.infra.slurm import SlurmCluster
@@ -68,7 +68,7 @@ def bad_keys() -> Iterator[tuple[Path, Path]]:
 
 
 def config_of(db: Path, *dests: DestinationConfig, **collect: Any) -> Config:
-    from metasched.config import CollectSettings
+    from metasched.settings import CollectSettings
 
     return Config(
         path=None,

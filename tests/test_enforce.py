@@ -28,7 +28,6 @@ import pytest
 import yaml
 
 from metasched.app.collect import run_enforcement
-from metasched.config import load_config
 from metasched.domain.jobs import Snapshot
 from metasched.domain.ports import HostRunner, JobPids, NodeRunners, Runner
 from metasched.policy import recent_actions
@@ -36,6 +35,7 @@ from metasched.policy.enforce import PS_ARGV, Wiring, enforce, family, parse_ps
 from metasched.schedulers.registry import make_adapter
 from metasched.schedulers.sge import spool_dir
 from metasched.schedulers.slurm_pids import parse_listpids
+from metasched.settings import load_config
 from metasched.store import Store
 from metasched.transport import open_transport
 from tests.infra.procs import wait_for

@@ -63,7 +63,7 @@ COMMANDS = {
     "policy show": Command(("policy", "show"), "metasched.policy:active_policies"),
     "policy set": Command(("policy", "set", "exclusive"), "metasched.policy:set_policy"),
     "enforce": Command(("enforce", "--dry-run"), "metasched.policy.enforce:enforce"),
-    "config check": Command(("config", "check"), "metasched.config:inspect_config"),
+    "config check": Command(("config", "check"), "metasched.settings.check:inspect_config"),
 }
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from metasched.config import DestinationConfig, SSHSettings
 from metasched.domain.errors import ParseError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Node
 from metasched.schedulers.htcondor import (
@@ -27,6 +26,7 @@ from metasched.schedulers.htcondor import (
     parse_condor_status,
 )
 from metasched.schedulers.registry import make_adapter
+from metasched.settings import DestinationConfig, SSHSettings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "htcondor"
 

@@ -80,8 +80,8 @@ def valid_answer(result: dict[str, Any]) -> bool:
 def rank_worker(url: str, job_ids: list[str], barrier: Any, out: str) -> None:
     """One ``metasched rank`` per job id, in this process: open the store read-only, rank, close."""
     from metasched.app.ranking import rank
-    from metasched.config import load_config
     from metasched.rank.state import open_existing_store
+    from metasched.settings import load_config
 
     config = load_config(None, {}, read_secrets=False)
     results: list[dict[str, Any]] = []

@@ -11,18 +11,14 @@ from typing import Any
 
 import pytest
 
-from metasched.config import DestinationConfig, SSHSettings
 from metasched.domain.destination import DestinationSummary
 from metasched.metrics.influx1 import InfluxQueryError, build_query, result_points
-from metasched.metrics.measurements import (
+from metasched.metrics.measurements import Point, destination_names, escape_key, map_points, summary_line
+from metasched.settings import DestinationConfig, SSHSettings
+from metasched.settings.measurements import (
     DEFAULT_SPECS,
-    Point,
-    destination_names,
-    escape_key,
-    map_points,
     parse_duration,
     specs_from_overrides,
-    summary_line,
     summary_measurement,
 )
 

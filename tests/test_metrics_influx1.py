@@ -19,12 +19,13 @@ import pytest
 import yaml
 
 from metasched.app.metrics import pull_metrics, write_summary
-from metasched.config import Config, DestinationConfig, InfluxSettings, SSHSettings, load_config
 from metasched.domain.destination import DestinationSummary, MetricRow
 from metasched.domain.jobs import PENDING, RUNNING, Job, Node, Snapshot
 from metasched.metrics import fetch_metrics
 from metasched.metrics.influx1 import Influx1Client, InfluxError, quote_ident, ssl_context
-from metasched.metrics.measurements import DEFAULT_SPECS, escape_key, escape_measurement
+from metasched.metrics.measurements import escape_key
+from metasched.settings import Config, DestinationConfig, InfluxSettings, SSHSettings, load_config
+from metasched.settings.measurements import DEFAULT_SPECS, escape_measurement
 from metasched.store import Store
 from tests.infra.influx import InfluxServer
 from tests.infra.procs import free_port

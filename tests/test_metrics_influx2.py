@@ -19,12 +19,13 @@ from influxdb_client.client._base import _BaseQueryApi
 from influxdb_client.client.flux_csv_parser import FluxCsvParser, FluxSerializationMode
 
 from metasched.app.metrics import write_summary
-from metasched.config import Config, DestinationConfig, InfluxSettings, SSHSettings
 from metasched.domain.destination import MetricRow
 from metasched.domain.jobs import Node, Snapshot
 from metasched.metrics import InfluxError, fetch_metrics
 from metasched.metrics.influx2 import build_flux, tables_to_points
-from metasched.metrics.measurements import DEFAULT_SPECS, destination_names, map_points, specs_from_overrides
+from metasched.metrics.measurements import destination_names, map_points
+from metasched.settings import Config, DestinationConfig, InfluxSettings, SSHSettings
+from metasched.settings.measurements import DEFAULT_SPECS, specs_from_overrides
 from metasched.store import Store
 from tests.infra.procs import free_port
 

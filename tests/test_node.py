@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from metasched.config import DestinationConfig, SSHSettings
 from metasched.domain.errors import ParseError
 from metasched.schedulers.node import NodeAdapter, node_command, parse_node
 from metasched.schedulers.registry import make_adapter
+from metasched.settings import DestinationConfig, SSHSettings
 from metasched.transport.local import LocalTransport
 from metasched.transport.ssh import SSHTransport
 from tests.infra.sshd import SSHServer

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from metasched.config import PolicyConfig, load_config
 from metasched.policy import ActivePolicy, PolicyOverride, apply_override, weights
 from metasched.policy.ranking import DYNAMIC_MAX, DYNAMIC_MIN, Usage, adjust
 from metasched.rank.model import Outcome, Ranked
+from metasched.settings import PolicyConfig, load_config
 from metasched.store import Store
 from tests.test_rank_cli import metasched_cmd
 from tests.test_rank_scenarios import NOW, build_store, check_expectations, load_scenario

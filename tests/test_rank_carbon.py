@@ -22,13 +22,12 @@ from metasched.rank.model import (
     Candidate,
     JobSpec,
     Observed,
-    Weights,
     energy_cost,
     energy_kwh,
     energy_on,
-    make_weights,
     rank_candidates,
 )
+from metasched.settings.weights import Weights, make_weights
 from metasched.store import Store
 from tests.infra.influx import InfluxServer
 from tests.test_rank_cli import metasched_cmd

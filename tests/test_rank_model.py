@@ -12,18 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metasched.app.ranking import rank
-from metasched.config import Config, SSHSettings
 from metasched.rank.geo import haversine_km, transfer_s
-from metasched.rank.model import (
-    Candidate,
-    Dataset,
-    JobSpec,
-    Location,
-    Observed,
-    Weights,
-    rank_candidates,
-    state_wait,
-)
+from metasched.rank.model import Candidate, Dataset, JobSpec, Location, Observed, rank_candidates, state_wait
+from metasched.settings import Config, SSHSettings
+from metasched.settings.weights import Weights
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 EMPTY = Config(path=None, database=None, ssh=SSHSettings(), destinations=())

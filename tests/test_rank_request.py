@@ -193,7 +193,7 @@ def test_undecodable_requests(data: bytes, message: str) -> None:
 
 
 def test_weights_are_validated() -> None:
-    from metasched.rank.model import DEFAULT_WEIGHTS, make_weights
+    from metasched.settings.weights import DEFAULT_WEIGHTS, make_weights
 
     assert make_weights(("options.weights", {"tpv_weight": 0.5})).tpv_weight == 0.5
     assert set(DEFAULT_WEIGHTS) >= {"bandwidth_mb_s", "tpv_weight", "default_run_s"}

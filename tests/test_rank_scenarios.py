@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from metasched.config import Config, DestinationConfig, RankSettings, SSHSettings
 from metasched.domain.destination import MetricRow
 from metasched.domain.jobs import PENDING, RUNNING, Job, Node, Snapshot
+from metasched.settings import Config, DestinationConfig, RankSettings, SSHSettings
 from metasched.store import Store
 from metasched.store.galaxy import tool_key
 

@@ -9,8 +9,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from metasched.rank.model import DEFAULT_WEIGHTS
 from metasched.rank.request import METRIC_KEYS, OPTION_KEYS
+from metasched.settings.weights import DEFAULT_WEIGHTS
 from tests.test_rank_scenarios import SCENARIO_DIR, load_scenario, run_scenario
 
 SCHEMAS = Path(__file__).parents[1] / "metasched" / "schemas"

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from metasched.app.collect import collect_all
-from metasched.config import CollectSettings, Config, DestinationConfig, RankSettings, SSHSettings
 from metasched.domain.destination import PlacementEntry
 from metasched.domain.jobs import PENDING, RUNNING, Job, Node, Snapshot
+from metasched.settings import CollectSettings, Config, DestinationConfig, RankSettings, SSHSettings
 from metasched.store import Store
 from metasched.store.placements import record_placement
 from metasched.store.reconcile import (

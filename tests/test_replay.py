@@ -59,7 +59,7 @@ def test_background_load_is_the_same_for_every_policy(replay: ModuleType) -> Non
 
 def test_staging_law_is_not_the_models(replay: ModuleType) -> None:
     """The simulator's transfers follow their own constants: rank cannot know them from its defaults."""
-    from metasched.rank.model import Weights
+    from metasched.settings.weights import Weights
 
     w = Weights()
     assert w.halving_km != replay.SIM_HALVING_KM and replay.SIM_SETUP_S > 0

@@ -13,7 +13,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from metasched.cli.admin import parse_until
-from metasched.config import load_config
 from metasched.domain.destination import DestinationSummary
 from metasched.domain.errors import ConfigError, InputError
 from metasched.domain.jobs import RUNNING, Job, Node, Snapshot
@@ -21,6 +20,7 @@ from metasched.serve.auth import authorized
 from metasched.serve.cache import CachingStore
 from metasched.serve.metrics import LoopStats, RequestStats, render
 from metasched.serve.state import Overrides, apply_overrides
+from metasched.settings import load_config
 from metasched.store import Store
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from metasched.config import DestinationConfig, SGESettings, SSHSettings
 from metasched.domain.errors import ParseError, TransportError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job
 from metasched.schedulers.registry import make_adapter
@@ -27,6 +26,7 @@ from metasched.schedulers.sge import (
     parse_qstat_queues,
     parse_utc_offset,
 )
+from metasched.settings import DestinationConfig, SGESettings, SSHSettings
 from metasched.transport import open_transport
 from tests.infra.procs import free_port
 from tests.infra.sge import SGECluster

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from metasched.config import DestinationConfig, SSHSettings
 from metasched.domain.errors import ParseError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, Node
 from metasched.schedulers.registry import make_adapter
@@ -39,6 +38,7 @@ from metasched.schedulers.slurm import (
     sinfo_command,
     squeue_command,
 )
+from metasched.settings import DestinationConfig, SSHSettings
 from metasched.transport.local import LocalTransport
 from metasched.transport.ssh import SSHTransport
 from tests.infra.slurm import SlurmCluster

@@ -98,7 +98,7 @@ def test_collect_is_oneshot_on_a_jittered_timer_and_serve_restarts() -> None:
 
 def test_example_config_lines_for_credentials_load(tmp_path: Path) -> None:
     """The config docs/serve.md shows for systemd loads, with the key under $CREDENTIALS_DIRECTORY."""
-    from metasched.config import load_config
+    from metasched.settings import load_config
 
     creds = tmp_path / "credentials"
     creds.mkdir()

@@ -10,14 +10,14 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
-from metasched.config import DestinationConfig, SSHSettings
 from metasched.domain.errors import TransportError
 from metasched.schedulers.slurm import squeue_command
+from metasched.settings import DestinationConfig, SSHSettings
 from metasched.transport import open_transport
 from metasched.transport.base import command_name
 from metasched.transport.local import LocalTransport

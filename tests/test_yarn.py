@@ -24,11 +24,11 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from metasched.config import DestinationConfig, SSHSettings
 from metasched.domain.errors import ParseError, TransportError
 from metasched.domain.jobs import PENDING, RUNNING
 from metasched.schedulers.registry import make_adapter
 from metasched.schedulers.yarn import YarnAdapter, parse_apps, parse_metrics, parse_nodes
+from metasched.settings import DestinationConfig, SSHSettings
 from metasched.transport import open_transport
 from tests.infra.sshd import SSHServer
 

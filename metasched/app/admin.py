@@ -11,9 +11,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from metasched.config import Config
 from metasched.domain.errors import InputError
 from metasched.policy import active_policies, describe, recent_actions, set_policy
+from metasched.settings import Config
 from metasched.store import Store
 
 _FIELDS = ("name", "group", "high_priority")

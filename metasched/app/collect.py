@@ -24,12 +24,12 @@ from typing import Any
 
 from metasched.app.lock import CollectLock, lock_path
 from metasched.app.metrics import pull_metrics, write_summary
-from metasched.config import Config, DestinationConfig
 from metasched.domain.errors import CollectError, ExitCode
 from metasched.domain.jobs import Snapshot
 from metasched.domain.ports import Adapter
 from metasched.policy.enforce import Report, Wiring, enforce
 from metasched.schedulers.registry import make_adapter
+from metasched.settings import Config, DestinationConfig
 from metasched.store import Store
 from metasched.store.reconcile import ReconcileResult, reconcile
 from metasched.transport import connection_key, open_transport

@@ -6,7 +6,7 @@ import logging
 from datetime import datetime
 
 from metasched import metrics
-from metasched.config import Config
+from metasched.settings import Config
 from metasched.store import Store
 
 log = logging.getLogger("metasched.metrics")

@@ -12,22 +12,14 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from metasched.config import Config
 from metasched.domain.errors import ConfigError, InputError
 from metasched.policy.ranking import apply as apply_policies
 from metasched.rank.ledger import job_key, record
-from metasched.rank.model import (
-    Candidate,
-    Location,
-    Outcome,
-    Ranked,
-    Weights,
-    energy_on,
-    make_weights,
-    rank_candidates,
-)
+from metasched.rank.model import Candidate, Location, Outcome, Ranked, energy_on, rank_candidates
 from metasched.rank.request import RankRequest, parse_request
 from metasched.rank.state import StoredState, load_state, observe
+from metasched.settings import Config
+from metasched.settings.weights import Weights, make_weights
 from metasched.store import Store
 
 __all__ = ["SCHEMA_VERSION", "rank", "rank_outcome", "response"]

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from metasched.config import Config
+from msgspec.structs import replace
+
 from metasched.domain.destination import DestinationSummary
 from metasched.policy import active_policies, recent_actions
+from metasched.settings import Config
 from metasched.store import Store
 from metasched.store.reconcile import EMPTY, Calibration, calibration
 

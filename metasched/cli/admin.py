@@ -61,7 +61,7 @@ def _set(
     """Write the change; returns what to print. Unknown destinations are a usage error (exit 2)."""
     import os
 
-    from metasched.config import database_url, load_config, resolve_config_path
+    from metasched.settings import database_url, load_config, resolve_config_path
     from metasched.store import Store
 
     env = dict(os.environ)

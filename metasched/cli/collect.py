@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
 from typing import TYPE_CHECKING, Annotated
 
+import msgspec
 import typer
 
 from metasched.cli.common import (
@@ -23,7 +23,7 @@ from metasched.domain.errors import ConfigError
 
 if TYPE_CHECKING:  # the collect service loads when the command runs: other commands never pay for it
     from metasched.app.collect import CollectReport, DestinationResult
-    from metasched.config import Config
+    from metasched.settings import Config
     from metasched.store import Store
 
 OnlyOpt = Annotated[
@@ -87,7 +87,7 @@ def _select(cfg: Config, only: list[str] | None) -> Config:
     unknown = [i for i in only if i not in known]
     if unknown:
         raise ConfigError([f"--only: no destination {i!r} in the config" for i in unknown])
-    return dataclasses.replace(cfg, destinations=tuple(d for d in cfg.destinations if d.id in only))
+    return msgspec.structs.replace(cfg, destinations=tuple(d for d in cfg.destinations if d.id in only))
 
 
 def _print_line(r: DestinationResult) -> None:

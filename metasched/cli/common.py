@@ -12,7 +12,7 @@ import typer
 from metasched.cli.report import report
 
 if TYPE_CHECKING:
-    from metasched.config import Config
+    from metasched.settings import Config
     from metasched.store import Store
 
 ConfigOpt = Annotated[
@@ -54,7 +54,7 @@ def open_context(config_path: Path | None, database: str | None) -> tuple[Config
     """Load the config (explicit, env, systemd, /etc, or the built-in local default) and open its store."""
     import os
 
-    from metasched.config import database_url, load_config, resolve_config_path
+    from metasched.settings import database_url, load_config, resolve_config_path
     from metasched.store import Store
 
     env = dict(os.environ)

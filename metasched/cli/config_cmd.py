@@ -23,7 +23,8 @@ def check(
     Exit 0 when the file is usable, 2 when it is not. Without --config the same file the other
     commands would use is checked (or the built-in default when there is none).
     """
-    from metasched.config import database_url, inspect_config, resolve_config_path
+    from metasched.settings import database_url, resolve_config_path
+    from metasched.settings.check import inspect_config
 
     setup_logging(verbose)
     env = dict(os.environ)

@@ -21,10 +21,10 @@ from typing import Any
 
 from metasched.app.ranking import rank
 from metasched.cli.report import report
-from metasched.config import database_url, load_config, resolve_config_path
 from metasched.domain.errors import InputError
 from metasched.rank.request import MAX_REQUEST_BYTES, decode_request
 from metasched.rank.state import open_existing_store
+from metasched.settings import database_url, load_config, resolve_config_path
 
 _VALUED: Mapping[str, str] = MappingProxyType(
     {"--request": "request", "-r": "request", "--config": "config", "-c": "config", "--database": "database"}

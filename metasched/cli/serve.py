@@ -79,9 +79,9 @@ def serve(
     if database is not None and database_file is not None:
         fail(_usage("give --database or --database-file, not both"))
     try:
-        from metasched.config import database_url, load_config, resolve_config_path
         from metasched.serve.cache import CachingStore
         from metasched.serve.state import Overrides, ServeState, apply_overrides
+        from metasched.settings import database_url, load_config, resolve_config_path
 
         env = dict(os.environ)
         path = resolve_config_path(config, env)

@@ -25,7 +25,7 @@ from metasched.domain.errors import InputError
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from metasched.config import Config
+    from metasched.settings import Config
     from metasched.store import Store
 
 HEADERS = (

@@ -14,17 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from metasched.config import Config, InfluxSettings
 from metasched.domain.destination import DestinationSummary, MetricRow
 from metasched.metrics.influx1 import Influx1Client, InfluxError, InfluxServerError
-from metasched.metrics.measurements import (
+from metasched.metrics.measurements import Point, destination_names, map_points, summary_line
+from metasched.settings import Config, InfluxSettings
+from metasched.settings.measurements import (
     MeasurementSpec,
-    Point,
-    destination_names,
-    map_points,
     parse_duration,
     specs_from_overrides,
-    summary_line,
     summary_measurement,
 )
 

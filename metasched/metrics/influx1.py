@@ -19,7 +19,8 @@ from datetime import datetime
 from typing import Any
 
 from metasched.domain.errors import MetaschedError
-from metasched.metrics.measurements import FieldValue, MeasurementSpec, Point
+from metasched.metrics.measurements import FieldValue, Point
+from metasched.settings.measurements import MeasurementSpec
 
 
 class InfluxError(MetaschedError):

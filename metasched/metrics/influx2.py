@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Any, cast
 
 from metasched.metrics.influx1 import InfluxQueryError, InfluxServerError
-from metasched.metrics.measurements import FieldValue, MeasurementSpec, Point
+from metasched.metrics.measurements import FieldValue, Point
+from metasched.settings.measurements import MeasurementSpec
 
 # Group-key columns of a Flux table that are not tags.
 _NOT_TAGS = {"_start", "_stop", "_measurement", "_field", "result", "table"}

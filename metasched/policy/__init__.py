@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from metasched.config import POLICY_NAMES, Config, PolicyConfig
+from msgspec.structs import replace
+
 from metasched.domain.errors import InputError
+from metasched.settings import POLICY_NAMES, Config, PolicyConfig
 
 if TYPE_CHECKING:
     from metasched.store import Store

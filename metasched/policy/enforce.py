@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from metasched.config import Config, DestinationConfig
 from metasched.domain.errors import MetaschedError
 from metasched.domain.ports import Adapter, HostRunner, JobPids, JobProcesses
 from metasched.policy import ActivePolicy, active_policies, record_actions
+from metasched.settings import Config, DestinationConfig
 from metasched.store import Store
 
 log = logging.getLogger("metasched.enforce")

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 from metasched.policy import ActivePolicy, active_policies, weights
 
 if TYPE_CHECKING:
-    from metasched.config import Config
     from metasched.domain.destination import DestinationSummary
     from metasched.rank.model import Outcome, Ranked
+    from metasched.settings import Config
     from metasched.store import Store
 
 log = logging.getLogger("metasched.policy")

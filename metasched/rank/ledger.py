@@ -16,7 +16,7 @@ from metasched.rank.model import Outcome
 from metasched.rank.request import RankRequest
 
 if TYPE_CHECKING:
-    from metasched.config import Config
+    from metasched.settings import Config
     from metasched.store import Store
 
 log = logging.getLogger(__name__)

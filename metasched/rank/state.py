@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
-from metasched.config import DestinationConfig
 from metasched.domain.destination import DestinationSummary, MetricRow, PlacementEntry, ToolTimes
 from metasched.domain.start_estimates import StartEstimate
 from metasched.rank.model import MB_PER_GB, Observed, StartEstimates, fmt_num
 from metasched.rank.request import NO_METRICS, DestinationRequest
+from metasched.settings import DestinationConfig
 from metasched.store import Store
 from metasched.store.galaxy import versionless
 from metasched.store.placements import inflight_placements

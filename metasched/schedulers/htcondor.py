@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from metasched.config import DestinationConfig
 from metasched.domain.errors import CollectError, ParseError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
 from metasched.domain.ports import HostRunner, JobPids, NodeRunners, Runner
+from metasched.settings import DestinationConfig
 
 SLOT_ATTRIBUTES = (
     "Name",

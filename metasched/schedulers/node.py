@@ -12,10 +12,10 @@ MemAvailable (what new work can get without swapping), not MemFree.
 
 from __future__ import annotations
 
-from metasched.config import DestinationConfig
 from metasched.domain.errors import ParseError
 from metasched.domain.jobs import Node, Snapshot
 from metasched.domain.ports import Runner
+from metasched.settings import DestinationConfig
 
 SCRIPT = "uname -n && getconf _NPROCESSORS_ONLN && cat /proc/loadavg /proc/meminfo"
 

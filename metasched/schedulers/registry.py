@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from metasched.config import DestinationConfig
 from metasched.domain.errors import UnsupportedScheduler
 from metasched.domain.ports import Adapter
 from metasched.schedulers.htcondor import HTCondorAdapter
@@ -12,6 +11,7 @@ from metasched.schedulers.node import NodeAdapter
 from metasched.schedulers.sge import SGEAdapter
 from metasched.schedulers.slurm import SlurmAdapter
 from metasched.schedulers.yarn import YarnAdapter
+from metasched.settings import DestinationConfig
 
 # scheduler name -> adapter class, constructed with the DestinationConfig
 ADAPTERS: Mapping[str, Callable[[DestinationConfig], Adapter]] = {

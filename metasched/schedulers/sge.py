@@ -18,10 +18,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 
-from metasched.config import DestinationConfig
 from metasched.domain.errors import CollectError, ParseError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, JobState, Node, Partition, Snapshot
 from metasched.domain.ports import HostRunner, JobPids, NodeRunners, Runner
+from metasched.settings import DestinationConfig
 
 QSTAT_JOBS_ARGS = ("-xml", "-r", "-u", "*")
 QSTAT_QUEUES_ARGS = ("-f", "-xml")

@@ -43,11 +43,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from metasched.config import DestinationConfig
 from metasched.domain.errors import ParseError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, JobState, Node, Partition, Snapshot
 from metasched.domain.ports import HostRunner, NodeRunners, Runner
 from metasched.schedulers import slurm_pids
+from metasched.settings import DestinationConfig
 
 SEP = "\x1f"
 ARRAY_EXPAND_LIMIT = 100_000

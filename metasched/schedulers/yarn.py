@@ -16,10 +16,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from metasched.config import DestinationConfig
 from metasched.domain.errors import MetaschedError, ParseError
 from metasched.domain.jobs import OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
 from metasched.domain.ports import HostRunner, JobPids, NodeRunners, Runner
+from metasched.settings import DestinationConfig
 
 DEFAULT_URL = "http://localhost:8088"
 # yarn.nodemanager.local-dirs defaults to ${hadoop.tmp.dir}/nm-local-dir, hadoop.tmp.dir to

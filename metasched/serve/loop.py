@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 
 from metasched.app.collect import collect_all
 from metasched.app.lock import CollectAlreadyRunning
-from metasched.config import Config
 from metasched.serve.metrics import LoopStats
+from metasched.settings import Config
 from metasched.store import Store
 
 log = logging.getLogger("metasched.serve.collect")

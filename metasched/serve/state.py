@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Mapping
@@ -10,10 +9,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from metasched.config import Config, SSHSettings, load_config
+import msgspec
+
 from metasched.domain.errors import ConfigError
 from metasched.serve.loop import CollectLoop
 from metasched.serve.metrics import LoopStats, RequestStats, RunTally
+from metasched.settings import Config, SSHSettings, load_config
 from metasched.store import Store
 
 log = logging.getLogger("metasched.serve")
@@ -50,17 +51,17 @@ def apply_overrides(config: Config, o: Overrides) -> Config:
         )
 
     if o.ssh_user is not None or o.ssh_key_file is not None:
-        config = dataclasses.replace(
+        config = msgspec.structs.replace(
             config,
             ssh=ssh(config.ssh),
-            destinations=tuple(dataclasses.replace(d, ssh=ssh(d.ssh)) for d in config.destinations),
+            destinations=tuple(msgspec.structs.replace(d, ssh=ssh(d.ssh)) for d in config.destinations),
         )
     serve = config.serve
     if o.host is not None:
-        serve = dataclasses.replace(serve, host=o.host)
+        serve = msgspec.structs.replace(serve, host=o.host)
     if o.port is not None:
-        serve = dataclasses.replace(serve, port=o.port)
-    return dataclasses.replace(config, serve=serve)
+        serve = msgspec.structs.replace(serve, port=o.port)
+    return msgspec.structs.replace(config, serve=serve)
 
 
 class ServeState:

@@ -6,7 +6,7 @@ one login. Both transports implement ``domain.ports.HostRunner``.
 
 from __future__ import annotations
 
-from metasched.config import DestinationConfig
+from metasched.settings import DestinationConfig
 from metasched.transport.base import Transport
 from metasched.transport.local import LocalTransport
 from metasched.transport.ssh import SSHTransport

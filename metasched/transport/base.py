@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from metasched.config import DestinationConfig
 from metasched.domain.errors import TransportError
+from metasched.settings import DestinationConfig
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _STDERR_TAIL = 300

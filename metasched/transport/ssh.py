@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metasched.config import DestinationConfig
 from metasched.domain.errors import TransportError
+from metasched.settings import DestinationConfig
 from metasched.transport.base import Transport, build_command, command_name, fmt_seconds, one_line, shown
 
 _CHUNK = 65536

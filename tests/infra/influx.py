@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from metasched.config import InfluxSettings
+from metasched.settings import InfluxSettings
 from tests.infra.procs import free_port, start, stop, wait_for
 
 ADMIN_USER = "admin"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from metasched.config import SGESettings
+from metasched.settings import SGESettings
 from tests.infra.procs import free_port, start, stop, wait_for
 
 SGE_SHARE = Path("/usr/share/gridengine")

@@ -8,7 +8,6 @@ so ``bench/bench_fanout.py`` starts servers the same way the fixtures do.
 
 from __future__ import annotations
 
-import dataclasses
 import pwd
 import shutil
 import subprocess
@@ -19,14 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from metasched.config import DestinationConfig, SchedulerName, SSHSettings
+from metasched.settings import DestinationConfig, SchedulerName, SSHSettings
 from tests.infra.procs import free_port, stop, wait_for
 
 SSHD = "/usr/sbin/sshd"
 TEST_USER = "mstest"
-_SSH_FIELDS = {f.name for f in dataclasses.fields(SSHSettings)}
+_SSH_FIELDS = {f.name for f in msgspec.structs.fields(SSHSettings)}
 
 
 def ensure_user(name: str = TEST_USER) -> Path:
@@ -88,7 +88,7 @@ class SSHServer:
             connect_timeout=5.0,
             command_timeout=15.0,
         )
-        return dataclasses.replace(base, **overrides)
+        return msgspec.structs.replace(base, **overrides)
 
     def destination(
         self, id: str, scheduler: SchedulerName, env: dict[str, str] | None = None, **kw: Any
