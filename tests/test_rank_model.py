@@ -200,7 +200,7 @@ def test_ranking_is_deterministic(req: dict[str, Any]) -> None:
 def test_sqlite_path_reads_urls_like_the_store() -> None:
     from pathlib import Path
 
-    from metasched.store.url import sqlite_path
+    from metasched.settings.database_url import sqlite_path
 
     assert sqlite_path("x.db") == Path("x.db")
     assert sqlite_path("sqlite:///rel/x.db") == Path("rel/x.db")

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import IO
 
 from metasched.domain.errors import ExitCode, MetaschedError
+from metasched.settings.database_url import sqlite_path
 
 LOCK_POLL_S = 0.1
 
@@ -37,14 +38,9 @@ def lock_path(db_url: str, env: Mapping[str, str] | None = None) -> Path:
     (each snapshot is one transaction) but may do duplicate work.
     """
     env = os.environ if env is None else env
-    scheme, sep, rest = db_url.partition("://")
-    file: str | None = None
-    if not sep:
-        file = db_url
-    elif scheme.lower() == "sqlite" and rest.startswith("/"):
-        file = rest[1:]
-    if file and file != ":memory:" and not file.startswith("file:"):
-        return Path(file).expanduser().with_name(Path(file).name + ".collect.lock")
+    file = sqlite_path(db_url)
+    if file is not None and file.name != ":memory:" and not str(file).startswith("file:"):
+        return file.with_name(file.name + ".collect.lock")
     runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0] or env.get("XDG_RUNTIME_DIR") or "/tmp"
     digest = hashlib.sha256(db_url.encode()).hexdigest()[:16]
     return Path(runtime) / f"metasched-collect-{digest}.lock"

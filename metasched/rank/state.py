@@ -19,10 +19,10 @@ from metasched.domain.start_estimates import StartEstimate
 from metasched.rank.model import MB_PER_GB, Observed, StartEstimates, fmt_num
 from metasched.rank.request import NO_METRICS, DestinationRequest
 from metasched.settings import DestinationConfig
+from metasched.settings.database_url import sqlite_path
 from metasched.store import Store
 from metasched.store.galaxy import versionless
 from metasched.store.placements import inflight_placements
-from metasched.store.url import sqlite_path
 
 log = logging.getLogger(__name__)
 

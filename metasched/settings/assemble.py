@@ -14,6 +14,8 @@ from typing import Any
 import msgspec
 from msgspec.structs import replace
 
+from metasched.domain.errors import ConfigError
+from metasched.settings.database_url import parse_url
 from metasched.settings.environment import (
     CREDENTIAL_PASSWORD,
     CREDENTIAL_SERVE_TOKEN,
@@ -119,24 +121,22 @@ def assemble(d: Decoded[ConfigFile], path: Path, env: Mapping[str, str], read_se
 def _database(
     value: str | None, base_dir: Path, env: Mapping[str, str], problems: list[Problem]
 ) -> str | None:
+    """The store URL, a relative SQLite file made relative to the config file (as every path is)."""
     if value is None:
+        return None
+    try:
+        url = parse_url(value)
+    except ConfigError as exc:
+        problems.append(Problem(("database",), str(exc).removeprefix("database: ")))
         return None
     if "://" not in value:
         return local_path(value, base_dir, env)
-    scheme, _, rest = value.partition("://")
-    if scheme == "sqlite":
-        db_path = rest[1:] if rest.startswith("/") else None
-        if not db_path:
-            problems.append(Problem(("database",), f"sqlite URLs look like sqlite:///path, got {value!r}"))
-            return None
-        if db_path != ":memory:" and not db_path.startswith("/") and "?" not in db_path:
-            return local_path(db_path, base_dir, env)  # relative to the config file, as a plain path
+    if url.sqlite_file is None:  # PostgreSQL
         return value
-    if scheme in ("postgresql", "postgres"):
+    file = value.partition("://")[2][1:]
+    if file == ":memory:" or file.startswith("/") or "?" in file:
         return value
-    message = f"must be a path, sqlite:///path or postgresql://user@host/db, got {value!r}"
-    problems.append(Problem(("database",), message))
-    return None
+    return local_path(file, base_dir, env)
 
 
 def _resolve_ssh(base: SSHSettings, given: Any, base_dir: Path, env: Mapping[str, str]) -> SSHSettings:

@@ -14,11 +14,11 @@ from typing import Any
 import peewee
 
 from metasched.domain.errors import ConfigError
+from metasched.settings.database_url import DatabaseURL, parse_url
 from metasched.store import models
 from metasched.store.database import Database, one_line
 from metasched.store.kv import get_setting, put_setting
 from metasched.store.models import SCHEMA_VERSION
-from metasched.store.url import DatabaseURL, parse_url
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""The one parse of a database URL: a path, ``sqlite:///relative``, ``sqlite:////absolute`` or
-``postgresql://user[:password]@host[:port]/db[?libpq options]``.
+"""The one parse of a database URL, used by config check, the store and the collect lock: a path,
+``sqlite:///relative``, ``sqlite:////absolute`` or ``postgresql://user[:password]@host[:port]/db[?options]``.
 
 ``playhouse.db_url`` does not fit: it knows no plain paths, imports every playhouse driver (rank's
 start-up pays for them), turns query values into numbers and has no password-free form for messages.
@@ -32,17 +32,11 @@ def parse_url(url: str) -> DatabaseURL:
     scheme = scheme.lower()
     if scheme == "sqlite":
         if not rest.startswith("/") or len(rest) < 2:
-            raise ConfigError(
-                [f"database: {url!r}: use sqlite:///relative/path, sqlite:////absolute/path or a plain path"]
-            )
+            raise ConfigError([f"database: sqlite URLs look like sqlite:///path, got {url!r}"])
         return DatabaseURL(url, sqlite_file=Path(rest[1:]).expanduser())
     if scheme in ("postgresql", "postgres"):
         return DatabaseURL(redact(url), postgres=_postgres_params(url))
-    raise ConfigError(
-        [
-            f"database: unsupported URL scheme {scheme!r} (use a path, sqlite:///path or postgresql://user@host/db)"
-        ]
-    )
+    raise ConfigError([f"database: must be a path, sqlite:///path or postgresql://user@host/db, got {url!r}"])
 
 
 def sqlite_path(url: str) -> Path | None:

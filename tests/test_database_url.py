@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from metasched.domain.errors import ConfigError
-from metasched.store.url import parse_url, redact, sqlite_path
+from metasched.settings.database_url import parse_url, redact, sqlite_path
 
 
 def test_sqlite_forms() -> None:
