@@ -16,15 +16,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from msgspec.structs import replace
 
 from metasched.domain.errors import InputError
 from metasched.settings import POLICY_NAMES, Config, PolicyConfig
-
-if TYPE_CHECKING:
-    from metasched.store import Store
+from metasched.store import Store
 
 log = logging.getLogger("metasched.policy")
 

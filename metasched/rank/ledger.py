@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING
 
+from metasched.domain.destination import PlacementEntry
 from metasched.rank.model import Outcome
 from metasched.rank.request import RankRequest
-
-if TYPE_CHECKING:
-    from metasched.settings import Config
-    from metasched.store import Store
+from metasched.settings import Config
+from metasched.store import Store
+from metasched.store.placements import record_placement
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +45,6 @@ def record(
         return f"placement of job {job_id} not recorded: no feasible destination"
     if store is None:
         return f"placement of job {job_id} not recorded: no state store to write to"
-    from metasched.domain.destination import PlacementEntry
-    from metasched.store.placements import record_placement
-
     job = req.job
     entry = PlacementEntry(
         job_id,
