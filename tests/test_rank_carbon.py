@@ -19,17 +19,9 @@ import pytest
 import yaml
 
 from metasched.domain.errors import InputError
-from metasched.rank.model import (
-    Candidate,
-    JobSpec,
-    Observed,
-    Weights,
-    energy_cost,
-    energy_kwh,
-    energy_on,
-    make_weights,
-    rank_candidates,
-)
+from metasched.rank.energy import energy_cost, energy_kwh, energy_on
+from metasched.rank.model import Candidate, JobSpec, Observed, Weights, make_weights
+from metasched.rank.score import rank_candidates
 from metasched.store import Store
 from tests.infra.influx import InfluxServer
 from tests.test_rank_cli import metasched_cmd

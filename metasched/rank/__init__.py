@@ -12,18 +12,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from metasched.domain.errors import ConfigError, InputError
+from metasched.rank.energy import energy_on
 from metasched.rank.ledger import job_key, record
-from metasched.rank.model import (
-    Candidate,
-    Location,
-    Outcome,
-    Ranked,
-    Weights,
-    energy_on,
-    make_weights,
-    rank_candidates,
-)
+from metasched.rank.model import Candidate, Location, Outcome, Ranked, Weights, make_weights
 from metasched.rank.request import RankRequest, parse_request, parse_request_bytes
+from metasched.rank.score import rank_candidates
 from metasched.rank.state import StoredState, load_state, observe
 
 if TYPE_CHECKING:
