@@ -303,19 +303,22 @@ def _metrics(m: MetricsIn, path: str) -> InlineMetrics:
     )
 
 
-def _destination(d: DestinationIn, index: int, path: str) -> DestinationRequest:
-    """The model's view of one destination; only what the Structs cannot say is checked here."""
-    ctx = d.context
-    location = (
-        None if d.latitude is None and d.longitude is None else _location(d.latitude, d.longitude, path)
-    )
+def _destination(d: DestinationIn, index: int, key: str) -> DestinationRequest:
+    """The model's view of ``key[index]``; only what the Structs cannot say is checked here. Runs per
+    destination per request: the common shapes (coordinates given, nothing inline) take no detour."""
+    lat, lon = d.latitude, d.longitude
+    if lat is not None and lon is not None:
+        location: Location | None = Location(lat, lon)
+    else:
+        location = _location(lat, lon, f"{key}[{index}]")
     store = d.object_store_id
+    ctx = d.context
     if ctx is not None:
         if location is None:
-            location = _location(ctx.latitude, ctx.longitude, f"{path}.context")
+            location = _location(ctx.latitude, ctx.longitude, f"{key}[{index}].context")
         if store is None:
             store = ctx.object_store_id
-    metrics = NO_METRICS if d.metrics is None else _metrics(d.metrics, f"{path}.metrics")
+    metrics = NO_METRICS if d.metrics is None else _metrics(d.metrics, f"{key}[{index}].metrics")
     queued, running = d.queued_job_count, d.running_job_count
     if queued is not None and metrics.queued is None:
         metrics = replace(metrics, queued=queued)
@@ -339,10 +342,10 @@ def _destinations(items: Iterable[DestinationIn], key: str) -> tuple[Destination
     out: list[DestinationRequest] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
-        dest = _destination(item, i, f"{key}[{i}]")
-        if dest.id in seen:
-            raise InputError(f"{key}[{i}].id: duplicate of {key}[{seen[dest.id]}].id")
-        seen[dest.id] = i
+        dest = _destination(item, i, key)
+        first = seen.setdefault(dest.id, i)
+        if first != i:
+            raise InputError(f"{key}[{i}].id: duplicate of {key}[{first}].id")
         out.append(dest)
     return tuple(out)
 
