@@ -1,5 +1,5 @@
-"""The JSON Schemas in metasched/schemas describe what the code accepts and produces; the request's is
-generated from its Structs (metasched.rank.schema) and must be committed as generated."""
+"""The JSON Schemas in metasched/schemas describe what the code accepts and produces; both are generated
+from the contract's Structs (metasched.rank.schema) and must be committed as generated."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import msgspec
 import pytest
 
+from metasched.rank.answer import RankResponseOut
 from metasched.rank.model import DEFAULT_WEIGHTS
 from metasched.rank.request import METRIC_KEYS, OPTION_KEYS
 from metasched.rank.schema import main as schema_main
@@ -25,10 +27,16 @@ def schema(name: str) -> dict[str, Any]:
     return data
 
 
-def test_committed_request_schema_is_the_generated_one() -> None:
+@pytest.mark.parametrize("name", ["rank-request.json", "rank-response.json"])
+def test_committed_schemas_are_the_generated_ones(name: str) -> None:
     """Regenerate with `python -m metasched.rank.schema` after changing metasched/rank/wire.py."""
-    assert (SCHEMAS / "rank-request.json").read_text() == render()
+    assert (SCHEMAS / name).read_text() == render(name)
+
+
+def test_schema_check_fails_on_a_stale_file(monkeypatch: pytest.MonkeyPatch) -> None:
     assert schema_main(["--check"]) == 0
+    monkeypatch.setattr("metasched.rank.schema.render", lambda name: "{}\n")
+    assert schema_main(["--check"]) == 1
 
 
 def test_schema_lists_match_the_code() -> None:
@@ -74,4 +82,6 @@ def test_request_schema_accepts_unknown_top_level_and_tpv_keys() -> None:
 @pytest.mark.parametrize("path", sorted(SCENARIO_DIR.glob("*.yml")), ids=lambda p: p.stem)
 def test_scenarios_match_both_schemas(path: Path, tmp_path: Path) -> None:
     jsonschema.Draft202012Validator(schema("rank-request.json")).validate(load_scenario(path)["request"])
-    jsonschema.Draft202012Validator(schema("rank-response.json")).validate(run_scenario(path, tmp_path))
+    answer = run_scenario(path, tmp_path)
+    jsonschema.Draft202012Validator(schema("rank-response.json")).validate(answer)
+    msgspec.convert(answer, RankResponseOut)  # the Structs the response schema is generated from

@@ -1,11 +1,12 @@
-"""metasched/schemas/rank-request.json, generated from the request's Structs (metasched.rank.wire).
+"""metasched/schemas/rank-{request,response}.json, generated from the Structs (rank.wire, rank.answer).
 
-    python -m metasched.rank.schema          # rewrite the committed file
-    python -m metasched.rank.schema --check  # exit 1 when it differs from what the Structs say
+    python -m metasched.rank.schema          # rewrite the committed files
+    python -m metasched.rank.schema --check  # exit 1 when one differs from what the Structs say
 
-tests/test_rank_schema.py fails when the committed schema and the generated one differ. msgspec
-writes each Struct as a ``$defs`` entry; only what Structs cannot say is added here: the root's
-identity and that one name of the job and of the destinations section is required.
+tests/test_rank_schema.py fails when a committed schema and the generated one differ. msgspec
+writes each Struct as a ``$defs`` entry; only what Structs cannot say is added here: the roots'
+identity, that one name of the job and of the destinations section is required, and which energy
+components come together.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any
 
 import msgspec
 
+from metasched.rank.answer import ComponentsOut, RankResponseOut
 from metasched.rank.wire import RankRequestIn
 
-REQUEST_FILE = "rank-request.json"
-SCHEMA_ID = "https://github.com/metasched/metasched/schemas/rank-request.json"
+BASE_ID = "https://github.com/metasched/metasched/schemas/"
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 
@@ -33,46 +34,61 @@ def _one_line(node: Any) -> Any:
     return node
 
 
-def request_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of a rank request."""
-    generated = msgspec.json.schema(RankRequestIn)
-    defs: dict[str, Any] = generated["$defs"]
-    root = defs.pop(RankRequestIn.__name__)
-    root.pop("required", None)  # every section is optional to msgspec; allOf below says which are not
+def _rooted(kind: type, file: str, title: str, **extra: Any) -> dict[str, Any]:
+    """msgspec's schema of ``kind`` with its own definition as the root, named ``title``."""
+    defs: dict[str, Any] = msgspec.json.schema(kind)["$defs"]
+    root = defs.pop(kind.__name__)
     root.pop("title", None)
-    schema = {
-        "$schema": DRAFT,
-        "$id": SCHEMA_ID,
-        "title": "metasched rank request",
-        **root,
-        "allOf": [
-            {"oneOf": [{"required": ["job"]}, {"required": ["job_info"]}, {"required": ["static_job_info"]}]},
-            {"oneOf": [{"required": ["destinations"]}, {"required": ["current_dest_info"]}]},
-        ],
-        "$defs": defs,
-    }
+    schema = {"$schema": DRAFT, "$id": BASE_ID + file, "title": title, **root, **extra}
+    if defs:
+        schema["$defs"] = defs
     return dict(_one_line(schema))
 
 
-def render() -> str:
-    return json.dumps(request_schema(), indent=2, ensure_ascii=False) + "\n"
+def request_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a rank request."""
+    schema = _rooted(
+        RankRequestIn,
+        "rank-request.json",
+        "metasched rank request",
+        allOf=[
+            {"oneOf": [{"required": ["job"]}, {"required": ["job_info"]}, {"required": ["static_job_info"]}]},
+            {"oneOf": [{"required": ["destinations"]}, {"required": ["current_dest_info"]}]},
+        ],
+    )
+    schema.pop("required", None)  # every section is optional to msgspec; allOf says which are not
+    return schema
 
 
-def committed() -> str:
-    return files("metasched").joinpath("schemas", REQUEST_FILE).read_text(encoding="utf-8")
+def response_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of rank's answer."""
+    schema = _rooted(RankResponseOut, "rank-response.json", "metasched rank response")
+    schema["$defs"][ComponentsOut.__name__]["dependentRequired"] = {
+        "carbon_s": ["energy_kwh", "carbon_g_per_kwh", "co2_g"],
+        "price_s": ["energy_kwh", "price_eur_per_mwh", "price_eur"],
+    }
+    return schema
+
+
+SCHEMAS = {"rank-request.json": request_schema, "rank-response.json": response_schema}
+
+
+def render(file: str) -> str:
+    return json.dumps(SCHEMAS[file](), indent=2, ensure_ascii=False) + "\n"
 
 
 def main(argv: list[str]) -> int:
-    text = render()
-    if "--check" in argv:
-        if committed() != text:
-            sys.stderr.write(f"metasched/schemas/{REQUEST_FILE}: differs from the Structs; regenerate it\n")
-            return 1
-        return 0
-    path = files("metasched").joinpath("schemas", REQUEST_FILE)
-    with open(str(path), "w", encoding="utf-8") as fh:
-        fh.write(text)
-    return 0
+    status = 0
+    for file in SCHEMAS:
+        path = files("metasched").joinpath("schemas", file)
+        text = render(file)
+        if "--check" not in argv:
+            with open(str(path), "w", encoding="utf-8") as fh:
+                fh.write(text)
+        elif path.read_text(encoding="utf-8") != text:
+            sys.stderr.write(f"metasched/schemas/{file}: differs from the Structs; regenerate it\n")
+            status = 1
+    return status
 
 
 if __name__ == "__main__":

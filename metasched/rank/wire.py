@@ -2,8 +2,9 @@
 
 These types are the contract: msgspec validates a request against them in C (straight from the bytes
 on serve's hot path), and metasched/schemas/rank-request.json is generated from them
-(``metasched.rank.schema``). ``metasched.rank.request`` turns them into the model's dataclasses and
-words every problem as one line naming the field. Field names are the JSON keys; the aliases older
+(``metasched.rank.schema``; the response's Structs are in ``metasched.rank.answer``).
+``metasched.rank.request`` turns the request into the model's dataclasses and words every problem
+as one line naming the field. Field names are the JSON keys; the aliases older
 tpv-metascheduler-api clients send are fields of their own (``UNSET`` when absent, so giving two
 names of one section is an error, not a silent choice).
 
