@@ -64,7 +64,7 @@ async def require_token(request: Request) -> None:
     """Dependency of every route: 401 unless the request carries the configured bearer token or its
     path is open. Reads the config per request, so a SIGHUP changes token and open endpoints at once."""
     settings = serve_state(request).config.serve
-    if settings.token is None or is_open(request.url.path, settings.open_endpoints):
+    if settings.token is None or is_open(request.scope["path"], settings.open_endpoints):
         return
     header = request.headers.get("authorization")
     if not authorized(None if header is None else header.encode("latin-1"), settings.token):
