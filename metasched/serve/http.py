@@ -131,8 +131,9 @@ async def input_error(_: Request, exc: Exception) -> Response:
     return error(422, str(exc))
 
 
-async def config_error(request: Request, exc: Exception) -> Response:
-    log.error("%s: configuration problem: %s", request.url.path, exc)
+async def config_error(_: Request, exc: Exception) -> Response:
+    """Only ranking reads config values it can refuse (rank.weights), hence the log line's prefix."""
+    log.error("rank: configuration problem: %s", exc)
     return error(500, f"configuration problem: {exc}")
 
 
