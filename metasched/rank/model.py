@@ -1,4 +1,4 @@
-"""The turnaround model: plain dataclasses in, plain dataclasses out. No I/O, no clock, no database.
+"""The turnaround model: plain values in, plain values out. No I/O, no clock, no database.
 
 Every factor is expressed in seconds of the job's expected turnaround at a destination, so the
 factors add up without arbitrary weights between unlike units::
@@ -13,9 +13,11 @@ the staging, run-time and state-based queue terms; the scheduler's start estimat
 (``rank.start_estimate``), the energy terms (``rank.energy``) and the scoring of every candidate
 (``rank.score``) build on it.
 
-``Observed``, ``Candidate`` and ``Ranked`` are built once per destination per request and never
-changed afterwards; they are not ``frozen`` because frozen dataclasses set every field through
-``object.__setattr__``, which made building them a noticeable part of ranking 1,000 destinations.
+The per-request types are msgspec Structs: built in C, they cost a fraction of a dataclass to create
+(per destination per request) and to define (``metasched rank`` starts in a fresh process each
+time). ``Weights`` (``asdict``) and ``Ranked`` (``dataclasses.replace`` by the policies) stay
+dataclasses; ``Ranked`` is not ``frozen``: frozen dataclasses set every field through
+``object.__setattr__``, a noticeable part of ranking 1,000 destinations.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from types import MappingProxyType
+
+import msgspec
+from msgspec import Struct
 
 from metasched.domain.errors import InputError
 from metasched.rank.geo import distance_km, point
@@ -87,22 +92,19 @@ def make_weights(*layers: tuple[str, Mapping[str, object]]) -> Weights:
     return Weights(**values)
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(Struct, frozen=True):
     latitude: float
     longitude: float
 
 
-@dataclass(frozen=True, slots=True)
-class JobSpec:
+class JobSpec(Struct, frozen=True):
     tool_id: str
     cores: float = 1.0
     mem_mb: float = 0.0
     gpus: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Dataset:
+class Dataset(Struct, frozen=True):
     id: str
     object_store_id: str | None
     size_bytes: float
@@ -113,8 +115,7 @@ class Dataset:
 Estimate = tuple[int, int, int, float, float]
 
 
-@dataclass(slots=True)
-class StartEstimates:
+class StartEstimates(Struct):
     """The scheduler's expected starts of a destination's pending jobs (Slurm's backfill), as stored:
     the non-dominated ones, latest start first. ``now`` and ``max_age_s`` make them waits and say
     which are fresh, so the model stays free of clocks. Not frozen, like ``Observed``: built per
@@ -126,8 +127,7 @@ class StartEstimates:
     by: str = "the scheduler"  # who computed them, for the reasons ("Slurm")
 
 
-@dataclass(slots=True)
-class Observed:
+class Observed(Struct):
     """What is known about a destination right now, merged from the request, the store and metrics.
 
     ``None`` means unknown (never "free"). Memory in MB. ``reasons`` explain where values came from
@@ -170,8 +170,7 @@ class Observed:
     estimates: StartEstimates | None = None
 
 
-@dataclass(slots=True)
-class Candidate:
+class Candidate(Struct):
     id: str
     index: int  # position in the request: the last tie-breaker
     tpv_score: float = 0.0
@@ -180,7 +179,7 @@ class Candidate:
     max_cores: float | None = None  # TPV max_accepted_*; memory in MB
     max_mem_mb: float | None = None
     max_gpus: float | None = None
-    observed: Observed = field(default_factory=Observed)
+    observed: Observed = msgspec.field(default_factory=Observed)
 
 
 @dataclass(slots=True)
@@ -202,8 +201,7 @@ class Ranked:
     energy: Energy | None = None  # only when carbon_s_per_kg or price_s_per_eur is > 0
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(Struct, frozen=True):
     ranked: tuple[Ranked, ...]  # best first: feasible ones, then infeasible ones
     warnings: tuple[str, ...]
 
@@ -272,8 +270,7 @@ def infeasibility(job: JobSpec, cand: Candidate) -> list[str]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class InputGroup:
+class InputGroup(Struct, frozen=True):
     """Every input dataset of one object store (None: unknown store), summed: transfer time is linear
     in bytes, so one distance per (store, destination) is enough however many datasets there are."""
 
@@ -483,8 +480,7 @@ def model_queue(job: JobSpec, obs: Observed, w: Weights) -> tuple[float, str]:
     return w.unknown_queue_s, "unknown (no current state or history)"
 
 
-@dataclass(frozen=True, slots=True)
-class Energy:
+class Energy(Struct, frozen=True):
     """A job's estimated electricity at one destination and what it costs in seconds of turnaround.
 
     ``co2_g``/``price_eur`` are None when this destination's figure is unknown: its seconds are then
