@@ -12,6 +12,9 @@ placements and records its own; the count recorded is printed.
 
     python bench/bench_rank.py [--runs 21] [--check]
 
+Also prints where the rank path's start-up goes: ``python -X importtime -m metasched rank`` once,
+the modules with the largest cumulative import time.
+
 ``--check`` exits 1 when a limit is missed (timings are noisy on a busy machine: the tests never
 assert wall times, this script is for humans and CI dashboards).
 """
@@ -40,6 +43,7 @@ from metasched.store import Store
 TOOL = "toolshed.g2.bx.psu.edu/repos/devteam/bwa/bwa_mem/0.7.17.2"
 P1_LIMIT = 1.3
 P2_LIMIT = 1.5
+IMPORT_TOP = 12
 
 
 def build_state(db: Path, n: int) -> None:
@@ -162,6 +166,25 @@ def breakdown(db: Path, request: Path) -> str:
     )
 
 
+def import_times(cmd: list[str], env: dict[str, str], top: int = IMPORT_TOP) -> list[str]:
+    """``-X importtime`` of one run of ``cmd`` (a ``python -m`` command): the ``top`` modules by
+    cumulative import time (a package counts what it imports), then the total over top-level imports."""
+    proc = subprocess.run(
+        [cmd[0], "-X", "importtime", *cmd[1:]], env=env, capture_output=True, check=False, text=True
+    )
+    rows: list[tuple[int, int, str]] = []  # (cumulative us, self us, name with its nesting)
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:") or "[us]" in line:
+            continue
+        self_us, cumulative_us, name = (part.strip() for part in line[len("import time:") :].split("|"))
+        rows.append((int(cumulative_us), int(self_us), name))
+    total = sum(c for c, _, name in rows if not name.startswith(" "))
+    shown = sorted(rows, reverse=True)[:top]
+    lines = [f"  {c / 1000:8.1f} ms cumulative {s / 1000:7.1f} ms self  {n.strip()}" for c, s, n in shown]
+    lines.append(f"  {total / 1000:8.1f} ms all imports of the run (sum over the top-level ones)")
+    return lines
+
+
 def wall(cmd: list[str], env: dict[str, str]) -> tuple[float, bytes]:
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, check=False)
@@ -243,6 +266,8 @@ def main() -> int:
             for key, (cmd, env_c, dests) in commands.items():
                 samples[key].append(timed(cmd, env_c, dests))
         recorded = {n: ledger_rows(work / f"state{n}.db") for n in (50, 1000)}
+        ranks.prepare(50)
+        imports = import_times(*commands["module50"][:2])
 
     med = {k: statistics.median(v) for k, v in samples.items()}
     ok = True
@@ -273,6 +298,8 @@ def main() -> int:
         )
     for n, text in details.items():
         print(f"in-process ms, {n} destinations: {text}")
+    print(f"-X importtime of python -m metasched rank (50 destinations), top {IMPORT_TOP} by cumulative:")
+    print("\n".join(imports))
     return 1 if args.check and not ok else 0
 
 

@@ -18,15 +18,9 @@ import pytest
 import yaml
 
 from metasched.domain.errors import InputError
-from metasched.rank.model import (
-    Candidate,
-    JobSpec,
-    Observed,
-    energy_cost,
-    energy_kwh,
-    energy_on,
-    rank_candidates,
-)
+from metasched.rank.energy import energy_cost, energy_kwh, energy_on
+from metasched.rank.model import Candidate, JobSpec, Observed
+from metasched.rank.score import rank_candidates
 from metasched.settings.weights import Weights, make_weights
 from metasched.store import Store
 from tests.infra.influx import InfluxServer

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from metasched.app.ranking import rank
 from metasched.rank.geo import haversine_km, transfer_s
-from metasched.rank.model import Candidate, Dataset, JobSpec, Location, Observed, rank_candidates, state_wait
+from metasched.rank.model import Candidate, Dataset, JobSpec, Location, Observed, state_wait
+from metasched.rank.score import rank_candidates
 from metasched.settings import Config, SSHSettings
 from metasched.settings.weights import Weights
 
@@ -322,7 +323,7 @@ def _estimates(*entries: Any, max_age_s: float = 300.0) -> Any:
 
 def test_estimate_of_work_the_job_cannot_pass_is_a_floor_on_its_wait() -> None:
     """max(model, bound): a job no smaller than one ahead waits at least until that one starts."""
-    from metasched.rank.model import queue_time
+    from metasched.rank.start_estimate import queue_time
 
     w = Weights()
     free = Observed(free_cores=8, total_cores=64, queued_cores=0, free_mem_mb=8192)
@@ -346,7 +347,7 @@ def test_estimate_of_work_the_job_cannot_pass_is_a_floor_on_its_wait() -> None:
 
 def test_estimate_below_the_model_changes_nothing() -> None:
     """The model already waits longer (a deep backlog): the answer and its reasons are the model's."""
-    from metasched.rank.model import queue_time
+    from metasched.rank.start_estimate import queue_time
 
     w = Weights()
     backlog = Observed(free_cores=0, total_cores=10, queued_cores=90, dest_run_s=100.0, history_queue_s=50.0)
@@ -359,7 +360,7 @@ def test_estimate_below_the_model_changes_nothing() -> None:
 def test_the_latest_start_the_job_cannot_pass_bounds_the_blended_model() -> None:
     """Among the jobs ahead no bigger than this one, the latest expected start bounds the *blended*
     model (history included); a later start of a bigger job, or one due already, does not count."""
-    from metasched.rank.model import blocking_start, queue_time
+    from metasched.rank.start_estimate import blocking_start, queue_time
 
     w = Weights()
     entries = (
@@ -391,7 +392,7 @@ def test_stale_estimates_are_ignored_and_said_only_when_they_would_have_mattered
     """Computed longer than max_state_age ago: no bound; a reason names the one that would have
     raised the wait, and nothing is said of stale ones below the answer anyway. Clocks a few seconds
     apart (computed "after" now) read as just estimated."""
-    from metasched.rank.model import queue_time
+    from metasched.rank.start_estimate import queue_time
 
     w = Weights()
     job = JobSpec("t", cores=4, mem_mb=4096)
@@ -438,8 +439,8 @@ def test_observe_carries_estimates_of_fresh_state_only() -> None:
 
 def test_without_estimates_rank_answers_as_before() -> None:
     """A destination whose summary has no estimates: every component and reason as without the feature."""
-    from metasched.rank.model import queue_time
     from metasched.rank.request import DestinationRequest
+    from metasched.rank.start_estimate import queue_time
     from metasched.rank.state import observe
 
     kw: dict[str, Any] = dict(tool_id="t", now=NOW, max_state_age=300, max_metric_age=900)

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from metasched.domain.errors import InputError
-from metasched.rank.request import MAX_DESTINATIONS, MAX_REQUEST_BYTES, decode_request, parse_request
+from metasched.rank.request import (
+    MAX_DESTINATIONS,
+    MAX_REQUEST_BYTES,
+    decode_request,
+    parse_request,
+    parse_request_bytes,
+)
 
 SEED = Path(__file__).parent / "scenarios" / "rank" / "seed_shaped_locality_request.json"
 
@@ -173,6 +179,104 @@ def test_invalid_requests_name_the_field(case: str, value: object, message: str)
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(("case", "value", "message"), INVALID, ids=[c[0] for c in INVALID])
+def test_bytes_fast_path_words_problems_as_parse_request(case: str, value: object, message: str) -> None:
+    """serve validates the bytes in one msgspec pass; what it refuses gets the same line as the CLI."""
+    with pytest.raises(InputError) as err:
+        parse_request_bytes(json.dumps(value).encode())
+    assert str(err.value).startswith(message), str(err.value)
+
+
+MORE_INVALID: list[tuple[str, object, str]] = [
+    ("null id", base(destinations=[{"id": None}]), "destinations[0].id: missing"),
+    ("long id", base(destinations=[{"id": "x" * 1025}]), "destinations[0].id: longer than 1024 characters"),
+    (
+        "infinite",
+        b'{"job": {"tool_id": "t", "cores": 1e400}, "destinations": []}',
+        "job.cores: must be finite",
+    ),
+    ("lat high", dest(latitude=91, longitude=0), "destinations[0].latitude: must be <= 90"),
+    ("lon low", dest(latitude=0, longitude=-181), "destinations[0].longitude: must be >= -180"),
+    ("ctx half", dest(context={"latitude": 1}), "destinations[0].context.longitude: missing (both"),
+    ("metric", dest(metrics={"nope": 1}), "destinations[0].metrics.nope: unknown metric (known: carbon_"),
+    ("weight", base(options={"weights": {"nope": 1}}), "options.weights.nope: unknown weight (known: band"),
+    (
+        "weight type",
+        base(options={"weights": {"tpv_weight": "1"}}),
+        "options.weights.tpv_weight: must be a n",
+    ),
+    ("weight >0", base(options={"weights": {"halving_km": 0}}), "options.weights.halving_km: must be > 0"),
+    (
+        "weight <=1",
+        base(options={"weights": {"history_weight": 2}}),
+        "options.weights.history_weight: must be",
+    ),
+    (
+        "weight >=0",
+        base(options={"weights": {"dispatch_s": -1}}),
+        "options.weights.dispatch_s: must be a fin",
+    ),
+    ("seen type", dest(metrics={"observed_at": True}), "destinations[0].metrics.observed_at: must be an RFC"),
+    (
+        "seen text",
+        dest(metrics={"observed_at": "noon"}),
+        "destinations[0].metrics.observed_at: must be an RFC",
+    ),
+    (
+        "seen date",
+        dest(metrics={"observed_at": "2026-13-01T00:00:00Z"}),
+        "destinations[0].metrics.observed_at: not",
+    ),
+    (
+        "seen unzoned",
+        dest(metrics={"observed_at": "2026-11-01T00:00:00"}),
+        "destinations[0].metrics.observed_at",
+    ),
+    ("seen newline", dest(metrics={"observed_at": "2026-11-01T00:00:00Z\n"}), "destinations[0].metrics.obs"),
+    ("dataset key", base(datasets={"a": {}, "b": {"size": -1}}), 'datasets["b"].size: must be >= 0'),
+    ("os half", base(objectstores={"s": {"latitude": 1}}), 'objectstores["s"].longitude: missing'),
+    ("null job", {"job": None, "job_info": {"tool_id": "t"}, "destinations": []}, "job_info: given together"),
+    ("job order", {"destinations": [{}], "job": {}}, "job.tool_id: missing"),
+    (
+        "section order",
+        base(destinations=[{"id": "a", "latitude": 1}, {"id": 2}]),
+        "destinations[0].longitude",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "value", "message"), MORE_INVALID, ids=[c[0] for c in MORE_INVALID])
+def test_more_problems_both_ways(case: str, value: object, message: str) -> None:
+    data = value if isinstance(value, bytes) else json.dumps(value).encode()
+    for parse in (lambda: parse_request(decode_request(data)), lambda: parse_request_bytes(data)):
+        with pytest.raises(InputError) as err:
+            parse()
+        assert str(err.value).startswith(message), str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def test_bytes_fast_path_builds_the_same_request() -> None:
+    seed = SEED.read_bytes()
+    assert parse_request_bytes(seed) == parse_request(json.loads(seed))
+    rich = base(
+        job_info={"tool_id": "t", "job_id": 7, "tool_version": "1", "cores": 2, "mem": 3},
+        galaxy="x",
+        destinations=[
+            {"id": "a", "metrics": {"free_mem_gb": 2, "observed_at": "2026-11-23T12:00:00.1234567Z"}},
+            {"id": "b", "queued_job_count": 3, "context": {"object_store_id": "s", "foo": [1]}},
+        ],
+        datasets={"1": {"size": None}},
+        options={"weights": {"tpv_weight": 0.5}, "drop_infeasible": True},
+    )
+    del rich["job"]
+    data = json.dumps(rich).encode()
+    assert parse_request_bytes(data) == parse_request(json.loads(data))
+    assert parse_request_bytes(data).warnings  # the unknown key and the unsized dataset
+    del rich["galaxy"]
+    data = json.dumps(rich).encode()
+    assert parse_request_bytes(data) == parse_request(json.loads(data))
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -189,6 +293,9 @@ def test_invalid_requests_name_the_field(case: str, value: object, message: str)
 def test_undecodable_requests(data: bytes, message: str) -> None:
     with pytest.raises(InputError) as err:
         decode_request(data)
+    assert str(err.value).startswith(message)
+    with pytest.raises(InputError) as err:
+        parse_request_bytes(data)
     assert str(err.value).startswith(message)
 
 

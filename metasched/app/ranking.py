@@ -14,9 +14,11 @@ from typing import Any
 
 from metasched.domain.errors import ConfigError, InputError
 from metasched.policy.ranking import apply as apply_policies
+from metasched.rank.energy import energy_on
 from metasched.rank.ledger import job_key, record
-from metasched.rank.model import Candidate, Location, Outcome, Ranked, energy_on, rank_candidates
-from metasched.rank.request import RankRequest, parse_request
+from metasched.rank.model import Candidate, Location, Outcome, Ranked
+from metasched.rank.request import RankRequest, parse_request, parse_request_bytes
+from metasched.rank.score import rank_candidates
 from metasched.rank.state import StoredState, load_state, observe
 from metasched.settings import Config
 from metasched.settings.weights import Weights, make_weights
@@ -190,13 +192,14 @@ def rank(
     warnings: Sequence[str] = (),
     notes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Validate ``request_obj`` (decoded JSON) and rank it; InputError/ConfigError for bad input or config.
+    """Validate ``request_obj`` (decoded JSON, or the raw bytes: decoded and validated in one pass) and
+    rank it; InputError/ConfigError for bad input or config.
 
     ``store`` None ranks from the request and the config alone; ``warnings`` (e.g. why there is no
     store) are carried into the response. The answer is recorded in the placement ledger
     (``metasched.rank.ledger``); ``notes`` receives what happened to it (``--explain`` shows it).
     """
-    req = parse_request(request_obj)
+    req = parse_request_bytes(request_obj) if isinstance(request_obj, bytes) else parse_request(request_obj)
     outcome, warn = rank_outcome(req, config, store, now, warnings)
     note = record(req, outcome, config, store, now, warn)
     if notes is not None:

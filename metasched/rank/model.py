@@ -1,4 +1,4 @@
-"""The turnaround model: plain dataclasses in, plain dataclasses out. No I/O, no clock, no database.
+"""The turnaround model: plain values in, plain values out. No I/O, no clock, no database.
 
 Every factor is expressed in seconds of the job's expected turnaround at a destination, so the
 factors add up without arbitrary weights between unlike units::
@@ -8,21 +8,26 @@ factors add up without arbitrary weights between unlike units::
 
 where carbon_s and price_s, the job's energy priced in seconds, are 0 unless their weights are set.
 
-The formulas, defaults and a worked example are in docs/rank.md.
+The formulas, defaults and a worked example are in docs/rank.md. This module holds the types and
+the staging, run-time and state-based queue terms; the scheduler's start estimates
+(``rank.start_estimate``), the energy terms (``rank.energy``) and the scoring of every candidate
+(``rank.score``) build on it.
 
-``Observed``, ``Candidate`` and ``Ranked`` are built once per destination per request and never
-changed afterwards; they are not ``frozen`` because frozen dataclasses set every field through
-``object.__setattr__``, which made building them a noticeable part of ranking 1,000 destinations.
+The per-request types are msgspec Structs: built in C, they cost a fraction of a dataclass to create
+(per destination per request) and to define (``metasched rank`` starts in a fresh process each
+time). ``Weights`` (``asdict``) and ``Ranked`` (``dataclasses.replace`` by the policies) stay
+dataclasses; ``Ranked`` is not ``frozen``: frozen dataclasses set every field through
+``object.__setattr__``, a noticeable part of ranking 1,000 destinations.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import NamedTuple
+from dataclasses import dataclass
+
+import msgspec
+from msgspec import Struct
 
 from metasched.rank.geo import distance_km, point
 from metasched.settings.weights import Weights
@@ -33,22 +38,19 @@ UP_STATUSES = frozenset({"online", "up", "ok"})
 MAX_SECONDS = 1e12  # ~30,000 years: any component beyond this is "never", kept finite for JSON
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(Struct, frozen=True):
     latitude: float
     longitude: float
 
 
-@dataclass(frozen=True, slots=True)
-class JobSpec:
+class JobSpec(Struct, frozen=True):
     tool_id: str
     cores: float = 1.0
     mem_mb: float = 0.0
     gpus: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Dataset:
+class Dataset(Struct, frozen=True):
     id: str
     object_store_id: str | None
     size_bytes: float
@@ -59,8 +61,7 @@ class Dataset:
 Estimate = tuple[int, int, int, float, float]
 
 
-@dataclass(slots=True)
-class StartEstimates:
+class StartEstimates(Struct):
     """The scheduler's expected starts of a destination's pending jobs (Slurm's backfill), as stored:
     the non-dominated ones, latest start first. ``now`` and ``max_age_s`` make them waits and say
     which are fresh, so the model stays free of clocks. Not frozen, like ``Observed``: built per
@@ -72,8 +73,7 @@ class StartEstimates:
     by: str = "the scheduler"  # who computed them, for the reasons ("Slurm")
 
 
-@dataclass(slots=True)
-class Observed:
+class Observed(Struct):
     """What is known about a destination right now, merged from the request, the store and metrics.
 
     ``None`` means unknown (never "free"). Memory in MB. ``reasons`` explain where values came from
@@ -116,8 +116,7 @@ class Observed:
     estimates: StartEstimates | None = None
 
 
-@dataclass(slots=True)
-class Candidate:
+class Candidate(Struct):
     id: str
     index: int  # position in the request: the last tie-breaker
     tpv_score: float = 0.0
@@ -126,7 +125,7 @@ class Candidate:
     max_cores: float | None = None  # TPV max_accepted_*; memory in MB
     max_mem_mb: float | None = None
     max_gpus: float | None = None
-    observed: Observed = field(default_factory=Observed)
+    observed: Observed = msgspec.field(default_factory=Observed)
 
 
 @dataclass(slots=True)
@@ -148,8 +147,7 @@ class Ranked:
     energy: Energy | None = None  # only when carbon_s_per_kg or price_s_per_eur is > 0
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(Struct, frozen=True):
     ranked: tuple[Ranked, ...]  # best first: feasible ones, then infeasible ones
     warnings: tuple[str, ...]
 
@@ -218,8 +216,7 @@ def infeasibility(job: JobSpec, cand: Candidate) -> list[str]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class InputGroup:
+class InputGroup(Struct, frozen=True):
     """Every input dataset of one object store (None: unknown store), summed: transfer time is linear
     in bytes, so one distance per (store, destination) is enough however many datasets there are."""
 
@@ -322,7 +319,7 @@ def run_time(cand: Candidate, tool_median: float | None, w: Weights) -> tuple[fl
     return w.default_run_s, f"run {w.default_run_s:,.0f} s: default (no history for this tool)"
 
 
-def _known_run_s(obs: Observed, w: Weights) -> float | None:
+def known_run_s(obs: Observed, w: Weights) -> float | None:
     """The run time this destination itself knows, with the same precedence as ``run_time``."""
     if obs.history_run_s is not None and obs.history_count >= w.min_history:
         return obs.history_run_s
@@ -407,80 +404,9 @@ def state_wait(job: JobSpec, obs: Observed, w: Weights) -> tuple[float | None, s
     return seconds, f"waits for running work: {', '.join(shorts)} ({where}; {t_why})"
 
 
-class Blocking(NamedTuple):
-    """The latest expected start among the pending jobs a job cannot pass, as seen from ``now``."""
-
-    wait_s: float  # until the scheduler expects it to start
-    age_s: float  # since the scheduler computed that
-    job: Estimate  # the job ahead
-
-
-def blocking_start(job: JobSpec, est: StartEstimates) -> tuple[Blocking | None, Blocking | None]:
-    """(fresh, stale): the latest expected start the job cannot pass among fresh estimates, and
-    among older ones when it is later still (to say what was ignored); None when there is none.
-
-    A job at least as big as one ahead in every resource cannot start before it: the first slot big
-    enough for both goes to the one ahead (metasched.store.start_estimates). Smaller ones ahead are
-    no bound, the job may fit where they do not. One due already bounds nothing. Equal starts go to
-    the freshest estimate.
-    """
-    now, max_age = est.now, est.max_age_s
-    cores, mem_mb, gpus = job.cores, job.mem_mb, job.gpus
-    fresh: Estimate | None = None
-    stale: Estimate | None = None
-    for e in est.entries:
-        start, at = e[3], e[4]
-        if start <= now or e[0] > cores or e[1] > mem_mb or e[2] > gpus:
-            continue  # due, or bigger in some resource: the job may start where this one cannot
-        if now - at > max_age:
-            if stale is None or start > stale[3]:
-                stale = e
-        elif fresh is None or start > fresh[3] or (start == fresh[3] and at > fresh[4]):
-            fresh = e
-    if stale is not None and fresh is not None and stale[3] <= fresh[3]:
-        stale = None
-    return (
-        None if fresh is None else Blocking(fresh[3] - now, max(0.0, now - fresh[4]), fresh),
-        None if stale is None else Blocking(stale[3] - now, now - stale[4], stale),
-    )
-
-
-def _shape(e: Estimate) -> str:
-    cores, mem_mb, gpus = e[0], e[1], e[2]
-    parts = [f"{fmt_num(cores)} core{'s' if cores != 1 else ''}", f"{mem_mb / MB_PER_GB:,.1f} GB"]
-    if gpus:
-        parts.append(f"{fmt_num(gpus)} GPU{'s' if gpus != 1 else ''}")
-    return ", ".join(parts)
-
-
-def queue_time(job: JobSpec, obs: Observed, w: Weights) -> tuple[float, list[str]]:
-    """Blend of the state-based wait and the historical median queue time of this tool here, raised
-    to the scheduler's own expected start of the pending work the job cannot pass, where it has one."""
-    seconds, why = _model_queue(job, obs, w)
-    est = obs.estimates
-    if est is None:
-        return seconds, [f"queue {seconds:,.0f} s: {why}"]
-    fresh, stale = blocking_start(job, est)
-    reasons: list[str] = []
-    if fresh is not None and fresh.wait_s > seconds:
-        model_s, seconds = seconds, fresh.wait_s
-        reasons.append(
-            f"queue {seconds:,.0f} s: {est.by} expects pending work ahead to start in {seconds:,.0f} s "
-            f"(estimated {fresh.age_s:,.0f} s ago; a job of {_shape(fresh.job)} that this one cannot "
-            f"pass), later than the model's {model_s:,.0f} s ({why})"
-        )
-    else:
-        reasons.append(f"queue {seconds:,.0f} s: {why}")
-    if stale is not None and stale.wait_s > seconds:
-        reasons.append(
-            f"{est.by}'s expected start in {stale.wait_s:,.0f} s of pending work ahead ignored: estimated "
-            f"{stale.age_s:,.0f} s ago > {est.max_age_s:,.0f} s"
-        )
-    return seconds, reasons
-
-
-def _model_queue(job: JobSpec, obs: Observed, w: Weights) -> tuple[float, str]:
-    """The state-based wait blended with history, and why (the text after "queue N s: ")."""
+def model_queue(job: JobSpec, obs: Observed, w: Weights) -> tuple[float, str]:
+    """The state-based wait blended with history, and why (the text after "queue N s: "): the queue
+    time before the scheduler's own start estimates (``rank.start_estimate``) may raise it."""
     state_s, why = state_wait(job, obs, w)
     if obs.history_queue_s is not None and (obs.history_count >= w.min_history or obs.metric_queue_s is None):
         hist: float | None = obs.history_queue_s
@@ -500,11 +426,7 @@ def _model_queue(job: JobSpec, obs: Observed, w: Weights) -> tuple[float, str]:
     return w.unknown_queue_s, "unknown (no current state or history)"
 
 
-J_PER_KWH = 3.6e6
-
-
-@dataclass(frozen=True, slots=True)
-class Energy:
+class Energy(Struct, frozen=True):
     """A job's estimated electricity at one destination and what it costs in seconds of turnaround.
 
     ``co2_g``/``price_eur`` are None when this destination's figure is unknown: its seconds are then
@@ -523,168 +445,3 @@ class Energy:
     def seconds(self) -> float:
         """What the energy adds to the turnaround the score is computed from."""
         return (self.carbon_s or 0.0) + (self.price_s or 0.0)
-
-
-def energy_on(w: Weights) -> bool:
-    """Whether any energy cost is asked for; otherwise rank reads, computes and shows none of it."""
-    return w.carbon_s_per_kg > 0 or w.price_s_per_eur > 0
-
-
-def energy_kwh(job: JobSpec, run_s: float, w: Weights) -> float:
-    """Busy cores and GPUs for the run (queueing and staging draw nothing from the destination's grid)."""
-    return (job.cores * w.watts_per_core + job.gpus * w.watts_per_gpu) * run_s / J_PER_KWH
-
-
-def _fmt_s(x: float) -> str:
-    return f"{x:,.1f} s" if x < 10 else f"{x:,.0f} s"
-
-
-def median_known(values: Sequence[float | None]) -> tuple[float, int] | None:
-    """(median, how many) of the known values: what an unknown figure is charged at."""
-    known = [v for v in values if v is not None]
-    return (statistics.median(known), len(known)) if known else None
-
-
-def energy_cost(
-    job: JobSpec,
-    run_s: float,
-    obs: Observed,
-    carbon_mid: tuple[float, int] | None,
-    price_mid: tuple[float, int] | None,
-    w: Weights,
-) -> tuple[Energy, list[str]]:
-    """The job's energy here, its CO2 and price, and their seconds (each only when its weight is on).
-
-    A destination without a figure pays the median of those that have one (``*_mid``); with none
-    known anywhere the factor is 0 s for everyone. A negative price counts as 0: no destination is
-    better than free, and scores stay >= 0 for the policies that scale them.
-    """
-    kwh = energy_kwh(job, run_s, w)
-    parts = f"{fmt_num(job.cores)} cores x {fmt_num(w.watts_per_core)} W"
-    if job.gpus > 0:
-        parts += f" + {fmt_num(job.gpus)} GPUs x {fmt_num(w.watts_per_gpu)} W"
-    reasons = [f"energy {kwh:,.3g} kWh ({parts} for {run_s:,.0f} s)"]
-    co2: float | None = None
-    carbon_s: float | None = None
-    if w.carbon_s_per_kg > 0:
-        carbon_s = 0.0
-        per_kg = w.carbon_s_per_kg / 1000.0
-        if obs.carbon_g_kwh is not None:
-            co2 = kwh * obs.carbon_g_kwh
-            carbon_s = co2 * per_kg
-            at = fmt_num(obs.carbon_g_kwh)
-            reasons.append(f"carbon {co2:,.1f} g CO2 at {at} g/kWh: +{_fmt_s(carbon_s)}")
-        elif carbon_mid is not None:
-            carbon_s = kwh * carbon_mid[0] * per_kg
-            reasons.append(
-                f"carbon intensity unknown: charged the median of {carbon_mid[1]} destination(s), "
-                f"{fmt_num(carbon_mid[0])} g/kWh: +{_fmt_s(carbon_s)}"
-            )
-        else:
-            reasons.append("carbon intensity unknown here and at every candidate: no carbon cost")
-    eur: float | None = None
-    price_s: float | None = None
-    if w.price_s_per_eur > 0:
-        price_s = 0.0
-        price = obs.price_eur_mwh
-        if price is not None:
-            eur = kwh * max(price, 0.0) / 1000.0
-            price_s = eur * w.price_s_per_eur
-            floor = " (negative: counts as 0)" if price < 0 else ""
-            at = fmt_num(price)
-            reasons.append(f"electricity {eur:,.4f} EUR at {at} EUR/MWh{floor}: +{_fmt_s(price_s)}")
-        elif price_mid is not None:
-            price_s = kwh * max(price_mid[0], 0.0) / 1000.0 * w.price_s_per_eur
-            reasons.append(
-                f"electricity price unknown: charged the median of {price_mid[1]} destination(s), "
-                f"{fmt_num(price_mid[0])} EUR/MWh: +{_fmt_s(price_s)}"
-            )
-        else:
-            reasons.append("electricity price unknown here and at every candidate: no price cost")
-    return (
-        Energy(
-            kwh,
-            obs.carbon_g_kwh,
-            co2,
-            None if carbon_s is None else min(carbon_s, MAX_SECONDS),
-            obs.price_eur_mwh,
-            eur,
-            None if price_s is None else min(price_s, MAX_SECONDS),
-        ),
-        reasons,
-    )
-
-
-def rank_candidates(
-    job: JobSpec,
-    datasets: Sequence[Dataset],
-    objectstores: Mapping[str, Location],
-    candidates: Sequence[Candidate],
-    w: Weights,
-) -> Outcome:
-    """Score every candidate and order them: feasible first, by score, then TPV score, then input order."""
-    warnings: list[str] = []
-    missing = sorted(
-        {ds.object_store_id for ds in datasets if ds.object_store_id is not None} - set(objectstores)
-    )
-    if missing:
-        shown = ", ".join(repr(m) for m in missing[:5])
-        warnings.append(f"object store(s) without a known location: {shown}")
-    groups = group_inputs(datasets)
-    known = [r for r in (_known_run_s(c.observed, w) for c in candidates) if r is not None]
-    tool_median = statistics.median(known) if known else None
-    srcs = sources(groups, objectstores)
-    stagings = [staging(srcs, cand, w) for cand in candidates]
-    located = [st[0] for cand, st in zip(candidates, stagings, strict=True) if cand.location is not None]
-    total_bytes = sum(g.size_bytes for g in groups)
-    scored: list[tuple[tuple[bool, float, float, int], Ranked]] = []
-    discount, tpv_weight, tanh = w.tpv_max_discount, w.tpv_weight, math.tanh
-    with_energy = energy_on(w)
-    carbon_mid = median_known([c.observed.carbon_g_kwh for c in candidates]) if with_energy else None
-    price_mid = median_known([c.observed.price_eur_mwh for c in candidates]) if with_energy else None
-    for cand, (stage_s, moved, local, stage_why) in zip(candidates, stagings, strict=True):
-        obs = cand.observed
-        why_not = infeasibility(job, cand)
-        if cand.location is None and moved > 0:
-            stage_s, neutral_why = neutral_staging(moved, total_bytes, located)
-            stage_why.insert(0, neutral_why)
-        run_s, run_why = run_time(cand, tool_median, w)
-        queue_s, queue_why = queue_time(job, obs, w)
-        if stage_s > MAX_SECONDS:
-            stage_s = MAX_SECONDS
-        if queue_s > MAX_SECONDS:
-            queue_s = MAX_SECONDS
-        if run_s > MAX_SECONDS:
-            run_s = MAX_SECONDS
-        total = stage_s + queue_s + run_s
-        energy: Energy | None = None
-        if with_energy:
-            energy, energy_why = energy_cost(job, run_s, obs, carbon_mid, price_mid, w)
-            cost = total + energy.seconds
-            reasons = (*why_not, *obs.reasons, *stage_why, *queue_why, run_why, *energy_why)
-        else:
-            cost = total
-            reasons = (*why_not, *obs.reasons, *stage_why, *queue_why, run_why)
-        score = cost * (1.0 - discount * tanh(tpv_weight * cand.tpv_score))
-        note = None if obs.status is None else status_note(obs.status)
-        if note is not None:
-            reasons = (note, *reasons)
-        # Positional: keyword construction of a 12-field dataclass costs noticeably per destination.
-        ranked = Ranked(
-            cand.id,
-            cand.index,
-            not why_not,
-            score,
-            stage_s,
-            queue_s,
-            run_s,
-            total,
-            cand.tpv_score,
-            moved,
-            local,
-            reasons,
-            energy,
-        )
-        scored.append(((bool(why_not), round(score, 6), -cand.tpv_score, cand.index), ranked))
-    scored.sort(key=itemgetter(0))
-    return Outcome(ranked=tuple(t[1] for t in scored), warnings=tuple(warnings))

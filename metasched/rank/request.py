@@ -1,26 +1,56 @@
-"""Decode and validate a rank request by hand (no pydantic: rank must start almost as fast as bare Python).
+"""Validate a rank request against its msgspec Structs (metasched.rank.wire) and build the model's input.
 
-Every problem raises InputError with one line naming the field path, e.g. ``destinations[3].id: missing``.
-Keys and aliases follow docs/rank.md and metasched/schemas/rank-request.json.
+Two ways in, one result: ``parse_request_bytes`` decodes and validates the bytes in one pass (serve's
+hot path); anything it refuses, or a request with unknown top-level keys (a warning, not an error),
+goes the exact way: ``decode_request`` (the JSON value, its problems worded) then ``parse_request``,
+which validates section by section in the order the errors are reported. Every problem raises
+InputError with one line naming the field path, e.g. ``destinations[3].id: missing``. Keys and
+aliases follow docs/rank.md and metasched/schemas/rank-request.json (generated from the Structs).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
 
 from metasched.domain.errors import InputError
 from metasched.rank.model import MB_PER_GB, Dataset, JobSpec, Location
+from metasched.rank.wire import (
+    FLOAT_MAX,
+    MAX_DATASETS,
+    MAX_DESTINATIONS,
+    MAX_ID_CHARS,
+    DatasetIn,
+    DestinationIn,
+    JobIn,
+    MetricsIn,
+    ObjectStoreIn,
+    OptionsIn,
+    RankRequestIn,
+    StrictRankRequestIn,
+    WeightsIn,
+)
+
+__all__ = [
+    "MAX_DATASETS",
+    "MAX_DESTINATIONS",
+    "MAX_ID_CHARS",
+    "MAX_REQUEST_BYTES",
+    "DestinationRequest",
+    "InlineMetrics",
+    "Options",
+    "RankRequest",
+    "decode_request",
+    "parse_request",
+    "parse_request_bytes",
+]
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
-MAX_DESTINATIONS = 10_000
-MAX_DATASETS = 100_000
-MAX_ID_CHARS = 1024
 
 ALIASES: Mapping[str, tuple[str, ...]] = {
     "job": ("job", "job_info", "static_job_info"),
@@ -29,20 +59,25 @@ ALIASES: Mapping[str, tuple[str, ...]] = {
     "objectstores": ("objectstores", "static_objectstores_info"),
     "options": ("options",),
 }
-OPTION_KEYS = frozenset({"weights", "drop_infeasible", "max_state_age", "max_metric_age"})
-METRIC_KEYS = frozenset(
-    {"queued", "running", "free_cores", "free_mem_gb", "free_gpus"}
-    | {"total_cores", "total_mem_gb", "total_gpus"}
-    | {"median_queue_s", "median_run_s", "status"}
-    | {"carbon_intensity", "price_day_ahead"}
-    | {"observed_at"}
-)
-# RFC 3339 date-time (the zone is required: an unzoned time would be read in the wrong zone silently).
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+OPTION_KEYS = frozenset(OptionsIn.__struct_fields__)
+METRIC_KEYS = frozenset(MetricsIn.__struct_fields__)
+WEIGHT_KEYS = frozenset(WeightsIn.__struct_fields__)
+# What an unknown key inside a closed object is called, by the object's key.
+_UNKNOWN_KEY = {"metrics": ("metric", METRIC_KEYS), "options": ("option", OPTION_KEYS)}
+_UNKNOWN_KEY["weights"] = ("weight", WEIGHT_KEYS)
+# RFC 3339 date-time with a zone; the Struct's pattern is searched, this one must match whole. Both
+# patterns are compiled on first use (re's cache): most runs of `metasched rank` need neither.
+_RFC3339 = r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+_PROBLEM = r"(?s)(?P<msg>.*?)(?: - at `\$(?P<at>.*)`)?"
+_KINDS = {"null": "null", "bool": "a boolean", "str": "a string", "int": "a number", "float": "a number"}
+_KINDS |= {"array": "a list", "object": "an object"}
+_WANTED = {"float": "a number", "str": "a string", "object": "an object", "array": "a list"}
+_WANTED |= {"bool": "true or false", "int | str": "a string or an integer"}
+_WANTED["float | str"] = "an RFC 3339 string or Unix seconds"
+T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class InlineMetrics:
+class InlineMetrics(msgspec.Struct, frozen=True):
     """Values the caller knows better than the store; each overrides the stored one. Memory in MB."""
 
     queued: float | None = None
@@ -64,13 +99,8 @@ class InlineMetrics:
 NO_METRICS = InlineMetrics()  # immutable; shared by every destination without inline metrics
 
 
-@dataclass(slots=True)
-class DestinationRequest:
-    """One candidate as the request gives it; built once per destination per request, never changed.
-
-    Not ``frozen``: frozen dataclasses set every field through ``object.__setattr__``, a noticeable
-    share of parsing a request on serve's hot path.
-    """
+class DestinationRequest(msgspec.Struct):
+    """One candidate as the request gives it; built once per destination per request, never changed."""
 
     id: str
     index: int
@@ -83,21 +113,19 @@ class DestinationRequest:
     metrics: InlineMetrics = NO_METRICS
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
-    weights: Mapping[str, object] = field(default_factory=dict)
+class Options(msgspec.Struct, frozen=True):
+    weights: Mapping[str, object] = msgspec.field(default_factory=dict)
     drop_infeasible: bool = False
     max_state_age: float | None = None
     max_metric_age: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RankRequest:
+class RankRequest(msgspec.Struct, frozen=True):
     job: JobSpec
     destinations: tuple[DestinationRequest, ...]
     datasets: tuple[Dataset, ...] = ()
-    objectstores: Mapping[str, Location] = field(default_factory=dict)
-    options: Options = field(default_factory=Options)
+    objectstores: Mapping[str, Location] = msgspec.field(default_factory=dict)
+    options: Options = msgspec.field(default_factory=Options)
     job_id: str | int | None = None
     tool_version: str | None = None
     warnings: tuple[str, ...] = ()
@@ -125,30 +153,6 @@ def decode_request(data: bytes) -> object:
         raise InputError("request: nested too deeply") from None
 
 
-def _at(path: str, key: str | None) -> str:
-    return path if key is None else f"{path}.{key}"
-
-
-def _number(value: object, path: str, key: str | None = None, *, minimum: float | None = 0.0) -> float:
-    """``value`` as a finite float; the error names ``path.key`` (built only on error: hot path)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"{_at(path, key)}: must be a number, not {_kind(value)}")
-    try:
-        val = float(value)
-    except OverflowError:
-        raise InputError(f"{_at(path, key)}: number out of range") from None
-    if not math.isfinite(val):
-        raise InputError(f"{_at(path, key)}: must be finite")
-    if minimum is not None and val < minimum:
-        raise InputError(f"{_at(path, key)}: must be >= {minimum:g}")
-    return val
-
-
-def _opt_number(obj: Mapping[str, Any], key: str, path: str, *, minimum: float | None = 0.0) -> float | None:
-    value = obj.get(key)
-    return None if value is None else _number(value, path, key, minimum=minimum)
-
-
 def _kind(value: object) -> str:
     if value is None:
         return "null"
@@ -169,107 +173,90 @@ def _object(value: object, path: str) -> dict[str, Any]:
     return value
 
 
-def _ident(value: object, path: str) -> str:
-    if value is None:
-        raise InputError(f"{path}: missing")
-    if not isinstance(value, str):
-        raise InputError(f"{path}: must be a string, not {_kind(value)}")
-    if not value:
-        raise InputError(f"{path}: must not be empty")
-    if len(value) > MAX_ID_CHARS:
-        raise InputError(f"{path}: longer than {MAX_ID_CHARS} characters")
+def _value_at(value: object, at: str) -> object:
+    """The value a msgspec error path (``.a[3].b``) points at inside ``value``; None if it is not there."""
+    for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", at):
+        if name and isinstance(value, dict):
+            value = value.get(name)
+        elif index and isinstance(value, list) and int(index) < len(value):
+            value = value[int(index)]
+        else:
+            return None
     return value
 
 
-def _opt_str(obj: Mapping[str, Any], key: str, path: str) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InputError(f"{path}.{key}: must be a string, not {_kind(value)}")
-    return value
+def _bound(op: str, limit: float, where: str) -> str:
+    if abs(limit) == FLOAT_MAX:
+        return f"{where}: must be finite"
+    if where.rpartition(".")[0].endswith("weights"):  # make_weights' words, as for config rank.weights
+        if op == ">=":
+            return f"{where}: must be a finite number >= 0"
+        if op == "<=":
+            return f"{where}: must be between 0 and 1"
+    return f"{where}: must be {op} {limit:g}"
 
 
-def _location(obj: Mapping[str, Any], path: str) -> Location | None:
-    lat_raw = obj.get("latitude")
-    lon_raw = obj.get("longitude")
-    if lat_raw is None and lon_raw is None:
+def _problem(text: str, path: str, raw: object) -> InputError:
+    """msgspec's ValidationError text for ``raw`` (the object at ``path``) as our one line."""
+    match = re.fullmatch(_PROBLEM, text)
+    assert match is not None  # the pattern matches any text
+    msg, at = match["msg"], match["at"] or ""
+    where = path + at
+    if m := re.fullmatch(r"Object missing required field `(.*)`", msg):
+        return InputError(f"{where}.{m[1]}: missing")
+    if m := re.fullmatch(r"Object contains unknown field `(.*)`", msg):
+        what, known = _UNKNOWN_KEY.get(where.rpartition(".")[2], ("key", frozenset()))
+        return InputError(f"{where}.{m[1]}: unknown {what} (known: {', '.join(sorted(known))})")
+    if m := re.fullmatch(r"Expected `(.*)`, got `(.*)`", msg):
+        wanted = m[1].removesuffix(" | null")
+        if m[2] == "null" and wanted == "str":
+            return InputError(f"{where}: missing")
+        if where.rpartition(".")[0].endswith("weights"):
+            return InputError(f"{where}: must be a number")
+        return InputError(f"{where}: must be {_WANTED.get(wanted, wanted)}, not {_KINDS.get(m[2], m[2])}")
+    if m := re.fullmatch(r"Expected `str` of length ([<>]=) (\d+)", msg):
+        return InputError(
+            f"{where}: must not be empty" if m[1] == ">=" else f"{where}: longer than {m[2]} characters"
+        )
+    if m := re.fullmatch(r"Expected `(array|object)` of length <= (\d+)", msg):
+        return InputError(f"{where}: more than {m[2]} {'destinations' if m[1] == 'array' else 'datasets'}")
+    if m := re.fullmatch(r"Expected `float` ([<>]=?) (\S+)", msg):
+        return InputError(_bound(m[1], float(m[2]), where))
+    if msg == "Number out of range":
+        return InputError(f"{where}: number out of range")
+    if msg.startswith("Expected `str` matching regex"):
+        return _bad_time(where, str(_value_at(raw, at)))
+    return InputError(f"{where}: {msg[:1].lower()}{msg[1:]}")
+
+
+def _bad_time(where: str, value: str) -> InputError:
+    return InputError(
+        f"{where}: must be an RFC 3339 time with a zone (e.g. 2026-11-23T12:00:00Z) "
+        f"or Unix seconds, got {value[:40]!r}"
+    )
+
+
+def _convert(raw: object, kind: type[T], path: str) -> T:
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        raise _problem(str(exc), path, raw) from None
+
+
+def _location(lat: float | None, lon: float | None, path: str) -> Location | None:
+    if lat is None and lon is None:
         return None
-    lat = None if lat_raw is None else _number(lat_raw, path, "latitude", minimum=-90.0)
-    lon = None if lon_raw is None else _number(lon_raw, path, "longitude", minimum=-180.0)
     if lat is None or lon is None:
         missing = "latitude" if lat is None else "longitude"
         raise InputError(f"{path}.{missing}: missing (both latitude and longitude are needed)")
-    if lat > 90.0:
-        raise InputError(f"{path}.latitude: must be <= 90")
-    if lon > 180.0:
-        raise InputError(f"{path}.longitude: must be <= 180")
     return Location(lat, lon)
 
 
-def _pick(req: Mapping[str, Any], name: str) -> tuple[str, Any]:
-    """The value under ``name`` or one of its aliases; two of them at once is ambiguous."""
-    present = [key for key in ALIASES[name] if key in req]
-    if len(present) > 1:
-        raise InputError(f"{present[1]}: given together with {present[0]} (aliases of {name})")
-    if not present:
-        return name, None
-    return present[0], req[present[0]]
-
-
-def _job(value: object, path: str) -> tuple[JobSpec, str | int | None, str | None]:
-    obj = _object(value, path)
-    tool_id = _ident(obj.get("tool_id"), f"{path}.tool_id")
-    cores = _opt_number(obj, "cores", path)
-    mem_gb = _opt_number(obj, "mem", path)
-    gpus = _opt_number(obj, "gpus", path)
-    job_id = obj.get("job_id")
-    if job_id is not None and (isinstance(job_id, bool) or not isinstance(job_id, str | int)):
-        raise InputError(f"{path}.job_id: must be a string or an integer, not {_kind(job_id)}")
-    version = _opt_str(obj, "tool_version", path)
-    spec = JobSpec(
-        tool_id=tool_id,
-        cores=1.0 if cores is None else cores,
-        mem_mb=0.0 if mem_gb is None else mem_gb * MB_PER_GB,
-        gpus=0.0 if gpus is None else gpus,
-    )
-    return spec, job_id, version
-
-
-def _metrics(value: object, path: str) -> InlineMetrics:
-    obj = _object(value, path)
-    for key in obj:
-        if key not in METRIC_KEYS:
-            raise InputError(f"{path}.{key}: unknown metric (known: {', '.join(sorted(METRIC_KEYS))})")
-    free_mem_gb = _opt_number(obj, "free_mem_gb", path)
-    seen = obj.get("observed_at")
-    total_mem_gb = _opt_number(obj, "total_mem_gb", path)
-    return InlineMetrics(
-        queued=_opt_number(obj, "queued", path),
-        running=_opt_number(obj, "running", path),
-        free_cores=_opt_number(obj, "free_cores", path),
-        free_mem_mb=None if free_mem_gb is None else free_mem_gb * MB_PER_GB,
-        free_gpus=_opt_number(obj, "free_gpus", path),
-        total_cores=_opt_number(obj, "total_cores", path),
-        total_mem_mb=None if total_mem_gb is None else total_mem_gb * MB_PER_GB,
-        total_gpus=_opt_number(obj, "total_gpus", path),
-        median_queue_s=_opt_number(obj, "median_queue_s", path),
-        median_run_s=_opt_number(obj, "median_run_s", path),
-        status=_opt_str(obj, "status", path),
-        carbon_intensity=_opt_number(obj, "carbon_intensity", path),
-        price_day_ahead=_opt_number(obj, "price_day_ahead", path, minimum=None),
-        observed_at=None if seen is None else _timestamp(seen, path, "observed_at"),
-    )
-
-
-def _timestamp(value: object, path: str, key: str) -> datetime:
+def _timestamp(value: str | float, where: str) -> datetime:
     """An RFC 3339 string with a zone, or Unix seconds, as an aware UTC datetime."""
     if isinstance(value, str):
-        if _RFC3339.fullmatch(value) is None:
-            raise InputError(
-                f"{path}.{key}: must be an RFC 3339 time with a zone (e.g. 2026-11-23T12:00:00Z) "
-                f"or Unix seconds, got {value[:40]!r}"
-            )
+        if re.fullmatch(_RFC3339, value) is None:
+            raise _bad_time(where, value)
         text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
         frac = re.search(r"\.(\d+)", text)
         if frac is not None and len(frac.group(1)) > 6:  # datetime keeps microseconds
@@ -277,105 +264,190 @@ def _timestamp(value: object, path: str, key: str) -> datetime:
         try:
             return datetime.fromisoformat(text.replace("t", "T", 1)).astimezone(UTC)
         except (ValueError, OverflowError):
-            raise InputError(f"{path}.{key}: not a valid date and time, got {value[:40]!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"{path}.{key}: must be an RFC 3339 string or Unix seconds, not {_kind(value)}")
-    seconds = _number(value, path, key)
+            raise InputError(f"{where}: not a valid date and time, got {value[:40]!r}") from None
     try:
-        return datetime.fromtimestamp(seconds, UTC)
+        return datetime.fromtimestamp(value, UTC)
     except (ValueError, OverflowError, OSError):
-        raise InputError(f"{path}.{key}: Unix seconds out of range") from None
+        raise InputError(f"{where}: Unix seconds out of range") from None
 
 
-def _destination(value: object, index: int, path: str) -> DestinationRequest:
-    obj = _object(value, path)
-    get = obj.get  # absent keys are the common case: look each up once, validate only what is there
-    dest_id = _ident(get("id"), f"{path}.id")
-    context_raw = get("context")
-    context = {} if context_raw is None else _object(context_raw, f"{path}.context")
-    location = _location(obj, path)
-    if location is None and context:
-        location = _location(context, f"{path}.context")
-    store = None if get("object_store_id") is None else _opt_str(obj, "object_store_id", path)
-    if store is None and context:
-        store = _opt_str(context, "object_store_id", f"{path}.context")
-    raw = get("max_accepted_mem")
-    max_mem_gb = None if raw is None else _number(raw, path, "max_accepted_mem")
-    raw_metrics = get("metrics")
-    metrics = NO_METRICS if raw_metrics is None else _metrics(raw_metrics, f"{path}.metrics")
-    raw = get("queued_job_count")
-    queued = None if raw is None else _number(raw, path, "queued_job_count")
-    raw = get("running_job_count")
-    running = None if raw is None else _number(raw, path, "running_job_count")
-    if metrics.queued is None and queued is not None:
-        metrics = replace(metrics, queued=queued)
-    if metrics.running is None and running is not None:
-        metrics = replace(metrics, running=running)
-    raw = get("tpv_score")
-    tpv_score = 0.0 if raw is None else _number(raw, path, "tpv_score", minimum=None) or 0.0
-    raw = get("max_accepted_cores")
-    max_cores = None if raw is None else _number(raw, path, "max_accepted_cores")
-    raw = get("max_accepted_gpus")
-    max_gpus = None if raw is None else _number(raw, path, "max_accepted_gpus")
+def _gb(value: float | None) -> float | None:
+    return None if value is None else value * MB_PER_GB
+
+
+def _metrics(m: MetricsIn, path: str) -> InlineMetrics:
+    seen = m.observed_at
+    return InlineMetrics(
+        m.queued,
+        m.running,
+        m.free_cores,
+        _gb(m.free_mem_gb),
+        m.free_gpus,
+        m.total_cores,
+        _gb(m.total_mem_gb),
+        m.total_gpus,
+        m.median_queue_s,
+        m.median_run_s,
+        m.status,
+        m.carbon_intensity,
+        m.price_day_ahead,
+        None if seen is None else _timestamp(seen, f"{path}.observed_at"),
+    )
+
+
+def _destination(d: DestinationIn, index: int, key: str) -> DestinationRequest:
+    """The model's view of ``key[index]``; only what the Structs cannot say is checked here. Runs per
+    destination per request: the common shapes (coordinates given, nothing inline) take no detour."""
+    lat, lon = d.latitude, d.longitude
+    if lat is not None and lon is not None:
+        location: Location | None = Location(lat, lon)
+    else:
+        location = _location(lat, lon, f"{key}[{index}]")
+    store = d.object_store_id
+    ctx = d.context
+    if ctx is not None:
+        if location is None:
+            location = _location(ctx.latitude, ctx.longitude, f"{key}[{index}].context")
+        if store is None:
+            store = ctx.object_store_id
+    metrics = NO_METRICS if d.metrics is None else _metrics(d.metrics, f"{key}[{index}].metrics")
+    queued, running = d.queued_job_count, d.running_job_count
+    if queued is not None and metrics.queued is None:
+        metrics = msgspec.structs.replace(metrics, queued=queued)
+    if running is not None and metrics.running is None:
+        metrics = msgspec.structs.replace(metrics, running=running)
+    mem = d.max_accepted_mem
     return DestinationRequest(
-        dest_id,
+        d.id,
         index,
-        tpv_score,
-        max_cores,
-        None if max_mem_gb is None else max_mem_gb * MB_PER_GB,
-        max_gpus,
+        d.tpv_score or 0.0,
+        d.max_accepted_cores,
+        None if mem is None else mem * MB_PER_GB,
+        d.max_accepted_gpus,
         location,
         store,
         metrics,
     )
 
 
-def _datasets(value: object, path: str) -> tuple[tuple[Dataset, ...], list[str]]:
-    obj = _object(value, path)
-    if len(obj) > MAX_DATASETS:
-        raise InputError(f"{path}: more than {MAX_DATASETS} datasets")
+def _destinations(items: Iterable[DestinationIn], key: str) -> tuple[DestinationRequest, ...]:
+    out: list[DestinationRequest] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        dest = _destination(item, i, key)
+        first = seen.setdefault(dest.id, i)
+        if first != i:
+            raise InputError(f"{key}[{i}].id: duplicate of {key}[{first}].id")
+        out.append(dest)
+    return tuple(out)
+
+
+def _datasets(items: Iterable[tuple[str, DatasetIn]], key: str, warnings: list[str]) -> tuple[Dataset, ...]:
     out: list[Dataset] = []
     unsized = 0
-    for ds_id, raw in obj.items():
-        where = f"{path}[{json.dumps(ds_id)}]"
-        attrs = _object(raw, where)
-        size = _opt_number(attrs, "size", where)
-        if size is None:
+    for ds_id, attrs in items:
+        if attrs.size is None:
             unsized += 1
-        out.append(Dataset(ds_id, _opt_str(attrs, "object_store_id", where), size or 0.0))
-    warnings = [f"{path}: {unsized} dataset(s) without a size counted as 0 bytes"] if unsized else []
-    return tuple(out), warnings
+        out.append(Dataset(ds_id, attrs.object_store_id, attrs.size or 0.0))
+    if unsized:
+        warnings.append(f"{key}: {unsized} dataset(s) without a size counted as 0 bytes")
+    return tuple(out)
 
 
-def _objectstores(value: object, path: str) -> dict[str, Location]:
-    obj = _object(value, path)
+def _objectstores(items: Iterable[tuple[str, ObjectStoreIn]], key: str) -> dict[str, Location]:
     out: dict[str, Location] = {}
-    for os_id, raw in obj.items():
-        loc = _location(_object(raw, f"{path}[{json.dumps(os_id)}]"), f"{path}[{json.dumps(os_id)}]")
+    for os_id, raw in items:
+        loc = _location(raw.latitude, raw.longitude, f"{key}[{json.dumps(os_id)}]")
         if loc is not None:
             out[os_id] = loc
     return out
 
 
-def _options(value: object, path: str) -> Options:
-    obj = _object(value, path)
-    for key in obj:
-        if key not in OPTION_KEYS:
-            raise InputError(f"{path}.{key}: unknown option (known: {', '.join(sorted(OPTION_KEYS))})")
-    drop = obj.get("drop_infeasible", False)
-    if not isinstance(drop, bool):
-        raise InputError(f"{path}.drop_infeasible: must be true or false, not {_kind(drop)}")
-    weights = obj.get("weights")
-    return Options(
-        weights={} if weights is None else _object(weights, f"{path}.weights"),
-        drop_infeasible=drop,
-        max_state_age=_opt_number(obj, "max_state_age", path),
-        max_metric_age=_opt_number(obj, "max_metric_age", path),
+def _options(o: OptionsIn | None) -> Options:
+    if o is None:
+        return Options()
+    w = o.weights
+    weights = {} if w is None else {k: v for k in WEIGHT_KEYS if (v := getattr(w, k)) is not msgspec.UNSET}
+    return Options(weights, o.drop_infeasible, o.max_state_age, o.max_metric_age)
+
+
+def _job(job: JobIn) -> JobSpec:
+    return JobSpec(
+        job.tool_id,
+        1.0 if job.cores is None else job.cores,
+        0.0 if job.mem is None else job.mem * MB_PER_GB,
+        0.0 if job.gpus is None else job.gpus,
     )
 
 
+def _given(names: Iterable[str], present: Mapping[str, object] | RankRequestIn) -> list[str]:
+    if isinstance(present, RankRequestIn):
+        return [n for n in names if getattr(present, n) is not msgspec.UNSET]
+    return [n for n in names if n in present]
+
+
+def _pick(req: Mapping[str, Any] | RankRequestIn, name: str) -> tuple[str, Any]:
+    """The value under ``name`` or one of its aliases; two of them at once is ambiguous."""
+    present = _given(ALIASES[name], req)
+    if len(present) > 1:
+        raise InputError(f"{present[1]}: given together with {present[0]} (aliases of {name})")
+    if not present:
+        return name, None
+    return present[0], req[present[0]] if isinstance(req, Mapping) else getattr(req, present[0])
+
+
+def parse_request_bytes(data: bytes) -> RankRequest:
+    """Bytes -> RankRequest, decoded and validated in one pass by msgspec; anything it refuses (and a
+    request with unknown top-level keys) is re-read by ``decode_request``/``parse_request``, which
+    word the problem exactly as the CLI does."""
+    if len(data) <= MAX_REQUEST_BYTES:
+        try:
+            wire = msgspec.json.decode(data, type=StrictRankRequestIn)
+        except msgspec.MsgspecError:
+            pass
+        else:
+            return _from_wire(wire)
+    return parse_request(decode_request(data))
+
+
+def _from_wire(wire: RankRequestIn) -> RankRequest:
+    _, job = _pick(wire, "job")
+    if job is None:
+        raise InputError("job: missing")
+    dest_key, dests = _pick(wire, "destinations")
+    if dests is None:
+        raise InputError("destinations: missing")
+    destinations = _destinations(dests, dest_key)
+    warnings: list[str] = []
+    ds_key, ds = _pick(wire, "datasets")
+    datasets = () if ds is None else _datasets(ds.items(), ds_key, warnings)
+    os_key, stores = _pick(wire, "objectstores")
+    objectstores = {} if stores is None else _objectstores(stores.items(), os_key)
+    return RankRequest(
+        _job(job),
+        destinations,
+        datasets,
+        objectstores,
+        _options(_pick(wire, "options")[1]),
+        job.job_id,
+        job.tool_version,
+        tuple(warnings),
+    )
+
+
+def _each(raw: list[Any], kind: type[T], key: str) -> Iterator[T]:
+    for i, item in enumerate(raw):
+        yield _convert(item, kind, f"{key}[{i}]")
+
+
+def _entries(raw: object, kind: type[T], key: str) -> Iterator[tuple[str, T]]:
+    for k, item in _object(raw, key).items():
+        yield k, _convert(item, kind, f"{key}[{json.dumps(k)}]")
+
+
 def parse_request(value: object) -> RankRequest:
-    """Validate the decoded JSON and turn it into plain dataclasses (job memory converted GB -> MB here)."""
+    """Validate the decoded JSON section by section (job, destinations one by one, datasets, object
+    stores, options: the order problems are reported in) and build the model's input (GB -> MB)."""
     req = _object(value, "request")
     warnings: list[str] = []
     known = {key for names in ALIASES.values() for key in names}
@@ -386,7 +458,7 @@ def parse_request(value: object) -> RankRequest:
     job_key, job_raw = _pick(req, "job")
     if job_raw is None:
         raise InputError("job: missing")
-    job, job_id, tool_version = _job(job_raw, job_key)
+    job = _convert(_object(job_raw, job_key), JobIn, job_key)
 
     dest_key, dest_raw = _pick(req, "destinations")
     if dest_raw is None:
@@ -395,31 +467,25 @@ def parse_request(value: object) -> RankRequest:
         raise InputError(f"{dest_key}: must be a list, not {_kind(dest_raw)}")
     if len(dest_raw) > MAX_DESTINATIONS:
         raise InputError(f"{dest_key}: more than {MAX_DESTINATIONS} destinations")
-    dests: list[DestinationRequest] = []
-    seen: dict[str, int] = {}
-    for i, raw in enumerate(dest_raw):
-        dest = _destination(raw, i, f"{dest_key}[{i}]")
-        if dest.id in seen:
-            raise InputError(f"{dest_key}[{i}].id: duplicate of {dest_key}[{seen[dest.id]}].id")
-        seen[dest.id] = i
-        dests.append(dest)
+    destinations = _destinations(_each(dest_raw, DestinationIn, dest_key), dest_key)
 
     ds_key, ds_raw = _pick(req, "datasets")
     datasets: tuple[Dataset, ...] = ()
     if ds_raw is not None:
-        datasets, ds_warnings = _datasets(ds_raw, ds_key)
-        warnings.extend(ds_warnings)
+        if len(_object(ds_raw, ds_key)) > MAX_DATASETS:
+            raise InputError(f"{ds_key}: more than {MAX_DATASETS} datasets")
+        datasets = _datasets(_entries(ds_raw, DatasetIn, ds_key), ds_key, warnings)
     os_key, os_raw = _pick(req, "objectstores")
-    objectstores = {} if os_raw is None else _objectstores(os_raw, os_key)
+    objectstores = {} if os_raw is None else _objectstores(_entries(os_raw, ObjectStoreIn, os_key), os_key)
     _, opt_raw = _pick(req, "options")
-    options = Options() if opt_raw is None else _options(opt_raw, "options")
+    options = None if opt_raw is None else _convert(_object(opt_raw, "options"), OptionsIn, "options")
     return RankRequest(
-        job=job,
-        destinations=tuple(dests),
-        datasets=datasets,
-        objectstores=objectstores,
-        options=options,
-        job_id=job_id,
-        tool_version=tool_version,
-        warnings=tuple(warnings),
+        _job(job),
+        destinations,
+        datasets,
+        objectstores,
+        _options(options),
+        job.job_id,
+        job.tool_version,
+        tuple(warnings),
     )

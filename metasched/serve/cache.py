@@ -43,7 +43,7 @@ class CachingStore(Store):
         """(commits by other connections, rows changed by this one) as seen by this thread's connection."""
         if self.is_postgres:
             return None
-        # The driver connection directly: peewee's execute_sql costs ten times the pragma itself.
+        # The driver connection directly: peewee's execute_sql costs far more than the pragma itself.
         conn = self.db.connection()
         row = conn.execute("PRAGMA data_version").fetchone()
         return int(row[0]), int(conn.total_changes)

@@ -1,0 +1,105 @@
+"""Scoring: every candidate's terms added up and the candidates ordered (the formula in rank.model)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from operator import itemgetter
+
+from metasched.rank.energy import energy_cost, energy_on, median_known
+from metasched.rank.model import (
+    MAX_SECONDS,
+    Candidate,
+    Dataset,
+    Energy,
+    JobSpec,
+    Location,
+    Outcome,
+    Ranked,
+    group_inputs,
+    infeasibility,
+    known_run_s,
+    neutral_staging,
+    run_time,
+    sources,
+    staging,
+    status_note,
+)
+from metasched.rank.start_estimate import queue_time
+from metasched.settings.weights import Weights
+
+
+def rank_candidates(
+    job: JobSpec,
+    datasets: Sequence[Dataset],
+    objectstores: Mapping[str, Location],
+    candidates: Sequence[Candidate],
+    w: Weights,
+) -> Outcome:
+    """Score every candidate and order them: feasible first, by score, then TPV score, then input order."""
+    warnings: list[str] = []
+    missing = sorted(
+        {ds.object_store_id for ds in datasets if ds.object_store_id is not None} - set(objectstores)
+    )
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5])
+        warnings.append(f"object store(s) without a known location: {shown}")
+    groups = group_inputs(datasets)
+    known = [r for r in (known_run_s(c.observed, w) for c in candidates) if r is not None]
+    tool_median = statistics.median(known) if known else None
+    srcs = sources(groups, objectstores)
+    stagings = [staging(srcs, cand, w) for cand in candidates]
+    located = [st[0] for cand, st in zip(candidates, stagings, strict=True) if cand.location is not None]
+    total_bytes = sum(g.size_bytes for g in groups)
+    scored: list[tuple[tuple[bool, float, float, int], Ranked]] = []
+    discount, tpv_weight, tanh = w.tpv_max_discount, w.tpv_weight, math.tanh
+    with_energy = energy_on(w)
+    carbon_mid = median_known([c.observed.carbon_g_kwh for c in candidates]) if with_energy else None
+    price_mid = median_known([c.observed.price_eur_mwh for c in candidates]) if with_energy else None
+    for cand, (stage_s, moved, local, stage_why) in zip(candidates, stagings, strict=True):
+        obs = cand.observed
+        why_not = infeasibility(job, cand)
+        if cand.location is None and moved > 0:
+            stage_s, neutral_why = neutral_staging(moved, total_bytes, located)
+            stage_why.insert(0, neutral_why)
+        run_s, run_why = run_time(cand, tool_median, w)
+        queue_s, queue_why = queue_time(job, obs, w)
+        if stage_s > MAX_SECONDS:
+            stage_s = MAX_SECONDS
+        if queue_s > MAX_SECONDS:
+            queue_s = MAX_SECONDS
+        if run_s > MAX_SECONDS:
+            run_s = MAX_SECONDS
+        total = stage_s + queue_s + run_s
+        energy: Energy | None = None
+        if with_energy:
+            energy, energy_why = energy_cost(job, run_s, obs, carbon_mid, price_mid, w)
+            cost = total + energy.seconds
+            reasons = (*why_not, *obs.reasons, *stage_why, *queue_why, run_why, *energy_why)
+        else:
+            cost = total
+            reasons = (*why_not, *obs.reasons, *stage_why, *queue_why, run_why)
+        score = cost * (1.0 - discount * tanh(tpv_weight * cand.tpv_score))
+        note = None if obs.status is None else status_note(obs.status)
+        if note is not None:
+            reasons = (note, *reasons)
+        # Positional: keyword construction of a 12-field dataclass costs noticeably per destination.
+        ranked = Ranked(
+            cand.id,
+            cand.index,
+            not why_not,
+            score,
+            stage_s,
+            queue_s,
+            run_s,
+            total,
+            cand.tpv_score,
+            moved,
+            local,
+            reasons,
+            energy,
+        )
+        scored.append(((bool(why_not), round(score, 6), -cand.tpv_score, cand.index), ranked))
+    scored.sort(key=itemgetter(0))
+    return Outcome(ranked=tuple(t[1] for t in scored), warnings=tuple(warnings))
