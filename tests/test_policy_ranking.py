@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from metasched.app.policy_ranking import DYNAMIC_MAX, DYNAMIC_MIN, Usage, adjust
 from metasched.policy import ActivePolicy, PolicyOverride, apply_override, weights
-from metasched.policy.ranking import DYNAMIC_MAX, DYNAMIC_MIN, Usage, adjust
 from metasched.rank.model import Outcome, Ranked
 from metasched.settings import PolicyConfig, load_config
 from metasched.store import Store

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from metasched.app.policy_ranking import apply as apply_policies
 from metasched.domain.errors import ConfigError, InputError
-from metasched.policy.ranking import apply as apply_policies
 from metasched.rank.energy import energy_on
 from metasched.rank.ledger import job_key, record
 from metasched.rank.model import Candidate, Location, Outcome, Ranked

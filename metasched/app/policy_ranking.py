@@ -1,4 +1,6 @@
-"""Policy adjustments of a rank outcome, in seconds of expected turnaround (docs/policies.md).
+"""Ranking with policies: the active cluster policies adjust a rank outcome, in seconds of expected
+turnaround (docs/policies.md). It joins the policy state (``metasched.policy``) and the model's outcome
+(``metasched.rank``), siblings that know nothing of each other, so it lives in the app layer.
 
 ``adjust`` is pure: the model's ``Outcome``, the active policies and each destination's running work
 in, a re-ordered ``Outcome`` out. ``apply`` is the hook ``rank`` calls: it reads the overrides and the
@@ -17,15 +19,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
 
+from metasched.domain.destination import DestinationSummary
 from metasched.policy import ActivePolicy, active_policies, weights
-
-if TYPE_CHECKING:
-    from metasched.domain.destination import DestinationSummary
-    from metasched.rank.model import Outcome, Ranked
-    from metasched.settings import Config
-    from metasched.store import Store
+from metasched.rank.model import Outcome, Ranked
+from metasched.settings import Config
+from metasched.store import Store
 
 log = logging.getLogger("metasched.policy")
 
@@ -79,8 +78,6 @@ def adjust(outcome: Outcome, policies: Sequence[ActivePolicy], usage: Mapping[st
     first, by adjusted score, TPV score, input order (as the model), then each best_effort group's
     high-priority member moved ahead of its fellow members.
     """
-    from metasched.rank.model import Outcome
-
     by_id = {r.id: r for r in outcome.ranked}
     for policy in policies:
         members = [d for d in policy.config.destinations if d in by_id]
