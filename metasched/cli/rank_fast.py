@@ -114,7 +114,7 @@ def fast_main(argv: list[str], env: Mapping[str, str]) -> int | None:
     """Run ``metasched rank ARGV`` and return its exit code, or None to let Typer handle ``argv``.
 
     Only for a process that exits right after: it turns the cyclic garbage collector off, whose passes
-    over many small objects cost more than they free (a tenth of the run at 1,000 destinations).
+    over the many small objects of a large request cost more than they free.
     """
     values: dict[str, str] = {}
     explain = False

@@ -56,7 +56,7 @@ def aware_from_db(value: Any) -> datetime | None:
     """A datetime column as the driver (or peewee) returned it -> aware UTC.
 
     SQLite's naive UTC text parses straight to an aware value (``+00:00`` gives the UTC singleton):
-    ``datetime.replace`` costs ten times the parse, and rank converts thousands of these per call.
+    ``datetime.replace`` costs more than the parse itself, and rank converts thousands per call.
     """
     if type(value) is str:
         try:
