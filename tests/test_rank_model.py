@@ -451,3 +451,28 @@ def test_without_estimates_rank_answers_as_before() -> None:
     seconds, why = state_wait(job, obs, Weights())
     assert out.ranked[0].queue_s == seconds
     assert queue_time(job, obs, Weights())[1] == [f"queue {seconds:,.0f} s: {why}"]
+
+
+def test_unknown_location_is_priced_as_any_known_object_store() -> None:
+    """A dataset Galaxy cannot locate is at one of the known object stores, each as likely: a
+    destination far from all of them pays more for it than one in their midst, its own store is free,
+    and without any known store the flat ``unknown_distance_km`` stands."""
+    stores = {"eu": Location(50.0, 8.0), "us": Location(40.0, -75.0)}
+    ds = [Dataset(id="d1", object_store_id=None, size_bytes=10e9)]
+    cands = [
+        Candidate(id="eu", index=0, location=Location(50.0, 8.0), object_store_id="eu"),
+        Candidate(id="mid", index=1, location=Location(48.0, 2.0)),
+        Candidate(id="au", index=2, location=Location(-35.0, 149.0)),
+    ]
+    by_id = {r.id: r for r in rank_candidates(JobSpec("t"), ds, stores, cands, Weights()).ranked}
+    w = Weights()
+    au_factor = sum(
+        1 + haversine_km(-35.0, 149.0, s.latitude, s.longitude) / w.halving_km for s in stores.values()
+    )
+    assert by_id["au"].staging_s == pytest.approx(10e9 / (w.bandwidth_mb_s * 1e6) * au_factor / 2)
+    assert by_id["eu"].staging_s < by_id["mid"].staging_s < by_id["au"].staging_s
+    assert any("equally likely at each of the 2 known object stores" in r for r in by_id["au"].reasons)
+    flat = {r.id: r for r in rank_candidates(JobSpec("t"), ds, {}, cands, w).ranked}
+    assert flat["au"].staging_s == pytest.approx(transfer_s(10e9, w.unknown_distance_km, 100, w.halving_km))
+    assert flat["au"].staging_s == flat["mid"].staging_s
+    assert any("assumed 3,000 km" in r for r in flat["au"].reasons)

@@ -248,7 +248,38 @@ def sources(groups: Sequence[InputGroup], objectstores: Mapping[str, Location]) 
     return out
 
 
-def staging(srcs: Sequence[Source], cand: Candidate, w: Weights) -> tuple[float, float, float, list[str]]:
+# Every object store whose location is known, prepared once per request: where a dataset of unknown
+# location may be.
+Stores = Sequence[tuple[str, tuple[float, float, float]]]
+
+
+def store_points(objectstores: Mapping[str, Location]) -> list[tuple[str, tuple[float, float, float]]]:
+    return [(k, point(v.latitude, v.longitude)) for k, v in objectstores.items()]
+
+
+def unknown_factor(stores: Stores, own: str | None, here: tuple[float, float, float], w: Weights) -> float:
+    """Staging seconds per (bytes / bandwidth) of a dataset whose object store is unknown.
+
+    It is at one of the known object stores, each as likely: the mean over them of the distance law's
+    slowdown ``1 + km / halving_km``, 0 for the destination's own or a co-located one. A destination
+    far from every store thus pays more for it than one in their midst. Without any known store, the
+    law at ``unknown_distance_km``.
+    """
+    if not stores:
+        return 1.0 + w.unknown_distance_km / w.halving_km
+    total = 0.0
+    for store_id, p in stores:
+        if store_id == own:
+            continue
+        km = distance_km(p, here)
+        if km > w.colocated_km:
+            total += 1.0 + km / w.halving_km
+    return total / len(stores)
+
+
+def staging(
+    srcs: Sequence[Source], cand: Candidate, w: Weights, stores: Stores = ()
+) -> tuple[float, float, float, list[str]]:
     """(seconds, bytes to move, bytes already local, reasons) to bring every input to ``cand``."""
     seconds = 0.0
     moved = 0.0
@@ -258,7 +289,8 @@ def staging(srcs: Sequence[Source], cand: Candidate, w: Weights) -> tuple[float,
     loc = cand.location
     here = None if loc is None else point(loc.latitude, loc.longitude)
     own = cand.object_store_id
-    unknown_km, colocated_km, halving_km = w.unknown_distance_km, w.colocated_km, w.halving_km
+    colocated_km, halving_km = w.colocated_km, w.halving_km
+    unknown = -1.0  # unknown_factor, computed on the first dataset of unknown location
     bytes_s = w.bandwidth_mb_s * 1e6  # geo.transfer_s inlined, same arithmetic: this loop runs per pair
     for group, src in srcs:
         if group.object_store_id is not None and group.object_store_id == own:
@@ -268,13 +300,16 @@ def staging(srcs: Sequence[Source], cand: Candidate, w: Weights) -> tuple[float,
             moved += group.size_bytes
             continue
         if src is None:
-            km = unknown_km
             assumed += group.count
-        else:
-            km = distance_km(src, here)
-            if km <= colocated_km:
-                local += group.size_bytes
-                continue
+            if unknown < 0.0:
+                unknown = unknown_factor(stores, own, here, w)
+            moved += group.size_bytes
+            seconds += group.size_bytes / bytes_s * unknown
+            continue
+        km = distance_km(src, here)
+        if km <= colocated_km:
+            local += group.size_bytes
+            continue
         if km > far_km:
             far_km = km
         moved += group.size_bytes
@@ -285,7 +320,12 @@ def staging(srcs: Sequence[Source], cand: Candidate, w: Weights) -> tuple[float,
     if local:
         reasons.append(f"{fmt_bytes(local)} already local (own or co-located object store)")
     if assumed:
-        reasons.append(f"{assumed} dataset(s) of unknown location: assumed {w.unknown_distance_km:,.0f} km")
+        where = (
+            f"equally likely at each of the {len(stores)} known object stores"
+            if stores
+            else f"assumed {w.unknown_distance_km:,.0f} km"
+        )
+        reasons.append(f"{assumed} dataset(s) of unknown location: {where}")
     return seconds, moved, local, reasons
 
 

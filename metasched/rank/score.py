@@ -25,6 +25,7 @@ from metasched.rank.model import (
     sources,
     staging,
     status_note,
+    store_points,
 )
 from metasched.rank.start_estimate import queue_time
 from metasched.settings.weights import Weights
@@ -49,7 +50,8 @@ def rank_candidates(
     known = [r for r in (known_run_s(c.observed, w) for c in candidates) if r is not None]
     tool_median = statistics.median(known) if known else None
     srcs = sources(groups, objectstores)
-    stagings = [staging(srcs, cand, w) for cand in candidates]
+    stores = store_points(objectstores) if any(src is None for _, src in srcs) else []
+    stagings = [staging(srcs, cand, w, stores) for cand in candidates]
     located = [st[0] for cand, st in zip(candidates, stagings, strict=True) if cand.location is not None]
     total_bytes = sum(g.size_bytes for g in groups)
     scored: list[tuple[tuple[bool, float, float, int], Ranked]] = []
