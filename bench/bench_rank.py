@@ -176,9 +176,10 @@ def import_times(cmd: list[str], env: dict[str, str], top: int = IMPORT_TOP) -> 
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:") or "[us]" in line:
             continue
-        self_us, cumulative_us, name = (part.strip() for part in line[len("import time:") :].split("|"))
-        rows.append((int(cumulative_us), int(self_us), name))
-    total = sum(c for c, _, name in rows if not name.startswith(" "))
+        self_us, cumulative_us, raw = line[len("import time:") :].split("|")
+        rows.append((int(cumulative_us), int(self_us), raw.rstrip()))  # nesting: 2 spaces a level
+    indent = min((len(n) - len(n.lstrip()) for _, _, n in rows), default=0)
+    total = sum(c for c, _, n in rows if len(n) - len(n.lstrip()) == indent)
     shown = sorted(rows, reverse=True)[:top]
     lines = [f"  {c / 1000:8.1f} ms cumulative {s / 1000:7.1f} ms self  {n.strip()}" for c, s, n in shown]
     lines.append(f"  {total / 1000:8.1f} ms all imports of the run (sum over the top-level ones)")
