@@ -254,6 +254,7 @@ Stores = Sequence[tuple[str, tuple[float, float, float]]]
 
 
 def store_points(objectstores: Mapping[str, Location]) -> list[tuple[str, tuple[float, float, float]]]:
+    """Every located object store, prepared for ``distance_km`` once per request."""
     return [(k, point(v.latitude, v.longitude)) for k, v in objectstores.items()]
 
 
@@ -290,7 +291,7 @@ def staging(
     here = None if loc is None else point(loc.latitude, loc.longitude)
     own = cand.object_store_id
     colocated_km, halving_km = w.colocated_km, w.halving_km
-    unknown = -1.0  # unknown_factor, computed on the first dataset of unknown location
+    unknown: float | None = None  # unknown_factor, computed on the first dataset of unknown location
     bytes_s = w.bandwidth_mb_s * 1e6  # geo.transfer_s inlined, same arithmetic: this loop runs per pair
     for group, src in srcs:
         if group.object_store_id is not None and group.object_store_id == own:
@@ -301,7 +302,7 @@ def staging(
             continue
         if src is None:
             assumed += group.count
-            if unknown < 0.0:
+            if unknown is None:
                 unknown = unknown_factor(stores, own, here, w)
             moved += group.size_bytes
             seconds += group.size_bytes / bytes_s * unknown
