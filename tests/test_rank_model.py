@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from metasched.app.ranking import rank
+from metasched.domain.destination import PlacementEntry
 from metasched.rank.geo import haversine_km, transfer_s
 from metasched.rank.model import Candidate, Dataset, JobSpec, Location, Observed, state_wait
 from metasched.rank.score import rank_candidates
+from metasched.rank.state import inflight_demand
 from metasched.settings import Config, SSHSettings
 from metasched.settings.weights import Weights
 
@@ -476,3 +478,22 @@ def test_unknown_location_is_priced_as_any_known_object_store() -> None:
     assert flat["au"].staging_s == pytest.approx(transfer_s(10e9, w.unknown_distance_km, 100, w.halving_km))
     assert flat["au"].staging_s == flat["mid"].staging_s
     assert any("assumed 3,000 km" in r for r in flat["au"].reasons)
+
+
+def test_a_placement_counts_until_an_observation_after_its_predicted_arrival() -> None:
+    """Pulsar stages inputs before it submits: a job placed before the last collect but still staging
+    then is in no queue that collect saw, so it still counts as queued ahead; one whose predicted
+    staging ended before the collect does not (the collect saw it, or reconcile will settle it)."""
+    seen = NOW - timedelta(seconds=60)
+
+    def entry(job: str, placed_s_before: float, staging_s: float) -> PlacementEntry:
+        return PlacementEntry(
+            job, "d", "t", 4, 1000, 0, NOW - timedelta(seconds=placed_s_before), staging_s, 0, 600
+        )
+
+    staging = entry("1", 120, 3600)  # placed before the collect, staging for an hour: not in its queue
+    arrived = entry("2", 120, 10)  # staged 110 s before the collect: the collect saw it
+    newer = entry("3", 30, 0)  # placed after the collect
+    assert inflight_demand([staging, arrived, newer], seen, None) == (2, 8.0, 2000.0, 0.0)
+    assert inflight_demand([staging, arrived, newer], None, None)[0] == 3
+    assert inflight_demand([staging, arrived, newer], seen, "1")[0] == 1  # not queued ahead of itself

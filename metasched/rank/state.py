@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 
 from metasched.domain.destination import DestinationSummary, MetricRow, PlacementEntry, ToolTimes
@@ -121,12 +121,19 @@ def load_state(
 def inflight_demand(
     entries: Sequence[PlacementEntry], observed_at: datetime | None, job_id: str | None
 ) -> tuple[int, float, float, float]:
-    """(jobs, cores, memory MB, GPUs) placed after ``observed_at`` (None: nothing observed, all count),
-    leaving out ``job_id`` itself: a job ranked again is not queued ahead of itself."""
+    """(jobs, cores, memory MB, GPUs) of the placements the observation at ``observed_at`` cannot hold
+    yet (None: nothing observed, all count), leaving out ``job_id`` itself: a job ranked again is not
+    queued ahead of itself.
+
+    A job reaches the scheduler's queue once its inputs are staged (Pulsar stages before it submits),
+    so a placement counts until an observation made after its predicted arrival: placed_at plus its
+    predicted staging. Collect resolves the ones it then finds; the others expire after the TTL.
+    """
     jobs = 0
     cores = mem = gpus = 0.0
     for e in entries:
-        if (observed_at is None or e.placed_at > observed_at) and e.job_id != job_id:
+        arrives = e.placed_at + timedelta(seconds=max(e.pred_staging_s, 0.0))
+        if (observed_at is None or arrives > observed_at) and e.job_id != job_id:
             jobs += 1
             cores += e.cores
             mem += e.mem_mb
