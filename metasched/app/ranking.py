@@ -192,14 +192,20 @@ def rank(
     warnings: Sequence[str] = (),
     notes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Validate ``request_obj`` (decoded JSON, or the raw bytes: decoded and validated in one pass) and
+    """Validate ``request_obj`` (decoded JSON; the raw bytes, decoded and validated in one pass; or a
+    RankRequest already parsed) and
     rank it; InputError/ConfigError for bad input or config.
 
     ``store`` None ranks from the request and the config alone; ``warnings`` (e.g. why there is no
     store) are carried into the response. The answer is recorded in the placement ledger
     (``metasched.rank.ledger``); ``notes`` receives what happened to it (``--explain`` shows it).
     """
-    req = parse_request_bytes(request_obj) if isinstance(request_obj, bytes) else parse_request(request_obj)
+    if isinstance(request_obj, RankRequest):
+        req = request_obj
+    elif isinstance(request_obj, bytes):
+        req = parse_request_bytes(request_obj)
+    else:
+        req = parse_request(request_obj)
     outcome, warn = rank_outcome(req, config, store, now, warnings)
     note = record(req, outcome, config, store, now, warn)
     if notes is not None:

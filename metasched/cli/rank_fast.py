@@ -22,7 +22,7 @@ from typing import Any
 from metasched.app.ranking import rank
 from metasched.cli.report import report
 from metasched.domain.errors import InputError
-from metasched.rank.request import MAX_REQUEST_BYTES, decode_request
+from metasched.rank.request import MAX_REQUEST_BYTES, parse_request_bytes
 from metasched.rank.state import open_existing_store
 from metasched.settings import database_url, load_config, resolve_config_path
 
@@ -92,12 +92,12 @@ def run(
         level = logging.DEBUG if verbose > 1 else logging.INFO
         logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
-        request_obj = decode_request(_read_request(request))
+        req = parse_request_bytes(_read_request(request))  # before the config: a bad request names itself
         cfg = load_config(resolve_config_path(config, env), env, read_secrets=False)
         store, warning = open_existing_store(database_url(cfg, database, env))
         notes: list[str] = []
         try:
-            result = rank(request_obj, cfg, store, datetime.now(UTC), [warning] if warning else [], notes)
+            result = rank(req, cfg, store, datetime.now(UTC), [warning] if warning else [], notes)
         finally:
             if store is not None:
                 store.close()
