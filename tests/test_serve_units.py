@@ -22,6 +22,7 @@ from metasched.serve.metrics import LoopStats, RequestStats, render
 from metasched.serve.state import Overrides, apply_overrides
 from metasched.settings import load_config
 from metasched.store import Store
+from metasched.store.rank_reads import SUMMARY_FIELDS
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -135,24 +136,7 @@ def summary(dest_id: str, **kw: object) -> DestinationSummary:
         "last_attempt": NOW,
         "last_success": NOW,
         "error": None,
-        **dict.fromkeys(
-            (
-                "cores_total",
-                "cores_free",
-                "mem_total_mb",
-                "mem_free_mb",
-                "gpus_total",
-                "gpus_free",
-                "nodes_total",
-                "nodes_unavailable",
-                "jobs_running",
-                "jobs_queued",
-                "jobs_held",
-                "queued_cores",
-                "running_cores",
-            ),
-            1,
-        ),
+        **dict.fromkeys(SUMMARY_FIELDS, 1),
     }
     values.update(kw)
     return DestinationSummary(**values)  # type: ignore[arg-type]
