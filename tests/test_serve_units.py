@@ -1,17 +1,19 @@
 """The pieces of serve that need no server: the `serve:` config block and ${CREDENTIALS_DIRECTORY}
 paths (real files), the Prometheus page (read back by the Prometheus client's parser), the token
 check, --until parsing, the CLI overrides, and the read cache over a real SQLite file changed by
-another connection."""
+another connection, and the per-destination memo ranking keeps in it."""
 
 from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from metasched.app.ranking import rank
 from metasched.cli.admin import parse_until
 from metasched.domain.destination import DestinationSummary
 from metasched.domain.errors import ConfigError, InputError
@@ -237,6 +239,57 @@ def test_cache_sees_commits_of_other_connections(tmp_path: Path) -> None:
     later = NOW + timedelta(seconds=60)
     writer.write_snapshot("a", Snapshot([node]), run_id="w", started=later, finished=later)
     assert reader.typical_run_s(["a"]) == {"a": 660.0}
+    writer.close()
+    reader.close()
+
+
+def test_derived_dict_lasts_while_database_and_config_do(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.db")
+    writer = Store.open(db)
+    reader = CachingStore.open(db)
+    cfg, other_cfg = load_config(write(tmp_path, DEST), {}), load_config(write(tmp_path, DEST), {})
+    memo = reader.derived(cfg)
+    assert memo is not None
+    memo["k"] = 1
+    assert reader.derived(cfg) is memo
+    writer.write_snapshot("a", Snapshot([Node("n", "idle", True, 4)]), run_id="r", started=NOW, finished=NOW)
+    fresh = reader.derived(cfg)
+    assert fresh is not memo and fresh == {}  # a request holding the old one writes into nothing shared
+    fresh["k"] = 1
+    assert reader.derived(other_cfg) == {}  # a reloaded config: observations made with the old one go
+    reader.write_snapshot("a", Snapshot([Node("n", "idle", True, 2)]), run_id="s", started=NOW, finished=NOW)
+    assert reader.derived(other_cfg) == {}  # this connection's own writes too
+    writer.close()
+    reader.close()
+
+
+def test_memo_gives_the_answer_at_the_end_of_the_second(tmp_path: Path) -> None:
+    """serve's per-destination memo: the same answer as ranking without it at the second's end, for
+    every request of that second, whatever the job; inline metrics are the request's own."""
+    db = str(tmp_path / "s.db")
+    writer = Store.open(db)
+    started = NOW - timedelta(seconds=90)
+    jobs = [Job("7", RUNNING, name="g7_cat1_u", cores=2, submit_time=started, start_time=started)]
+    for dest in ("a", "b"):
+        snap = Snapshot([Node("n", "mixed", True, 8, 6)], jobs=jobs)
+        writer.write_snapshot(dest, snap, run_id=dest, started=NOW, finished=NOW)
+    cfg = load_config(write(tmp_path, "destinations:\n  - {id: a, scheduler: node, host: local}\n"), {})
+    reader = CachingStore.open(db)
+    at = NOW + timedelta(seconds=7, microseconds=654_321)
+
+    def request(cores: int) -> dict[str, Any]:
+        return {
+            "job": {"tool_id": "cat1", "cores": cores},
+            "destinations": [{"id": "a"}, {"id": "b"}, {"id": "c", "metrics": {"free_cores": 3}}],
+        }
+
+    memo = reader.derived(cfg)
+    assert memo is not None
+    for cores in (1, 4, 1):
+        got = rank(request(cores), cfg, reader, at, memo=memo)
+        assert got == rank(request(cores), cfg, reader, at.replace(microsecond=0) + timedelta(seconds=1))
+        assert sorted(k[0] for k in memo) == ["a", "b"]  # observed once; "c" carries its own metrics
+    assert "collected 8 s ago" in " ".join(got["ranked"][0]["reasons"])
     writer.close()
     reader.close()
 

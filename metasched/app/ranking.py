@@ -8,7 +8,7 @@ placement ledger and returns the response object. See docs/rank.md.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,8 +16,8 @@ from metasched.app.policy_ranking import apply as apply_policies
 from metasched.domain.errors import ConfigError, InputError
 from metasched.rank.energy import energy_on
 from metasched.rank.ledger import job_key, record
-from metasched.rank.model import Candidate, Location, Outcome, Ranked
-from metasched.rank.request import RankRequest, parse_request, parse_request_bytes
+from metasched.rank.model import Candidate, Location, Observed, Outcome, Ranked
+from metasched.rank.request import NO_METRICS, RankRequest, parse_request, parse_request_bytes
 from metasched.rank.score import rank_candidates
 from metasched.rank.state import StoredState, load_state, observe
 from metasched.settings import Config
@@ -28,6 +28,9 @@ __all__ = ["SCHEMA_VERSION", "rank", "rank_outcome", "response"]
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_METRIC_AGE = 900.0
+ONE_SECOND = timedelta(seconds=1)
+# (destination, tool, second, max ages) -> observe()'s answer; see rank_outcome.
+Memo = MutableMapping[tuple[Any, ...], tuple[Observed, bool, bool]]
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,20 @@ def _weights(config: Config, req: RankRequest) -> Weights:
 
 
 def rank_outcome(
-    req: RankRequest, config: Config, store: Store | None, now: datetime, warnings: Sequence[str] = ()
+    req: RankRequest,
+    config: Config,
+    store: Store | None,
+    now: datetime,
+    warnings: Sequence[str] = (),
+    memo: Memo | None = None,
 ) -> tuple[Outcome, list[str]]:
-    """The model's ordered result plus every warning (request, store, staleness, model)."""
+    """The model's ordered result plus every warning (request, store, staleness, model).
+
+    ``memo`` (serve): each destination's observation kept across requests while the store's reads and
+    the config stay the same. Ages are then taken at the whole second, so every request of that second
+    sees the same observation: a burst of one tool's jobs observes each destination once. The second's
+    end, not its start: a state collected a moment ago is never dated in the future.
+    """
     weights = _weights(config, req)
     warn = [*warnings, *req.warnings]
     max_state_age = req.options.max_state_age
@@ -62,6 +76,7 @@ def rank_outcome(
             state = load_state(store, ids, req.job.tool_id, since)
         except Exception as exc:  # a locked or broken store degrades the answer, it never fails the job
             log.debug("reading the store failed", exc_info=True)
+            memo = None
             warn.append(f"state store unreadable ({type(exc).__name__}: {exc}): ranking from the request")
 
     objectstores = {k: Location(lat, lon) for k, (lat, lon) in config.objectstores.items()}
@@ -78,23 +93,35 @@ def rank_outcome(
     tool_id = req.job.tool_id
     placements, job_id = state.placements, job_key(req)
     carbon_max_age = weights.carbon_max_age_s if energy_on(weights) else None
+    seen_at = now if memo is None or not now.microsecond else now.replace(microsecond=0) + ONE_SECOND
     for dest in req.destinations:
         conf = configured.get(dest.id)
-        observed, s_stale, m_stale = observe(
-            dest,
-            summaries.get(dest.id),
-            tool_times.get(dest.id),
-            metrics.get(dest.id, ()),
-            conf,
-            tool_id=tool_id,
-            now=now,
-            max_state_age=max_state_age,
-            max_metric_age=max_metric_age,
-            typical_run_s=typical.get(dest.id),
-            carbon_max_age=carbon_max_age,
-            placements=placements.get(dest.id, ()),
-            job_id=job_id,
-        )
+        placed = placements.get(dest.id, ())
+        # Inline metrics and in-flight placements are this request's own: not shared with others.
+        shared = memo if dest.metrics is NO_METRICS and not placed else None
+        seen = None
+        if shared is not None:
+            key = (dest.id, tool_id, seen_at, max_state_age, max_metric_age, carbon_max_age)
+            seen = shared.get(key)
+        if seen is None:
+            seen = observe(
+                dest,
+                summaries.get(dest.id),
+                tool_times.get(dest.id),
+                metrics.get(dest.id, ()),
+                conf,
+                tool_id=tool_id,
+                now=seen_at,
+                max_state_age=max_state_age,
+                max_metric_age=max_metric_age,
+                typical_run_s=typical.get(dest.id),
+                carbon_max_age=carbon_max_age,
+                placements=placed,
+                job_id=job_id,
+            )
+            if shared is not None:
+                shared[key] = seen
+        observed, s_stale, m_stale = seen
         stale_state += s_stale
         stale_metrics += m_stale
         location = dest.location
@@ -191,6 +218,7 @@ def rank(
     now: datetime,
     warnings: Sequence[str] = (),
     notes: list[str] | None = None,
+    memo: Memo | None = None,
 ) -> dict[str, Any]:
     """Validate ``request_obj`` (decoded JSON; the raw bytes, decoded and validated in one pass; or a
     RankRequest already parsed) and
@@ -206,7 +234,7 @@ def rank(
         req = parse_request_bytes(request_obj)
     else:
         req = parse_request(request_obj)
-    outcome, warn = rank_outcome(req, config, store, now, warnings)
+    outcome, warn = rank_outcome(req, config, store, now, warnings, memo)
     note = record(req, outcome, config, store, now, warn)
     if notes is not None:
         notes.append(note)

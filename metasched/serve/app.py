@@ -31,6 +31,7 @@ from metasched.app.admin import show as policy_show
 from metasched.app.ranking import rank
 from metasched.app.status import destination_detail, status_report
 from metasched.domain.destination import DestinationSummary
+from metasched.serve.cache import CachingStore
 from metasched.serve.http import (
     OneLineErrors,
     RawBody,
@@ -246,7 +247,9 @@ def _version() -> str:
 def _rank(state: ServeState, body: bytes, *, full: bool) -> bytes:
     """The JSON answer to a rank request; InputError (the client's 422) and ConfigError propagate to
     their exception handlers."""
-    result = rank(body, state.config, state.store, datetime.now(UTC))
+    config, store = state.config, state.store
+    memo = store.derived(config) if isinstance(store, CachingStore) else None
+    result = rank(body, config, store, datetime.now(UTC), memo=memo)
     answer = result if full else {"sorted_destinations": result["sorted_destinations"]}
     # orjson writes the same compact JSON as json.dumps(separators=(",", ":")), UTF-8 instead of
     # \\u escapes, in a fraction of the time; rank caps every number finite, so orjson's NaN-as-null

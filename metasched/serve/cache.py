@@ -7,6 +7,10 @@ tagged with SQLite's ``PRAGMA data_version``: that number changes exactly when a
 committed, so a cached answer is never older than the database. Writes through this store's own
 connection (the collect loop, an API write) do not change it, so the connection's ``total_changes``
 is part of the tag too. PostgreSQL has no such cheap probe: there every read goes to the database.
+
+``derived`` holds what ranking computes from those reads alone (each destination's observation): a
+new dict whenever the database changes, so a request that read newer rows than its dict was handed
+out for writes into a dict nobody is handed again.
 """
 
 from __future__ import annotations
@@ -21,14 +25,18 @@ from metasched.store import Store
 from metasched.store.database import Database
 
 MAX_ENTRIES = 1024  # per thread; distinct (destinations, tool) combinations between two collects
+MAX_DERIVED = 8192  # per thread; (destination, tool, second) observations
 
 
 class _ThreadCache(threading.local):
     version: tuple[int, int] | None = None
     entries: dict[tuple[Any, ...], Any]
+    derived: dict[tuple[Any, ...], Any]
+    owner: object = None
 
     def __init__(self) -> None:
         self.entries = {}
+        self.derived = {}
 
 
 class CachingStore(Store):
@@ -59,14 +67,34 @@ class CachingStore(Store):
             if after is not None and after[0] == before[0]:
                 self._cache.version = after
 
-    def _cached(self, key: tuple[Any, ...]) -> tuple[bool, Any]:
+    def _current(self) -> _ThreadCache | None:
+        """This thread's cache, emptied first if the database changed; None on PostgreSQL."""
         version = self._data_version()
-        cache = self._cache
         if version is None:
-            return False, None
+            return None
+        cache = self._cache
         if version != cache.version:
             cache.entries.clear()
+            cache.derived = {}
             cache.version = version
+        return cache
+
+    def derived(self, owner: object) -> dict[tuple[Any, ...], Any] | None:
+        """A per-thread dict for values computed from this store's cached reads and ``owner`` (the
+        config), valid until either changes; None where nothing is cached (PostgreSQL). Take it
+        before the reads it is for."""
+        cache = self._current()
+        if cache is None:
+            return None
+        if cache.owner is not owner or len(cache.derived) >= MAX_DERIVED:
+            cache.derived = {}
+            cache.owner = owner
+        return cache.derived
+
+    def _cached(self, key: tuple[Any, ...]) -> tuple[bool, Any]:
+        cache = self._current()
+        if cache is None:
+            return False, None
         if key in cache.entries:
             return True, cache.entries[key]
         return False, None
