@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from metasched.app.ranking import rank
 from metasched.cli.admin import parse_until
-from metasched.domain.destination import DestinationSummary
+from metasched.domain.destination import DestinationSummary, MetricRow
 from metasched.domain.errors import ConfigError, InputError
 from metasched.domain.jobs import RUNNING, Job, Node, Snapshot
 from metasched.serve.auth import authorized
@@ -23,7 +23,7 @@ from metasched.serve.cache import CachingStore
 from metasched.serve.metrics import LoopStats, RequestStats, render
 from metasched.serve.state import Overrides, apply_overrides
 from metasched.settings import load_config
-from metasched.store import Store
+from metasched.store import Store, rank_reads
 from metasched.store.rank_reads import SUMMARY_FIELDS
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -239,6 +239,51 @@ def test_cache_sees_commits_of_other_connections(tmp_path: Path) -> None:
     later = NOW + timedelta(seconds=60)
     writer.write_snapshot("a", Snapshot([node]), run_id="w", started=later, finished=later)
     assert reader.typical_run_s(["a"]) == {"a": 660.0}
+    writer.close()
+    reader.close()
+
+
+def test_cache_reads_only_the_ids_it_has_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a collect, each request reads from the database only the destinations no earlier
+    request asked about; the answers are the plain store's, in its order, unknown ids skipped."""
+    db = str(tmp_path / "s.db")
+    writer = Store.open(db)
+    started = NOW - timedelta(seconds=600)
+    for dest, cores in (("a", 4), ("b", 8), ("c", 2)):
+        job = Job("7", RUNNING, name="g7_cat1_u", submit_time=started, start_time=started)
+        writer.write_snapshot(
+            dest,
+            Snapshot([Node("n", "idle", True, cores)], jobs=[job]),
+            run_id=dest,
+            started=NOW,
+            finished=NOW,
+        )
+    rows = [
+        MetricRow("influx", d, name, 5.0, tool_id=t)
+        for d in ("c", "a")
+        for name in ("wait_s", "run_s")
+        for t in ("", "cat1")
+    ]
+    writer.replace_metrics("influx", rows, NOW)
+    reader = CachingStore.open(db)
+    asked: list[list[str]] = []
+    real = rank_reads.summaries
+
+    def counting(db_: Any, ids: Any = None) -> Any:
+        if db_ is reader.db:
+            asked.append(list(ids))
+        return real(db_, ids)
+
+    monkeypatch.setattr(rank_reads, "summaries", counting)
+    for ids in (["a", "b"], ["b", "ghost", "c", "a", "b"], ["c", "ghost"], ["a"]):
+        assert reader.summaries(ids) == writer.summaries(ids)
+        assert reader.tool_times("cat1", ids) == writer.tool_times("cat1", ids)
+        assert reader.metrics(ids, "cat1") == writer.metrics(ids, "cat1")
+        assert reader.typical_run_s(ids) == writer.typical_run_s(ids)
+    assert asked == [["a", "b"], ["ghost", "c"]]
+    writer.write_snapshot("b", Snapshot([Node("n", "idle", True, 16)]), run_id="x", started=NOW, finished=NOW)
+    assert [s.cores_total for s in reader.summaries(["c", "b"])] == [2, 16]
+    assert asked[-1] == ["c", "b"]  # a commit empties the tables
     writer.close()
     reader.close()
 

@@ -16,7 +16,7 @@ out for writes into a dict nobody is handed again.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,7 +24,9 @@ from metasched.domain.destination import DestinationSummary, MetricRow, ToolTime
 from metasched.store import Store
 from metasched.store.database import Database
 
-MAX_ENTRIES = 1024  # per thread; distinct (destinations, tool) combinations between two collects
+MAX_ENTRIES = 1024  # per thread; kinds of read (per tool) between two collects
+MAX_IDS = 100_000  # per kind: ids asked about, known or not
+ABSENT = object()  # an id the store has nothing for
 MAX_DERIVED = 8192  # per thread; (destination, tool, second) observations
 
 
@@ -107,34 +109,60 @@ class CachingStore(Store):
             entries.clear()
         entries[key] = value
 
+    def _by_id(
+        self, kind: tuple[Any, ...], ids: Sequence[str], fetch: Callable[[list[str]], Mapping[str, Any]]
+    ) -> Mapping[str, Any]:
+        """Each id's value (ABSENT: none) for ``kind``, reading only the ids not cached yet: after a
+        collect, the first request reads its destinations and the next ones only those it did not ask."""
+        wanted = list(dict.fromkeys(ids))
+        cache = self._current()
+        if cache is None:  # PostgreSQL
+            got = fetch(wanted)
+            return {i: got.get(i, ABSENT) for i in wanted}
+        table = cache.entries.get(kind)
+        if table is None or len(table) > MAX_IDS:
+            if len(cache.entries) >= MAX_ENTRIES:
+                cache.entries.clear()
+            table = cache.entries[kind] = {}
+        missing = [i for i in wanted if i not in table]
+        if missing:
+            got = fetch(missing)
+            for i in missing:
+                table[i] = got.get(i, ABSENT)
+        return table
+
     def summaries(self, ids: Sequence[str] | None = None) -> list[DestinationSummary]:
-        key = ("summaries", None if ids is None else tuple(ids))
-        hit, value = self._cached(key)
-        if not hit:
-            value = super().summaries(ids)
-            self._keep(key, value)
-        return list(value)
+        if ids is None:
+            hit, value = self._cached(("summaries", None))
+            if not hit:
+                value = super().summaries()
+                self._keep(("summaries", None), value)
+            return list(value)
+        found = self._by_id(("summaries",), ids, lambda w: {s.id: s for s in Store.summaries(self, w)})
+        return [v for v in (found.get(i, ABSENT) for i in dict.fromkeys(ids)) if v is not ABSENT]
 
     def tool_times(self, tool_id: str, dest_ids: Sequence[str], limit: int = 200) -> dict[str, ToolTimes]:
-        key = ("tool_times", tool_id, tuple(dest_ids), limit)
-        hit, value = self._cached(key)
-        if not hit:
-            value = super().tool_times(tool_id, dest_ids, limit)
-            self._keep(key, value)
-        return dict(value)
+        found = self._by_id(
+            ("tool_times", tool_id, limit), dest_ids, lambda w: Store.tool_times(self, tool_id, w, limit)
+        )
+        return {i: v for i in dict.fromkeys(dest_ids) if (v := found[i]) is not ABSENT}
 
     def metrics(self, dest_ids: Sequence[str], tool_id: str | None = None) -> list[MetricRow]:
-        key = ("metrics", tuple(dest_ids), tool_id)
-        hit, value = self._cached(key)
-        if not hit:
-            value = super().metrics(dest_ids, tool_id)
-            self._keep(key, value)
-        return list(value)
+        def fetch(wanted: list[str]) -> dict[str, list[MetricRow]]:
+            rows: dict[str, list[MetricRow]] = {i: [] for i in wanted}
+            for row in Store.metrics(self, wanted, tool_id):
+                rows[row.destination_id].append(row)
+            return rows
+
+        found = self._by_id(("metrics", tool_id), dest_ids, fetch)
+        out = [row for i in dict.fromkeys(dest_ids) for row in found.get(i, ())]
+        out.sort(key=_metric_order)  # the store's own order
+        return out
 
     def typical_run_s(self, dest_ids: Sequence[str]) -> dict[str, float]:
-        key = ("typical_run_s", tuple(dest_ids))
-        hit, value = self._cached(key)
-        if not hit:
-            value = super().typical_run_s(dest_ids)
-            self._keep(key, value)
-        return dict(value)
+        found = self._by_id(("typical_run_s",), dest_ids, lambda w: Store.typical_run_s(self, w))
+        return {i: v for i in dict.fromkeys(dest_ids) if (v := found[i]) is not ABSENT}
+
+
+def _metric_order(row: MetricRow) -> tuple[str, str, str, str]:
+    return (row.source, row.destination_id, row.tool_id, row.name)
