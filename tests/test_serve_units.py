@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,6 +22,7 @@ from metasched.domain.jobs import RUNNING, Job, Node, Snapshot
 from metasched.serve.auth import authorized
 from metasched.serve.cache import CachingStore
 from metasched.serve.metrics import LoopStats, RequestStats, render
+from metasched.serve.peers import LOOP_REPORT_MAX_AGE_S, LoopReport, Peers
 from metasched.serve.state import Overrides, apply_overrides
 from metasched.settings import load_config
 from metasched.store import Store, rank_reads
@@ -74,6 +76,8 @@ def test_token_sources_in_order(tmp_path: Path) -> None:
         ("serve: {token: a, token_file: /x}", "serve.token_file: give token or token_file, not both"),
         ("serve: {token_file: /nonexistent/tok}", "serve.token_file: cannot read /nonexistent/tok"),
         ("serve: {port: 0}", "serve.port: must be an integer 1-65535"),
+        ("serve: {workers: 0}", "serve.workers"),
+        ("serve: {workers: 65}", "serve.workers"),
         ("serve: {max_body_bytes: 10}", "serve.max_body_bytes"),
         ("serve: {open_endpoints: [/admin]}", "serve.open_endpoints[0]: must be one of"),
         ("serve: {host: 'a b'}", "serve.host"),
@@ -386,3 +390,36 @@ def test_run_tally_counts_each_failed_run_record_once(tmp_path: Path) -> None:
         tally.update(store)
         assert tally.errors() == {"bad": 14}
         assert {d: r.run_id for d, r in tally.latest().items()} == {"good": "r13", "bad": "r13"}
+
+
+# --- serve.workers > 1: what the workers tell each other ---------------------------------------------
+
+
+def test_peers_sum_the_others_and_notice_a_silent_collector(tmp_path: Path) -> None:
+    first, second = (Peers(tmp_path, i, 2, collects=True) for i in (0, 1))
+    assert second.loop()[1] == "collecting worker has not reported yet"
+    stats = RequestStats()
+    stats.observe("/ping", "GET", 200, 0.001)
+    loop = LoopReport({"ok": 3}, NOW, alive=True, health=None)
+    first.publish(stats.snapshot(), loop)
+    assert second.requests() == [stats.snapshot()] and first.requests() == []  # never its own
+    assert second.loop() == (LoopStats({"ok": 3}, NOW, alive=True), None)
+    mine = RequestStats()
+    mine.observe("/ping", "GET", 200, 0.002)
+    page = render([], {}, {}, LoopStats({}, None, alive=False), mine, NOW, peers=second.requests())
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(page)
+        for s in f.samples
+    }
+    assert (
+        values[("metasched_http_requests_total", (("code", "200"), ("method", "GET"), ("path", "/ping")))]
+        == 2
+    )
+
+    old = msgspec.json.decode((tmp_path / "worker-0.json").read_bytes())
+    old["written"] -= LOOP_REPORT_MAX_AGE_S + 5
+    (tmp_path / "worker-0.json").write_bytes(msgspec.json.encode(old))
+    assert (second.loop()[1] or "").startswith("collecting worker silent for 15s")
+    (tmp_path / "worker-0.json").write_text("{half")
+    assert second.requests() == []  # unreadable: left out, and logged

@@ -79,8 +79,8 @@ def serve(
     if database is not None and database_file is not None:
         fail(_usage("give --database or --database-file, not both"))
     try:
-        from metasched.serve.cache import CachingStore
-        from metasched.serve.state import Overrides, ServeState, apply_overrides
+        from metasched.serve.state import Overrides, apply_overrides
+        from metasched.serve.workers import serve_forever
         from metasched.settings import database_url, load_config, resolve_config_path
 
         env = dict(os.environ)
@@ -93,11 +93,8 @@ def serve(
         )
         cfg = apply_overrides(load_config(path, env), overrides)
         override_db = str(database_file) if database_file is not None else database
-        store = CachingStore.open(database_url(cfg, override_db, env))
-        state = ServeState(cfg, store, config_path=path, env=env, overrides=overrides, collect=not no_collect)
-        from metasched.serve.server import run
-
-        code = run(state)
+        url = database_url(cfg, override_db, env)
+        code = serve_forever(cfg, url, config_path=path, env=env, overrides=overrides, collect=not no_collect)
     except Exception as exc:
         fail(exc, verbose)
     raise typer.Exit(code)

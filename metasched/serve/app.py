@@ -128,7 +128,7 @@ def create_app(state: ServeState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.start()
-        log.info("collect loop %s", "started" if state.loop is not None else "off (--no-collect)")
+        log.info("collect loop %s", _loop_where(state))
         try:
             yield
         finally:
@@ -287,4 +287,13 @@ def _metrics(state: ServeState) -> str:
         datetime.now(UTC),
         store_up=store_up,
         ledger=ledger,
+        peers=state.peers.requests() if state.peers is not None else (),
     )
+
+
+def _loop_where(state: ServeState) -> str:
+    if state.loop is not None:
+        return "started"
+    if state.peers is not None and state.peers.collects:
+        return "runs in worker 0"
+    return "off (--no-collect)"

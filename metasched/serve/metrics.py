@@ -1,7 +1,8 @@
 """The /metrics page: metric families built on each scrape, written by ``prometheus_client``.
 
 Destination series come from the store (so they are right whichever process collected, this one's
-loop or the timer's ``metasched collect``); request and collect-cycle counters are this process's own.
+loop or the timer's ``metasched collect``); request and collect-cycle counters are this service's own
+(with ``serve.workers`` > 1, summed over the workers: serve.peers).
 Each page is rendered from a fresh registry holding one collector for that scrape's families, so
 nothing is registered in prometheus_client's process-wide default registry.
 """
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -29,6 +31,13 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class _Histogram:
     counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     total: float = 0.0
+
+
+class RequestSnapshot(msgspec.Struct, frozen=True):
+    """RequestStats' figures as plain data, for the other worker processes (serve.peers)."""
+
+    counts: list[tuple[str, str, str, int]]  # (path, method, code, answers)
+    latency: list[tuple[str, list[int], float]]  # (path, count per LATENCY_BUCKETS bucket, seconds)
 
 
 class RequestStats:
@@ -49,10 +58,28 @@ class RequestStats:
             hist.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
             hist.total += seconds
 
-    def families(self) -> list[Metric]:
+    def snapshot(self) -> RequestSnapshot:
         with self._lock:
-            counts = sorted(self._counts.items())
-            latency = sorted((p, list(h.counts), h.total) for p, h in self._latency.items())
+            return RequestSnapshot(
+                [(*key, n) for key, n in self._counts.items()],
+                [(p, list(h.counts), h.total) for p, h in self._latency.items()],
+            )
+
+    def families(self, peers: Sequence[RequestSnapshot] = ()) -> list[Metric]:
+        """This process's figures plus the other workers' (``peers``), summed."""
+        merged: dict[tuple[str, str, str], int] = {}
+        hists: dict[str, tuple[list[int], float]] = {}
+        for snap in (self.snapshot(), *peers):
+            for path, method, code, n in snap.counts:
+                merged[(path, method, code)] = merged.get((path, method, code), 0) + n
+            for path, buckets, total in snap.latency:
+                have = hists.get(path)
+                if have is None:
+                    hists[path] = (list(buckets), total)
+                else:
+                    hists[path] = ([a + b for a, b in zip(have[0], buckets, strict=True)], have[1] + total)
+        counts = sorted(merged.items())
+        latency = sorted((p, b, t) for p, (b, t) in hists.items())
         requests = CounterMetricFamily(
             "metasched_http_requests_total",
             "HTTP requests answered, by endpoint, method and status.",
@@ -165,8 +192,10 @@ def render(
     *,
     store_up: bool = True,
     ledger: Mapping[str, Calibration] | None = None,
+    peers: Sequence[RequestSnapshot] = (),
 ) -> str:
-    """The whole /metrics page. ``ledger``: the placement ledger's figures per destination."""
+    """The whole /metrics page. ``ledger``: the placement ledger's figures per destination; ``peers``:
+    the other workers' request figures."""
     families: list[Metric] = []
 
     def series(
@@ -286,7 +315,7 @@ def render(
             "Unix time the last collect cycle of this process ended.",
             [({}, loop.last_cycle_end.timestamp())],
         )
-    families.extend(requests.families())
+    families.extend(requests.families(peers))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Page(families))
     return generate_latest(registry).decode()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from types import FrameType
 
 from metasched.serve.state import ServeState
@@ -49,7 +50,8 @@ class Reloader:
             await self._task
 
 
-def run(state: ServeState) -> int:
+def run(state: ServeState, sock: socket.socket | None = None) -> int:
+    """Serve until stopped; on ``sock`` when given (a worker of serve.workers), else on serve.host:port."""
     import uvicorn
 
     from metasched.serve.app import create_app
@@ -82,13 +84,14 @@ def run(state: ServeState) -> int:
         if early:
             reloader.request()
         try:
-            await server.serve()
+            await server.serve(sockets=None if sock is None else [sock])
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # stopping: a reload now would change nothing
             await reloader.finish()
 
     signal.signal(signal.SIGHUP, hangup_early)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # a worker's, held since its fork
     previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:

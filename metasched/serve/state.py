@@ -13,7 +13,8 @@ import msgspec
 
 from metasched.domain.errors import ConfigError
 from metasched.serve.loop import CollectLoop
-from metasched.serve.metrics import LoopStats, RequestStats, RunTally
+from metasched.serve.metrics import LoopStats, RequestSnapshot, RequestStats, RunTally
+from metasched.serve.peers import LoopReport, Peers
 from metasched.settings import Config, SSHSettings, load_config
 from metasched.store import Store
 
@@ -80,6 +81,7 @@ class ServeState:
         env: Mapping[str, str],
         overrides: Overrides,
         collect: bool = True,
+        peers: Peers | None = None,
     ) -> None:
         self._config = config
         self.store = store
@@ -92,6 +94,7 @@ class ServeState:
         self.runs = RunTally()
         self.started = datetime.now(UTC)
         self.loop: CollectLoop | None = CollectLoop(lambda: self._config, store) if collect else None
+        self.peers = peers  # the other worker processes (serve.workers > 1)
         self._reload_lock = threading.Lock()
 
     @property
@@ -101,11 +104,23 @@ class ServeState:
     def start(self) -> None:
         if self.loop is not None:
             self.loop.start()
+        if self.peers is not None:
+            self.peers.start(self._report)
 
     def stop(self) -> None:
         if self.loop is not None:
             self.loop.stop()
+        if self.peers is not None:
+            self.peers.stop()
         self.store.close()
+
+    def _report(self) -> tuple[RequestSnapshot, LoopReport | None]:
+        """What the other workers see of this one."""
+        loop = None
+        if self.loop is not None:
+            stats = self.loop.stats()
+            loop = LoopReport(dict(stats.cycles), stats.last_cycle_end, stats.alive, self.loop.health())
+        return self.requests.snapshot(), loop
 
     def reload(self) -> bool:
         """Re-read the config file (SIGHUP). A bad new config is logged and the old one kept."""
@@ -122,6 +137,8 @@ class ServeState:
             old = self._config
             if (new.serve.host, new.serve.port) != (self.host, self.port):
                 log.warning("reload: serve.host/port changed; restart to listen on the new address")
+            if new.serve.workers != old.serve.workers:
+                log.warning("reload: serve.workers changed; restart to run that many")
             if new.database != old.database:
                 log.warning("reload: database changed; restart to use it")
             self._config = new
@@ -150,8 +167,12 @@ class ServeState:
             return f"store unreadable: {type(exc).__name__}: {' '.join(str(exc).split())}"
         if self.loop is not None:
             reason = self.loop.health()
-            if reason is not None:
-                return reason
+        elif self.peers is not None and self.peers.collects:
+            reason = self.peers.loop()[1]
+        else:
+            reason = None
+        if reason is not None:
+            return reason
         now = datetime.now(UTC)
         last = newest[0].finished if newest else self.started  # a new store: count from our start
         age = (now - last).total_seconds()
@@ -162,6 +183,8 @@ class ServeState:
         return None
 
     def loop_stats(self) -> LoopStats:
-        if self.loop is None:
-            return LoopStats(cycles={}, last_cycle_end=None, alive=False)
-        return self.loop.stats()
+        if self.loop is not None:
+            return self.loop.stats()
+        if self.peers is not None and self.peers.collects:
+            return self.peers.loop()[0]
+        return LoopStats(cycles={}, last_cycle_end=None, alive=False)

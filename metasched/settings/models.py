@@ -39,6 +39,7 @@ from metasched.settings.types import (
     SchedulerName,
     Text,
     Window,
+    Workers,
 )
 
 LOCAL_HOST = "local"
@@ -162,6 +163,9 @@ class ServeSettings(Section, frozen=True):
     # Reachable without the token: health, metrics and the API docs carry no data.
     open_endpoints: tuple[Endpoint, ...] = ("/healthz", "/metrics", "/docs", "/openapi.json")
     token_file: Text | None = None
+    # Processes answering HTTP on the one socket (the first one also collects): ranking is CPU-bound
+    # Python, one process uses one core. Read at start only.
+    workers: Workers = 1
 
 
 class PolicyConfig(Section, frozen=True):

@@ -78,6 +78,7 @@ Port = Annotated[int, Meta(ge=1, le=65535)]
 Fanout = Annotated[int, Meta(ge=1, le=1024)]
 Days = Annotated[int, Meta(ge=1)]
 BodyBytes = Annotated[int, Meta(ge=1024)]
+Workers = Annotated[int, Meta(ge=1, le=64)]
 NodeIndex = Annotated[int, Meta(extra={"error": "must be an index into cluster.nodes"})]  # range: seed.py
 SchedulerIndex = Annotated[int, Meta(extra={"error": "must be an index into cluster.schedulers"})]
 Nice = Annotated[int, Meta(ge=-20, le=19)]
