@@ -26,18 +26,14 @@ from metasched.schedulers.slurm import (
     SEP,
     SQUEUE_FIELDS,
     SlurmAdapter,
-    expand_array_indices,
-    gpu_count,
-    job_state,
-    mem_mb,
     parse_partitions,
     parse_sinfo,
     parse_squeue,
-    parse_time,
     partitions_command,
     sinfo_command,
     squeue_command,
 )
+from metasched.schedulers.slurm_values import expand_array_indices, gpu_count, job_state, mem_mb, parse_time
 from metasched.settings import DestinationConfig, SSHSettings
 from metasched.transport.local import LocalTransport
 from metasched.transport.ssh import SSHTransport

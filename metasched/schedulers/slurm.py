@@ -23,8 +23,8 @@ Units and conventions (see ``domain.jobs``):
   both are read.
 - A pending array range such as ``123_[4-10%2]`` is expanded into one pending job per task
   (``123_4`` ... ``123_10``), so it counts as N jobs of demand and each task keeps the id it will have
-  when it runs. At most ``ARRAY_EXPAND_LIMIT`` tasks per range are expanded; an expression Slurm cut
-  short (ends in "...") counts as one job with the printed id.
+  when it runs. At most ``slurm_values.ARRAY_EXPAND_LIMIT`` tasks per range are expanded; an
+  expression Slurm cut short (ends in "...") counts as one job with the printed id.
 - Pending jobs waiting on something other than resources or priority (dependency, hold, begin time,
   reservation, invalid account/QOS) are HELD, not demand. Start time is kept only for jobs that started.
 - A PENDING job's StartTime is Slurm's expected start (set by the backfill scheduler, and by the main
@@ -41,16 +41,25 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 
 from metasched.domain.errors import ParseError
-from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, JobState, Node, Partition, Snapshot
+from metasched.domain.jobs import OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
 from metasched.domain.ports import HostRunner, NodeRunners, Runner
 from metasched.schedulers import slurm_pids
+from metasched.schedulers.slurm_values import (
+    MISSING,
+    expand_array_indices,
+    gpu_count,
+    job_state,
+    mem_mb,
+    node_available,
+    parse_time,
+    tres_value,
+)
 from metasched.settings import DestinationConfig
 
 SEP = "\x1f"
-ARRAY_EXPAND_LIMIT = 100_000
 
 # User environment that changes which rows or how they are printed (the explicit -O wins over *_FORMAT
 # anyway, they are unset too so nothing depends on that precedence).
@@ -120,61 +129,10 @@ SINFO_FIELDS = (
     "Reason",  # free text: last
 )
 
-# Pending reasons that mean "not waiting for capacity": such jobs are not demand.
-HELD_REASONS = frozenset(
-    {
-        "Dependency",
-        "DependencyNeverSatisfied",
-        "JobHeldUser",
-        "JobHeldAdmin",
-        "BeginTime",
-        "JobHoldMaxRequeue",
-        "Reservation",
-        "InvalidAccount",
-        "InvalidQOS",
-        "BadConstraints",
-        "launch failed requeued held",
-    }
-)
-_RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "RESIZING", "SIGNALING", "STAGE_OUT"})
-_HELD_STATES = frozenset({"REQUEUE_HOLD", "SPECIAL_EXIT", "RESV_DEL_HOLD"})
-_PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED"})
 
-_UNAVAILABLE_NODE_WORDS = frozenset(
-    {
-        "down",
-        "drain",
-        "drained",
-        "draining",
-        "fail",
-        "failing",
-        "maint",
-        "unknown",
-        "unk",
-        "not_responding",
-        "powered_down",
-        "powering_down",
-        "power_down",
-        "reboot_requested",
-        "reboot_issued",
-        "inval",
-        "invalid",
-        "invalid_reg",
-        "future",
-    }
-)
-# sinfo state suffixes: * not responding, ~ powered off, ! pending power down, % powering down,
-# $ maintenance reservation, @ pending reboot, ^ rebooting. (# powering up and - planned stay usable.)
-_UNAVAILABLE_SUFFIXES = frozenset("*~!%$@^")
-_ALL_SUFFIXES = "*~#!%$@^-+"
-
-_MEM_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
-_MEM_RE = re.compile(r"(\d+(?:\.\d+)?)([KMGTP]?)B?\Z", re.IGNORECASE)
 _COUNT_RE = re.compile(r"(\d+(?:\.\d+)?)([KM]?)\Z", re.IGNORECASE)
 _COUNT_UNITS = {"": 1, "K": 1024, "M": 1024**2}
 _ARRAY_RE = re.compile(r"(\d+)_\[(.*)\]\Z")
-_PAREN_RE = re.compile(r"\([^)]*\)")
-_MISSING = frozenset({"", "N/A", "n/a", "(null)", "None", "none", "Unknown", "UNLIMITED"})
 
 
 def _command(name: str, *args: str) -> list[str]:
@@ -215,107 +173,6 @@ class SlurmAdapter:
     def running_jobs(self, head: HostRunner, nodes: NodeRunners) -> slurm_pids.SlurmRunningJobs:
         """Enforcement's ``JobProcesses``: see ``slurm_pids``."""
         return slurm_pids.running_jobs(head, self.dest.env)
-
-
-# --- small value parsers --------------------------------------------------------------------------
-
-
-def mem_mb(text: str, where: str = "memory") -> int:
-    """``500M``/``1G``/``1.50G``/``4000``/``0`` -> MB (a bare number is MB, as Slurm means it)."""
-    text = text.strip()
-    if text in _MISSING:
-        return 0
-    m = _MEM_RE.match(text)
-    if m is None:
-        raise ParseError(f"{where}: cannot read memory value {text!r}")
-    return round(float(m.group(1)) * _MEM_UNITS[m.group(2).upper() or "M"])
-
-
-def parse_time(text: str, where: str = "time") -> datetime | None:
-    """Slurm timestamp -> aware UTC. With an offset (our SLURM_TIME_FORMAT) exact; without one the
-    text is the head node's local time, taken as this machine's local zone."""
-    text = text.strip()
-    if text in _MISSING:
-        return None
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise ParseError(f"{where}: cannot read timestamp {text!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.astimezone()  # naive: local time of this machine
-    return dt.astimezone(UTC)
-
-
-def gpu_count(spec: str) -> int:
-    """GPUs in a gres/TRES list: ``gres:gpu:2``, ``gres/gpu:a100=2``, ``gpu:a100:1(IDX:0),gpu:v100:0``,
-    ``gres/gpu=4``, ``gpu`` (one). Other gres (mps, shard, nic) are ignored."""
-    spec = _PAREN_RE.sub("", spec.strip())
-    if spec in _MISSING:
-        return 0
-    total = 0
-    for raw in spec.split(","):
-        item = raw.strip()
-        for prefix in ("gres:", "gres/"):
-            if item.startswith(prefix):
-                item = item[len(prefix) :]
-        tokens = re.split(r"[:=]", item)
-        if tokens[0] != "gpu":
-            continue
-        last = tokens[-1] if len(tokens) > 1 else ""
-        total += int(last) if last.isdigit() else 1
-    return total
-
-
-def _tres_value(tres: str, key: str) -> str | None:
-    """``cpu=1,mem=500M,gres/gpu=1`` -> value of ``key`` or None."""
-    for item in tres.split(","):
-        k, eq, v = item.partition("=")
-        if eq and k.strip() == key:
-            return v.strip()
-    return None
-
-
-def expand_array_indices(expr: str, limit: int = ARRAY_EXPAND_LIMIT) -> list[int] | None:
-    """``4-10%2``, ``1,3,5-7``, ``1-9:2`` -> the indices (at most ``limit``); None when unreadable
-    (e.g. Slurm shortened it with "...")."""
-    expr = expr.split("%", 1)[0]
-    out: list[int] = []
-    for part in expr.split(","):
-        m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part.strip())
-        if m is None:
-            return None
-        start = int(m.group(1))
-        stop = int(m.group(2)) if m.group(2) else start
-        step = int(m.group(3)) if m.group(3) else 1
-        if stop < start or step < 1:
-            return None
-        for i in range(start, stop + 1, step):
-            if len(out) >= limit:
-                return out
-            out.append(i)
-    return out
-
-
-def job_state(raw: str, reason: str) -> JobState:
-    """Slurm state + pending reason -> PENDING/RUNNING/HELD/OTHER."""
-    state = raw.strip().upper()
-    if state in _RUNNING_STATES:
-        return RUNNING
-    if state in _HELD_STATES:
-        return HELD
-    if state in _PENDING_STATES:
-        return HELD if reason in HELD_REASONS or reason.startswith("Dependency") else PENDING
-    return OTHER
-
-
-def node_available(state_long: str, state_complete: str) -> bool:
-    """False for down/drained/not responding/powered off/... from the base state, ``+FLAGS`` and suffixes."""
-    long_ = state_long.strip().lower()
-    if any(c in _UNAVAILABLE_SUFFIXES for c in long_):
-        return False
-    words = {w for w in re.split(r"[+\s]", state_complete.strip().lower()) if w}
-    words.add(long_.rstrip(_ALL_SUFFIXES))
-    return not (words & _UNAVAILABLE_NODE_WORDS)
 
 
 # --- line splitting --------------------------------------------------------------------------------
@@ -419,9 +276,9 @@ def _job_resources(key: tuple[str, ...], where: str) -> tuple[int, int]:
     tres, per_job, per_node, per_task, min_mem, nodes_n, tasks_n = key
     nnodes = int(nodes_n) if nodes_n.isdigit() else 1
     ntasks = int(tasks_n) if tasks_n.isdigit() else 1
-    mem_text = _tres_value(tres, "mem")
+    mem_text = tres_value(tres, "mem")
     mem = mem_mb(mem_text, where) if mem_text is not None else mem_mb(min_mem, where) * nnodes
-    gpus_text = _tres_value(tres, "gres/gpu")
+    gpus_text = tres_value(tres, "gres/gpu")
     if gpus_text is not None and gpus_text.isdigit():
         return mem, int(gpus_text)
     gpus = gpu_count(per_job) or gpu_count(per_node) * nnodes or gpu_count(per_task) * ntasks
@@ -449,8 +306,8 @@ def parse_sinfo(text: str) -> list[Node]:
             raise ParseError(f"sinfo: line {n}: CPUsState is not A/I/O/T: {f['CPUsState']!r}")
         alloc, _idle, _other, total = (_int(x, "sinfo", n, "CPUsState") for x in cpu_state)
         where = f"sinfo: line {n}"
-        free = None if f["FreeMem"] in _MISSING else mem_mb(f["FreeMem"], where)
-        load = None if f["CPUsLoad"] in _MISSING else _float(f["CPUsLoad"], n)
+        free = None if f["FreeMem"] in MISSING else mem_mb(f["FreeMem"], where)
+        load = None if f["CPUsLoad"] in MISSING else _float(f["CPUsLoad"], n)
         reason = f["Reason"].strip()
         nodes[name] = Node(
             name=name,
