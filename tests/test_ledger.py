@@ -282,18 +282,32 @@ def test_ranking_the_same_job_again_replaces_its_entry(store_url: str, env: dict
 
 
 class CountingStore(Store):
-    """Counts the write transactions record_placement attempts (one cache_neutral_write each) and
-    calls ``before_attempt`` with the attempt's number before each."""
+    """Counts the write transactions record_placement attempts on it and calls ``before_attempt``
+    with the attempt's number before each (through the ``counted`` fixture)."""
 
     attempts = 0
     before_attempt: Callable[[int], None] | None = None
 
-    @contextmanager
-    def cache_neutral_write(self) -> Iterator[None]:
-        self.attempts += 1
-        if self.before_attempt is not None:
-            self.before_attempt(self.attempts)
-        yield
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wrap the ledger's one-transaction writers so a CountingStore sees every attempt."""
+    from metasched.store import placements
+
+    def counting(
+        real: Callable[[Store, list[Any], float], None],
+    ) -> Callable[[Store, list[Any], float], None]:
+        def attempt(store: Store, values: list[Any], busy_timeout_s: float) -> None:
+            if isinstance(store, CountingStore):
+                store.attempts += 1
+                if store.before_attempt is not None:
+                    store.before_attempt(store.attempts)
+            real(store, values, busy_timeout_s)
+
+        return attempt
+
+    for name in ("_write_sqlite", "_write_postgres"):
+        monkeypatch.setattr(placements, name, counting(getattr(placements, name)))
 
 
 @contextmanager
@@ -332,7 +346,7 @@ def entry(job_id: str) -> Any:
     return PlacementEntry(job_id, "hpc", TOOL, 2.0, 4096.0, 0.0, datetime.now(UTC), 0.0, 30.0, 600.0)
 
 
-def test_a_lock_held_past_one_attempt_is_waited_out_by_the_next(store_url: str) -> None:
+def test_a_lock_held_past_one_attempt_is_waited_out_by_the_next(store_url: str, counted: None) -> None:
     """A lock held through one whole attempt: with one attempt the entry is lost; with three, the
     lock released just before the second, it is recorded (no timing: the release is an event)."""
     from metasched.store.placements import LedgerError, record_placement
@@ -350,7 +364,7 @@ def test_a_lock_held_past_one_attempt_is_waited_out_by_the_next(store_url: str) 
     assert [r[0] for r in ledger_rows(store_url)] == ["three"]
 
 
-def test_a_store_that_cannot_take_the_entry_is_not_retried(store_url: str) -> None:
+def test_a_store_that_cannot_take_the_entry_is_not_retried(store_url: str, counted: None) -> None:
     from metasched.store.placements import LedgerError, record_placement
 
     build_state(store_url)

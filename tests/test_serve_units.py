@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from metasched.app.ranking import rank
 from metasched.cli.admin import parse_until
-from metasched.domain.destination import DestinationSummary, MetricRow
+from metasched.domain.destination import DestinationSummary, MetricRow, PlacementEntry
 from metasched.domain.errors import ConfigError, InputError
 from metasched.domain.jobs import RUNNING, Job, Node, Snapshot
 from metasched.serve.auth import authorized
@@ -26,6 +26,7 @@ from metasched.serve.peers import LOOP_REPORT_MAX_AGE_S, LoopReport, Peers
 from metasched.serve.state import Overrides, apply_overrides
 from metasched.settings import load_config
 from metasched.store import Store, rank_reads
+from metasched.store.placements import record_placement
 from metasched.store.rank_reads import SUMMARY_FIELDS
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -288,6 +289,40 @@ def test_cache_reads_only_the_ids_it_has_not_read(tmp_path: Path, monkeypatch: p
     writer.write_snapshot("b", Snapshot([Node("n", "idle", True, 16)]), run_id="x", started=NOW, finished=NOW)
     assert [s.cores_total for s in reader.summaries(["c", "b"])] == [2, 16]
     assert asked[-1] == ["c", "b"]  # a commit empties the tables
+    writer.close()
+    reader.close()
+
+
+def test_cache_outlives_ledger_writes_but_not_state_changes(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another serve worker's (or rank's) placement writes leave what ranking reads alone, so the
+    cache stays; a collect or a disable committed by another connection shows at once, on both
+    backends (the store's state generation moves with them)."""
+    writer = Store.open(store_url)
+    writer.write_snapshot("a", Snapshot([Node("n", "idle", True, 4)]), run_id="r", started=NOW, finished=NOW)
+    reader = CachingStore.open(store_url)
+    reads: list[list[str]] = []
+    real = rank_reads.summaries
+
+    def counting(db_: Any, ids: Any = None) -> Any:
+        if db_ is reader.db:
+            reads.append(list(ids))
+        return real(db_, ids)
+
+    monkeypatch.setattr(rank_reads, "summaries", counting)
+    assert reader.summaries(["a"])[0].cores_total == 4
+    memo = reader.derived("config")
+    for n, store in enumerate((writer, reader, writer)):  # another connection's and its own
+        entry = PlacementEntry(f"{n}", "a", "cat1", 1, 100, 0, NOW, 0, 1, 2)
+        record_placement(store, entry)
+        assert reader.summaries(["a"])[0].cores_total == 4
+    assert reads == [["a"]] and reader.derived("config") is memo
+    writer.set_disabled("a", "power work", None)
+    assert reader.summaries(["a"])[0].disabled_reason == "power work"
+    writer.write_snapshot("a", Snapshot([Node("n", "idle", True, 8)]), run_id="s", started=NOW, finished=NOW)
+    assert reader.summaries(["a"])[0].cores_total == 8
+    assert reads == [["a"]] * 3 and reader.derived("config") is not memo
     writer.close()
     reader.close()
 

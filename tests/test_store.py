@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
-from metasched.domain.destination import MetricRow, ToolTimes
+from metasched.domain.destination import MetricRow, PlacementEntry, ToolTimes
 from metasched.domain.errors import CollectError, ConfigError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
 from metasched.domain.start_estimates import StartEstimate, reduce
-from metasched.store import Store
+from metasched.store import Store, generation
 from metasched.store.models import SCHEMA_VERSION
+from metasched.store.placements import record_placement
 from metasched.store.rank_reads import tool_times_from_history
 from metasched.store.start_estimates import decode, encode
 
@@ -209,6 +210,20 @@ def test_tables_without_version_are_refused(store_url: str) -> None:
         Store.open(store_url)
 
 
+def undo_v7(url: str) -> tuple[str, ...]:
+    """Schema v7's state generation: its table and the triggers on the watched tables."""
+    if url.startswith("postgresql://"):
+        drops = tuple(f'DROP TRIGGER "{t}_state_changed" ON "{t}"' for t in generation.WATCHED)
+        return (*drops, "DROP FUNCTION metasched_state_changed()", 'DROP TABLE "state_generation"')
+    events = ("insert", "update", "delete")
+    drops = tuple(f'DROP TRIGGER "{t}_{e}_state_changed"' for t in generation.WATCHED for e in events)
+    return (*drops, 'DROP TABLE "state_generation"')
+
+
+def state_generation(store: Store) -> int:
+    return int(store.db.fetch(generation.SELECT, [])[0][0])
+
+
 # Undo schema v6 (start estimates), v5 (placement), v4 (tool_history) and v3 (largest-node columns,
 # covering tool_key index).
 TO_V5 = (
@@ -235,6 +250,7 @@ def test_opening_a_v1_database_migrates_it(store_url: str) -> None:
         s.sync_destinations([("old", "slurm", "h")])
     execute_raw(
         store_url,
+        *undo_v7(store_url),
         *TO_V2,
         'DROP INDEX "finished_job_destination_id_end_time"',
         'DROP INDEX "collect_run_destination_id_started"',
@@ -275,7 +291,9 @@ def test_opening_a_v2_database_migrates_it(store_url: str) -> None:
         finish_jobs(s, "d", [("1", "g1_cat1_u", 1, 2)], 5)
         write(s, "d", SNAPSHOT, 6)
         write(s, "empty", Snapshot(nodes=[NODES[2]]), 6)  # only a down node
-    execute_raw(store_url, *TO_V2, "UPDATE setting SET value = '2' WHERE key = 'schema_version'")
+    execute_raw(
+        store_url, *undo_v7(store_url), *TO_V2, "UPDATE setting SET value = '2' WHERE key = 'schema_version'"
+    )
     with Store.open(store_url) as s:
         assert s.schema_version() == SCHEMA_VERSION
         summaries = {x.id: x for x in s.summaries()}
@@ -296,7 +314,9 @@ def test_opening_a_v3_database_fills_the_tool_samples(store_url: str) -> None:
         finish_jobs(s, "d", [("1", "g1_cat1_u", 1, 2), ("2", "g2_cat1_v", 3, 4), ("3", "g3_cat10", 9, 9)], 5)
         finish_jobs(s, "e", [("1", "g1_cat1", 5, 6)], 5)
         before = s.tool_times("cat1", ["d", "e"])
-    execute_raw(store_url, *TO_V3, "UPDATE setting SET value = '3' WHERE key = 'schema_version'")
+    execute_raw(
+        store_url, *undo_v7(store_url), *TO_V3, "UPDATE setting SET value = '3' WHERE key = 'schema_version'"
+    )
     with Store.open(store_url) as s:
         assert s.schema_version() == SCHEMA_VERSION
         assert (
@@ -318,7 +338,9 @@ def test_opening_a_v4_database_adds_the_placement_ledger(store_url: str) -> None
     with Store.open(store_url) as s:
         finish_jobs(s, "d", [("1", "g1_cat1_u", 1, 2)], 5)
         before = s.tool_times("cat1", ["d"])
-    execute_raw(store_url, *TO_V4, "UPDATE setting SET value = '4' WHERE key = 'schema_version'")
+    execute_raw(
+        store_url, *undo_v7(store_url), *TO_V4, "UPDATE setting SET value = '4' WHERE key = 'schema_version'"
+    )
     assert "placement_state_placed_at" not in index_names(store_url, "placement")
     with Store.open(store_url) as s:
         assert s.schema_version() == SCHEMA_VERSION
@@ -345,7 +367,9 @@ def test_opening_a_v5_database_adds_the_start_estimate_columns(store_url: str) -
     """v5 -> v6: jobs and summaries stored before keep reading (no estimates); the next write has them."""
     with Store.open(store_url) as s:
         write(s, "d", SNAPSHOT, 0)
-    execute_raw(store_url, *TO_V5, "UPDATE setting SET value = '5' WHERE key = 'schema_version'")
+    execute_raw(
+        store_url, *undo_v7(store_url), *TO_V5, "UPDATE setting SET value = '5' WHERE key = 'schema_version'"
+    )
     with Store.open(store_url) as s:
         assert s.schema_version() == SCHEMA_VERSION
         assert s.jobs("d") == list(JOBS)
@@ -354,6 +378,24 @@ def test_opening_a_v5_database_adds_the_start_estimate_columns(store_url: str) -
         write(s, "d", Snapshot(jobs=[ESTIMATED[0]]), 1)
         assert s.jobs("d") == [ESTIMATED[0]]
         assert [e.start for e in s.summaries(["d"])[0].start_estimates] == [at(30).timestamp()]
+
+
+def test_opening_a_v6_database_adds_the_state_generation(store_url: str) -> None:
+    """v6 -> v7: the counter row and its triggers; what ranking reads moves it, the ledger does not."""
+    with Store.open(store_url) as s:
+        write(s, "d", SNAPSHOT, 0)
+    execute_raw(store_url, *undo_v7(store_url), "UPDATE setting SET value = '6' WHERE key = 'schema_version'")
+    with Store.open(store_url) as s:
+        assert s.schema_version() == SCHEMA_VERSION
+        assert s.jobs("d") == list(JOBS)
+        first = state_generation(s)
+        record_placement(s, PlacementEntry("42", "d", "t", 1, 100, 0, at(0), 0, 1, 2))
+        assert state_generation(s) == first
+        write(s, "d", SNAPSHOT, 1)
+        after_write = state_generation(s)
+        assert after_write > first
+        s.set_disabled("d", "maintenance", None)
+        assert state_generation(s) > after_write
 
 
 # -- snapshots ------------------------------------------------------------------------------------

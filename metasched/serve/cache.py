@@ -1,27 +1,28 @@
-"""A Store whose rank reads come from memory until the database changes.
+"""A Store whose rank reads come from memory until what they read changes.
 
 Ranking 50 destinations reads three queries' worth of rows; building and running those queries costs
-more than the model itself. State only changes when a collect (this process's loop, the timer's
-``metasched collect``, ``metasched disable``) commits, so each reader thread keeps what it read,
-tagged with SQLite's ``PRAGMA data_version``: that number changes exactly when another connection has
-committed, so a cached answer is never older than the database. Writes through this store's own
-connection (the collect loop, an API write) do not change it, so the connection's ``total_changes``
-is part of the tag too. PostgreSQL has no such cheap probe: there every read goes to the database.
+more than the model itself. What ranking reads only changes when a collect (this process's loop, the
+timer's ``metasched collect``, another serve worker's loop) or ``metasched disable`` commits, and
+every such commit moves the store's state generation (``metasched.store.generation``: triggers, in
+the same transaction). So each reader thread keeps what it read, tagged with that number, and a
+cached answer is never older than the database; the placement ledger's writes (one per answered
+job, from every serve worker) leave it alone. On SQLite the generation is only read when
+``PRAGMA data_version`` (commits by other connections) or the connection's ``total_changes`` (its
+own) moved since the last look; on PostgreSQL it is one indexed read per lookup.
 
 ``derived`` holds what ranking computes from those reads alone (each destination's observation): a
-new dict whenever the database changes, so a request that read newer rows than its dict was handed
+new dict whenever the generation moves, so a request that read newer rows than its dict was handed
 out for writes into a dict nobody is handed again.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from metasched.domain.destination import DestinationSummary, MetricRow, ToolTimes
-from metasched.store import Store
+from metasched.store import Store, generation
 from metasched.store.database import Database
 
 MAX_ENTRIES = 1024  # per thread; kinds of read (per tool) between two collects
@@ -31,7 +32,8 @@ MAX_DERIVED = 8192  # per thread; (destination, tool, second) observations
 
 
 class _ThreadCache(threading.local):
-    version: tuple[int, int] | None = None
+    version: tuple[int, int] | None = None  # SQLite: (data_version, total_changes) when last checked
+    generation: int | None = None  # the store's state generation the entries were read at
     entries: dict[tuple[Any, ...], Any]
     derived: dict[tuple[Any, ...], Any]
     owner: object = None
@@ -42,52 +44,36 @@ class _ThreadCache(threading.local):
 
 
 class CachingStore(Store):
-    """``summaries``/``tool_times``/``metrics``/``typical_run_s`` cached per thread, dropped when the
-    database changed."""
+    """``summaries``/``tool_times``/``metrics``/``typical_run_s`` cached per thread, dropped when
+    what they read changed."""
 
     def __init__(self, db: Database) -> None:
         super().__init__(db)
         self._cache = _ThreadCache()
 
-    def _data_version(self) -> tuple[int, int] | None:
-        """(commits by other connections, rows changed by this one) as seen by this thread's connection."""
-        if self.is_postgres:
-            return None
-        # The driver connection directly: peewee's execute_sql costs far more than the pragma itself.
-        conn = self.db.connection()
-        row = conn.execute("PRAGMA data_version").fetchone()
-        return int(row[0]), int(conn.total_changes)
-
-    @contextmanager
-    def cache_neutral_write(self) -> Iterator[None]:
-        """A placement-ledger write changes nothing cached here: keep the caches across it, unless
-        another connection committed meanwhile (its data_version moved)."""
-        before = self._data_version()
-        yield
-        if before is not None and before == self._cache.version:
-            after = self._data_version()
-            if after is not None and after[0] == before[0]:
-                self._cache.version = after
-
-    def _current(self) -> _ThreadCache | None:
-        """This thread's cache, emptied first if the database changed; None on PostgreSQL."""
-        version = self._data_version()
-        if version is None:
-            return None
+    def _current(self) -> _ThreadCache:
+        """This thread's cache, emptied first if the state generation moved."""
         cache = self._cache
-        if version != cache.version:
+        if self.is_postgres:
+            now = int(self.db.fetch(generation.SELECT, [])[0][0])
+        else:
+            # The driver connection directly: peewee's execute_sql costs far more than these reads.
+            conn = self.db.connection()
+            version = int(conn.execute("PRAGMA data_version").fetchone()[0]), int(conn.total_changes)
+            if version == cache.version:
+                return cache  # nothing committed anywhere since the last look
+            cache.version = version
+            now = int(conn.execute(generation.SELECT).fetchone()[0])
+        if now != cache.generation:
             cache.entries.clear()
             cache.derived = {}
-            cache.version = version
+            cache.generation = now
         return cache
 
-    def derived(self, owner: object) -> dict[tuple[Any, ...], Any] | None:
+    def derived(self, owner: object) -> dict[tuple[Any, ...], Any]:
         """A per-thread dict for values computed from this store's cached reads and ``owner`` (the
-        config), valid until either changes; None where nothing is cached (PostgreSQL). Take it
-        before the reads it is for."""
+        config), valid until either changes. Take it before the reads it is for."""
         cache = self._current()
-        if cache is None:
-            return None
         if cache.owner is not owner or len(cache.derived) >= MAX_DERIVED:
             cache.derived = {}
             cache.owner = owner
@@ -95,15 +81,11 @@ class CachingStore(Store):
 
     def _cached(self, key: tuple[Any, ...]) -> tuple[bool, Any]:
         cache = self._current()
-        if cache is None:
-            return False, None
         if key in cache.entries:
             return True, cache.entries[key]
         return False, None
 
     def _keep(self, key: tuple[Any, ...], value: Any) -> None:
-        if self.is_postgres:
-            return
         entries = self._cache.entries
         if len(entries) >= MAX_ENTRIES:
             entries.clear()
@@ -116,9 +98,6 @@ class CachingStore(Store):
         collect, the first request reads its destinations and the next ones only those it did not ask."""
         wanted = list(dict.fromkeys(ids))
         cache = self._current()
-        if cache is None:  # PostgreSQL
-            got = fetch(wanted)
-            return {i: got.get(i, ABSENT) for i in wanted}
         table = cache.entries.get(kind)
         if table is None or len(table) > MAX_IDS:
             if len(cache.entries) >= MAX_ENTRIES:

@@ -22,6 +22,7 @@ from peewee import Database, PostgresqlDatabase
 from playhouse.migrate import PostgresqlMigrator, SchemaMigrator, SqliteMigrator, migrate
 
 from metasched.domain.errors import MetaschedError
+from metasched.store import generation
 from metasched.store.models import SCHEMA_VERSION
 from metasched.store.samples import SAMPLES, end_seconds, pack
 
@@ -187,7 +188,13 @@ def _v5_to_v6(db: Database) -> None:
     _execute(db, 'ALTER TABLE "destination" ADD COLUMN "start_estimates" TEXT')
 
 
-STEPS: dict[int, Step] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
+def _v6_to_v7(db: Database) -> None:
+    """The state generation: one counter row, and the triggers that move it (store.generation)."""
+    _execute(db, 'CREATE TABLE "state_generation" ("id" INTEGER NOT NULL PRIMARY KEY, "n" INTEGER NOT NULL)')
+    generation.install(db)
+
+
+STEPS: dict[int, Step] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7}
 
 
 def upgrade(db: Database, from_version: int, to_version: int = SCHEMA_VERSION) -> list[int]:

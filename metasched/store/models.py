@@ -20,7 +20,7 @@ from peewee import (
     TextField,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class BaseModel(Model):
@@ -250,6 +250,14 @@ class Placement(BaseModel):
         )
 
 
+class StateGeneration(BaseModel):
+    """One row; ``n`` grows with every change to what ranking reads (schema v7: triggers, see
+    ``metasched.store.generation``), so a reader's cache knows when it is stale."""
+
+    id = IntegerField(primary_key=True)
+    n = IntegerField(default=0)
+
+
 MODELS: list[type[BaseModel]] = [
     Setting,
     Destination,
@@ -261,4 +269,5 @@ MODELS: list[type[BaseModel]] = [
     ToolHistory,
     Metric,
     Placement,
+    StateGeneration,
 ]

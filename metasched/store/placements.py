@@ -97,11 +97,10 @@ def record_placement(
     values[6] = store.db.dt_in(entry.placed_at)
     for attempt in range(1, max(1, attempts) + 1):
         try:
-            with store.cache_neutral_write():
-                if store.is_postgres:
-                    _write_postgres(store, values, busy_timeout_s)
-                else:
-                    _write_sqlite(store, values, busy_timeout_s)
+            if store.is_postgres:
+                _write_postgres(store, values, busy_timeout_s)
+            else:
+                _write_sqlite(store, values, busy_timeout_s)
             return
         except _Busy:
             if attempt >= attempts:

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Self
 
@@ -73,12 +72,6 @@ class Store:
 
     def schema_version(self) -> int:
         return opening.schema_version(self.db)
-
-    @contextmanager
-    def cache_neutral_write(self) -> Iterator[None]:
-        """Around a write that no cached read depends on (the placement ledger, which rank reads
-        uncached): a caching subclass keeps its caches across it. Here: nothing to keep."""
-        yield
 
     # -- writes (metasched.store.snapshots) ---------------------------------------------------
 
