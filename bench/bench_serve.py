@@ -14,6 +14,8 @@ with Debian's `wrk` from another process. Per backend, rounds alternate:
 - `POST /v1/rank`, one request over and over (serve's cache always hit between collects);
 - `POST /v1/rank`, a mix of --variants requests (default 256) with different tools and different
   50-destination subsets of the 80, so a request often reads what its predecessor did not.
+- the same mix with a Galaxy job id in each request, as TPV's hook sends them: every answer is then
+  written to the placement ledger (and, with several workers, committed beside the others' reads).
 
 SQLite is measured once per --workers value (serve.workers: processes sharing the socket, the first
 collecting), PostgreSQL with the first. Prints each round, then per backend and worker count side by
@@ -166,7 +168,7 @@ def wrk(url: str, duration: int, connections: int, script: Path | None) -> tuple
 
 
 SERVE = (sys.executable, "-m", "metasched", "serve")
-KINDS = ("ping", "rank, one request", "rank, mix")
+KINDS = ("ping", "rank, one request", "rank, mix", "rank, mix+ledger")
 
 
 @dataclass
@@ -253,6 +255,7 @@ def measure(
             "ping": f"{base}/ping",
             "rank, one request": f"{base}/v1/rank",
             "rank, mix": f"{base}/v1/rank",
+            "rank, mix+ledger": f"{base}/v1/rank",
         }
         for kind in KINDS:  # warm-up
             wrk(urls[kind], 2, args.connections, scripts[kind])
@@ -320,11 +323,12 @@ def report(all_figures: list[Figures], args: argparse.Namespace) -> bool:
     one = sqlite.get(1)
     for n, f in sorted(sqlite.items()):
         if one is not None and n != 1:
-            print(
-                f"SQLite mix, {n} workers/1 (serve.workers): "
-                f"{f.rps('rank, mix') / one.rps('rank, mix'):.2f}x "
-                f"requests/s, p99 {f.p99('rank, mix'):.2f} vs {one.p99('rank, mix'):.2f} ms"
-            )
+            for kind in ("rank, mix", "rank, mix+ledger"):
+                print(
+                    f"SQLite {kind[6:]}, {n} workers/1 (serve.workers): "
+                    f"{f.rps(kind) / one.rps(kind):.2f}x "
+                    f"requests/s, p99 {f.p99(kind):.2f} vs {one.p99(kind):.2f} ms"
+                )
     for f in all_figures:
         if f.skipped is not None:
             print(f"{f.label}: skipped: {f.skipped}")
@@ -376,6 +380,10 @@ def main() -> int:
             "ping": None,
             "rank, one request": post_script(work, "one", mix[:1]),
             "rank, mix": post_script(work, "mix", mix),
+            # As TPV's hook sends them: with the Galaxy job id, so every answer writes the ledger.
+            "rank, mix+ledger": post_script(
+                work, "ledger", [{**r, "job": {**r["job"], "job_id": str(i)}} for i, r in enumerate(mix)]
+            ),
         }
         scripts["one-body"] = work / "one.jsonl"
         scripts["mix-body"] = work / "mix.jsonl"
