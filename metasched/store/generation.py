@@ -47,4 +47,3 @@ def install(db: Database) -> None:
                 f'CREATE TRIGGER IF NOT EXISTS "{table}_{event.lower()}_state_changed" '
                 f'AFTER {event} ON "{table}" BEGIN {_BUMP}; END'
             )
-
