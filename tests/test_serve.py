@@ -613,17 +613,23 @@ def test_serve_refuses_a_bad_config_with_exit_2(tmp_path: Path) -> None:
     assert "serve.port" in err and "serve.open_endpoints[0]" in err
 
 
-def test_port_in_use_exits_1_with_a_message(tmp_path: Path, local_config: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_port_in_use_exits_1_with_a_message(tmp_path: Path, workers: int) -> None:
+    """The port is bound before anything starts: no worker, no collect loop."""
+    config = write_config(
+        tmp_path / "config.yml", {**LOCAL_CONFIG, "serve": {**LOCAL_CONFIG["serve"], "workers": workers}}
+    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         r = cli(
-            ["serve", "-c", str(local_config), "--database", str(tmp_path / "s.db"), "--port", str(port)],
+            ["serve", "-c", str(config), "--database", str(tmp_path / "s.db"), "--port", str(port)],
             base_env(tmp_path),
         )
     assert r.returncode == 1
     assert f"could not listen on 127.0.0.1:{port}" in r.stderr.decode()
+    assert "collect loop" not in r.stderr.decode()
 
 
 def test_collect_loop_respects_the_lock_of_another_collect(tmp_path: Path, servers: list[Serve]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ import httpx
 
 from metasched.serve.peers import PUBLISH_EVERY_S
 from tests.infra.procs import wait_for
-from tests.test_serve import Serve, base_env, cli, metric_values, servers, start_serve, write_config
+from tests.test_serve import Serve, metric_values, servers, start_serve, write_config
 
 __all__ = ["servers"]  # the fixture, shared with test_serve
 
@@ -118,20 +117,3 @@ def test_a_worker_that_dies_stops_the_service_with_exit_1(tmp_path: Path, server
     assert server.proc.wait(30) == 1
     assert "worker 1 exited (status -9) unasked" in server.text()
     assert not alive(pids[0])
-
-
-def test_a_busy_port_exits_1_before_any_worker_starts(tmp_path: Path) -> None:
-    config = write_config(
-        tmp_path / "config.yml",
-        {"serve": {"workers": 2}, "destinations": [{"id": "local", "scheduler": "node", "host": "local"}]},
-    )
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        r = cli(
-            ["serve", "-c", str(config), "--database", str(tmp_path / "s.db"), "--port", str(port)],
-            base_env(tmp_path),
-        )
-    assert r.returncode == 1
-    assert f"could not listen on 127.0.0.1:{port}" in r.stderr.decode()

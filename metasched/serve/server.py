@@ -50,8 +50,8 @@ class Reloader:
             await self._task
 
 
-def run(state: ServeState, sock: socket.socket | None = None) -> int:
-    """Serve until stopped; on ``sock`` when given (a worker of serve.workers), else on serve.host:port."""
+def run(state: ServeState, sock: socket.socket) -> int:
+    """Serve on the bound ``sock`` until stopped (serve.workers: every worker's process runs this)."""
     import uvicorn
 
     from metasched.serve.app import create_app
@@ -84,7 +84,7 @@ def run(state: ServeState, sock: socket.socket | None = None) -> int:
         if early:
             reloader.request()
         try:
-            await server.serve(sockets=None if sock is None else [sock])
+            await server.serve(sockets=[sock])
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # stopping: a reload now would change nothing
@@ -96,13 +96,8 @@ def run(state: ServeState, sock: socket.socket | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
             runner.run(main())
-    except SystemExit as exc:  # uvicorn's own exit when it cannot listen (its code 3 means PARTIAL here)
-        log.error(
-            "not serving: could not listen on %s:%d (exit status %s from uvicorn)",
-            state.host,
-            state.port,
-            exc.code,
-        )
+    except SystemExit as exc:  # uvicorn's own exit when the app's startup failed (its 3 is PARTIAL here)
+        log.error("not serving: the app did not start (exit status %s from uvicorn)", exc.code)
         return 1
     finally:
         for sig, handler in previous.items():

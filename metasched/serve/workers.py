@@ -1,12 +1,13 @@
-"""``serve.workers`` > 1: several processes answer on one listening socket; the first also collects.
+"""``metasched serve``: bind the port, then answer on it in one process or ``serve.workers`` of them.
 
-Ranking is CPU-bound Python, so one process uses one core however many requests wait. The parent
-binds the socket (so a busy port fails once, before anything starts), forks the workers (each opens
-its own store connection and runs ``server.run`` on the inherited socket; the kernel hands each new
-connection to one of them) and then only supervises: SIGTERM/SIGINT and SIGHUP are passed on to
-every worker, and a worker that exits on its own stops the others, so the service exits 1 and
-systemd restarts it whole (Restart=on-failure). The workers report to each other through files in
-a private directory (serve.peers), removed at exit.
+The socket is always bound here, before anything starts: a busy port fails once (exit 1) with no
+collect loop started, whatever the worker count. Ranking is CPU-bound Python, so one process uses
+one core however many requests wait; with ``serve.workers`` > 1 the parent forks the workers (each
+opens its own store connection and runs ``server.run`` on the inherited socket; the kernel hands
+each new connection to one of them, and the first also collects) and then only supervises:
+SIGTERM/SIGINT and SIGHUP are passed on to every worker, and a worker that exits on its own stops
+the others, so the service exits 1 and systemd restarts it whole (Restart=on-failure). The workers
+report to each other through files in a private directory (serve.peers), removed at exit.
 """
 
 from __future__ import annotations
@@ -44,51 +45,58 @@ def serve_forever(
 ) -> int:
     """``metasched serve``: one process, or ``serve.workers`` of them; the exit status."""
     store = CachingStore.open(database_url)  # a bad database fails here, before anything listens
-    if config.serve.workers == 1:
-        return run(
-            ServeState(config, store, config_path=config_path, env=env, overrides=overrides, collect=collect)
-        )
-    store.close()  # each worker opens its own: a connection must not cross a fork
-
-    def make_state(index: int, peers: Peers) -> ServeState:
-        return ServeState(
-            config,
-            CachingStore.open(database_url),
-            config_path=config_path,
-            env=env,
-            overrides=overrides,
-            collect=collect and index == 0,
-            peers=peers,
-        )
-
     serve = config.serve
-    return run_workers(serve.workers, serve.host, serve.port, make_state, collects=collect)
+    try:
+        sock = listen(serve.host, serve.port)
+    except OSError as exc:
+        store.close()
+        log.error("not serving: could not listen on %s:%d: %s", serve.host, serve.port, exc.strerror or exc)
+        return 1
+    with sock:
+        if serve.workers == 1:
+            state = ServeState(
+                config, store, config_path=config_path, env=env, overrides=overrides, collect=collect
+            )
+            return run(state, sock)
+        store.close()  # each worker opens its own: a connection must not cross a fork
+
+        def make_state(index: int, peers: Peers) -> ServeState:
+            return ServeState(
+                config,
+                CachingStore.open(database_url),
+                config_path=config_path,
+                env=env,
+                overrides=overrides,
+                collect=collect and index == 0,
+                peers=peers,
+            )
+
+        log.info(
+            "serving on %s:%d with %d workers (the first collects)", serve.host, serve.port, serve.workers
+        )
+        return run_workers(serve.workers, sock, make_state, collects=collect)
 
 
 def listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=BACKLOG)
+    """A listening socket on ``host`` (an address or a name: its first address) and ``port``."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    return socket.create_server(address[:2], family=family, backlog=BACKLOG)
 
 
 def run_workers(
     count: int,
-    host: str,
-    port: int,
+    sock: socket.socket,
     make_state: Callable[[int, Peers], ServeState],
     *,
     collects: bool,
 ) -> int:
-    """Start ``count`` workers (worker ``i``'s state from ``make_state(i, peers)``), wait for all.
-
-    Exit status 0 when every worker stopped cleanly after SIGTERM/SIGINT; 1 when the socket cannot
-    be bound, or a worker failed or exited unasked.
+    """Start ``count`` workers on ``sock`` (worker ``i``'s state from ``make_state(i, peers)``), wait
+    for all. Exit status 0 when every worker stopped cleanly after SIGTERM/SIGINT; 1 when a worker
+    failed or exited unasked.
     """
-    try:
-        sock = listen(host, port)
-    except OSError as exc:
-        log.error("not serving: could not listen on %s:%d: %s", host, port, exc.strerror or exc)
-        return 1
-    with sock, tempfile.TemporaryDirectory(prefix="metasched-serve-") as share:
+    with tempfile.TemporaryDirectory(prefix="metasched-serve-") as share:
         children: dict[int, int] = {}  # pid -> worker index
         stopping = False
 
@@ -109,7 +117,6 @@ def run_workers(
                 if pid == 0:
                     _worker(index, count, Path(share), sock, make_state, collects)
                 children[pid] = index
-            log.info("serving on %s:%d with %d workers (the first collects)", host, port, count)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         status = 0
