@@ -248,6 +248,20 @@ def test_cache_sees_commits_of_other_connections(tmp_path: Path) -> None:
     reader.close()
 
 
+def summary_reads(reader: CachingStore, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The id lists ``reader`` asks the database's summary query for, in order."""
+    asked: list[list[str]] = []
+    real = rank_reads.summaries
+
+    def counting(db_: Any, ids: Any = None) -> Any:
+        if db_ is reader.db:
+            asked.append(list(ids))
+        return real(db_, ids)
+
+    monkeypatch.setattr(rank_reads, "summaries", counting)
+    return asked
+
+
 def test_cache_reads_only_the_ids_it_has_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """After a collect, each request reads from the database only the destinations no earlier
     request asked about; the answers are the plain store's, in its order, unknown ids skipped."""
@@ -271,15 +285,7 @@ def test_cache_reads_only_the_ids_it_has_not_read(tmp_path: Path, monkeypatch: p
     ]
     writer.replace_metrics("influx", rows, NOW)
     reader = CachingStore.open(db)
-    asked: list[list[str]] = []
-    real = rank_reads.summaries
-
-    def counting(db_: Any, ids: Any = None) -> Any:
-        if db_ is reader.db:
-            asked.append(list(ids))
-        return real(db_, ids)
-
-    monkeypatch.setattr(rank_reads, "summaries", counting)
+    asked = summary_reads(reader, monkeypatch)
     for ids in (["a", "b"], ["b", "ghost", "c", "a", "b"], ["c", "ghost"], ["a"]):
         assert reader.summaries(ids) == writer.summaries(ids)
         assert reader.tool_times("cat1", ids) == writer.tool_times("cat1", ids)
@@ -302,15 +308,7 @@ def test_cache_outlives_ledger_writes_but_not_state_changes(
     writer = Store.open(store_url)
     writer.write_snapshot("a", Snapshot([Node("n", "idle", True, 4)]), run_id="r", started=NOW, finished=NOW)
     reader = CachingStore.open(store_url)
-    reads: list[list[str]] = []
-    real = rank_reads.summaries
-
-    def counting(db_: Any, ids: Any = None) -> Any:
-        if db_ is reader.db:
-            reads.append(list(ids))
-        return real(db_, ids)
-
-    monkeypatch.setattr(rank_reads, "summaries", counting)
+    reads = summary_reads(reader, monkeypatch)
     assert reader.summaries(["a"])[0].cores_total == 4
     memo = reader.derived("config")
     for n, store in enumerate((writer, reader, writer)):  # another connection's and its own
