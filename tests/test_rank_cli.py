@@ -180,6 +180,19 @@ def test_explain_table_on_stderr_json_on_stdout(env: dict[str, str]) -> None:
     assert any(line.startswith("warning: ") for line in table)
 
 
+def test_explain_shows_reasons_a_request_did_not_ask_for(env: dict[str, str]) -> None:
+    """A hook's request (options.explain: false) fed to --explain: the table has the reasons, stdout
+    answers as the request asked, the same as without --explain."""
+    request = json.loads(SEED.read_text())
+    request["options"] = {"explain": False}
+    body = json.dumps(request).encode()
+    proc = run(["--explain"], env, stdin=body)
+    result = ok_json(proc)
+    assert all("reasons" not in r for r in result["ranked"])
+    assert result == ok_json(run([], env, stdin=body))
+    assert any(line.startswith("      - ") for line in proc.stderr.decode().splitlines())
+
+
 def test_help_lists_the_options(env: dict[str, str]) -> None:
     proc = run(["--help"], env)
     assert proc.returncode == 0

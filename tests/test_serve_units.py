@@ -14,7 +14,7 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from metasched.app.ranking import rank
+from metasched.app.ranking import DISTANCES, rank
 from metasched.cli.admin import parse_until
 from metasched.domain.destination import DestinationSummary, MetricRow, PlacementEntry
 from metasched.domain.errors import ConfigError, InputError
@@ -370,9 +370,77 @@ def test_memo_gives_the_answer_at_the_end_of_the_second(tmp_path: Path) -> None:
     for cores in (1, 4, 1):
         got = rank(request(cores), cfg, reader, at, memo=memo)
         assert got == rank(request(cores), cfg, reader, at.replace(microsecond=0) + timedelta(seconds=1))
-        assert sorted(k[0] for k in memo) == ["a", "b"]  # observed once; "c" carries its own metrics
+        assert sorted(k[0] for k in memo if k != DISTANCES) == ["a", "b"]  # observed once; "c" has its own
     assert "collected 8 s ago" in " ".join(got["ranked"][0]["reasons"])
     writer.close()
+    reader.close()
+
+
+def test_memo_adds_each_jobs_own_placements_in_flight(tmp_path: Path) -> None:
+    """With the ledger's placements in flight, the memo still observes each destination once; every
+    job sees the others' placements, not its own, as ranking without the memo does."""
+    db = str(tmp_path / "s.db")
+    writer = Store.open(db)
+    for dest in ("a", "b"):
+        snap = Snapshot([Node("n", "mixed", True, 8, 6)])
+        writer.write_snapshot(dest, snap, run_id=dest, started=NOW, finished=NOW)
+    cfg = load_config(write(tmp_path, DEST), {})
+    reader = CachingStore.open(db)
+    at = NOW + timedelta(seconds=3, microseconds=250_000)
+    memo = reader.derived(cfg)
+    for job in range(1, 5):
+        req = {
+            "job": {"tool_id": "cat1", "cores": 2, "job_id": job},
+            "destinations": [{"id": "a"}, {"id": "b"}],
+        }
+        got = rank(req, cfg, reader, at, memo=memo)
+        assert got == rank(req, cfg, reader, at.replace(microsecond=0) + timedelta(seconds=1)), job
+        assert sorted(k[0] for k in memo if k != DISTANCES) == ["a", "b"]
+    ahead = [why.split()[0] for r in got["ranked"] for why in r["reasons"] if "placed here since" in why]
+    assert sum(map(int, ahead)) == 3  # jobs 1-3, spread over a and b; job 4 is not ahead of itself
+    writer.close()
+    reader.close()
+
+
+def test_memo_keeps_distances_by_the_requests_input_locations(tmp_path: Path) -> None:
+    """Each destination's distances to a request's input stores are measured once for every later
+    request whose inputs lie in the same stores, whatever their sizes; answers are those without."""
+    db = str(tmp_path / "s.db")
+    Store.open(db).close()
+    cfg = load_config(write(tmp_path, "destinations:\n  - {id: a, scheduler: node, host: local}\n"), {})
+    reader = CachingStore.open(db)
+
+    def request(sizes: list[int], store_ids: list[str]) -> dict[str, Any]:
+        return {
+            "job": {"tool_id": "cat1"},
+            "destinations": [
+                {"id": "a", "latitude": 48.0, "longitude": 7.8},
+                {"id": "b", "latitude": 52.5, "longitude": 13.4},
+                {"id": "c", "latitude": 48.0, "longitude": 7.8, "object_store_id": "far"},
+                {"id": "d"},
+            ],
+            "datasets": {
+                str(i): {"object_store_id": s, "size": n}
+                for i, (n, s) in enumerate(zip(sizes, store_ids, strict=True))
+            },
+            "objectstores": {
+                "near": {"latitude": 48.1, "longitude": 7.9},
+                "far": {"latitude": 40.4, "longitude": -3.7},
+            },
+        }
+
+    memo = reader.derived(cfg)
+    asked = [
+        request([10**9, 5 * 10**9], ["near", "far"]),
+        request([3 * 10**9, 10**8], ["near", "far"]),  # the same stores: nothing measured again
+        request([10**9, 10**9], ["far", "near"]),  # another order of the stores: another set of sources
+        request([10**9, 10**9, 10**9], ["near", "unknown", "far"]),
+    ]
+    for i, req in enumerate(asked):
+        assert rank(req, cfg, reader, NOW, memo=memo)["ranked"] == rank(req, cfg, reader, NOW)["ranked"], i
+    measured = memo[DISTANCES]
+    assert len(measured) == 3
+    assert all(len(by_location) == 2 for by_location in measured.values())  # a and c share a location
     reader.close()
 
 

@@ -16,10 +16,10 @@ from metasched.app.policy_ranking import apply as apply_policies
 from metasched.domain.errors import ConfigError, InputError
 from metasched.rank.energy import energy_on
 from metasched.rank.ledger import job_key, record
-from metasched.rank.model import Candidate, Location, Observed, Outcome, Ranked
+from metasched.rank.model import Candidate, Location, Outcome, Ranked
 from metasched.rank.request import NO_METRICS, RankRequest, parse_request, parse_request_bytes
 from metasched.rank.score import rank_candidates
-from metasched.rank.state import StoredState, load_state, observe
+from metasched.rank.state import StoredState, add_inflight, load_state, observe
 from metasched.settings import Config
 from metasched.settings.weights import Weights, make_weights
 from metasched.store import Store
@@ -29,8 +29,10 @@ __all__ = ["SCHEMA_VERSION", "rank", "rank_outcome", "response"]
 SCHEMA_VERSION = 1
 DEFAULT_MAX_METRIC_AGE = 900.0
 ONE_SECOND = timedelta(seconds=1)
-# (destination, tool, second, max ages) -> observe()'s answer; see rank_outcome.
-Memo = MutableMapping[tuple[Any, ...], tuple[Observed, bool, bool]]
+# (destination, tool, second, max ages) -> observe()'s answer; DISTANCES -> rank_candidates' known
+# distances; see rank_outcome.
+Memo = MutableMapping[tuple[Any, ...], Any]
+DISTANCES = ("distances",)
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +99,9 @@ def rank_outcome(
     for dest in req.destinations:
         conf = configured.get(dest.id)
         placed = placements.get(dest.id, ())
-        # Inline metrics and in-flight placements are this request's own: not shared with others.
-        shared = memo if dest.metrics is NO_METRICS and not placed else None
+        # Inline metrics are this request's own: not shared with others. In-flight placements are
+        # added to the shared observation (they depend on the job: it is not queued ahead of itself).
+        shared = memo if dest.metrics is NO_METRICS else None
         seen = None
         if shared is not None:
             key = (dest.id, tool_id, seen_at, max_state_age, max_metric_age, carbon_max_age)
@@ -116,12 +119,14 @@ def rank_outcome(
                 max_metric_age=max_metric_age,
                 typical_run_s=typical.get(dest.id),
                 carbon_max_age=carbon_max_age,
-                placements=placed,
+                placements=() if shared is not None else placed,
                 job_id=job_id,
             )
             if shared is not None:
                 shared[key] = seen
         observed, s_stale, m_stale = seen
+        if placed and shared is not None:
+            observed = add_inflight(observed, dest, summaries.get(dest.id), placed, job_id)
         stale_state += s_stale
         stale_metrics += m_stale
         location = dest.location
@@ -153,7 +158,10 @@ def rank_outcome(
             f"cached metrics older than {max_metric_age:,.0f} s for {stale_metrics} destination(s): "
             "is InfluxDB reachable?"
         )
-    outcome = rank_candidates(req.job, req.datasets, objectstores, candidates, weights)
+    known = None if memo is None else memo.setdefault(DISTANCES, {})
+    outcome = rank_candidates(
+        req.job, req.datasets, objectstores, candidates, weights, req.options.explain, known
+    )
     if config.policies:  # seed-2 node groups (docs/policies.md)
         outcome, policy_warn = apply_policies(outcome, config, store, state.summaries, now, max_state_age)
         warn.extend(policy_warn)
@@ -165,7 +173,7 @@ def _round(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
 
 
-def _entry(rank: int, r: Ranked) -> dict[str, Any]:
+def _entry(rank: int, r: Ranked, explain: bool) -> dict[str, Any]:
     components: dict[str, Any] = {
         "staging_s": round(r.staging_s, 3),
         "queue_s": round(r.queue_s, 3),
@@ -186,18 +194,23 @@ def _entry(rank: int, r: Ranked) -> dict[str, Any]:
             components["price_eur_per_mwh"] = e.price_eur_mwh
             components["price_eur"] = _round(e.price_eur, 6)
             components["price_s"] = round(e.price_s, 3)
-    return {
+    entry = {
         "id": r.id,
         "rank": rank,
         "score": round(r.score, 3),
         "feasible": r.feasible,
         "components": components,
-        "reasons": list(r.reasons),
     }
+    if explain:
+        entry["reasons"] = list(r.reasons)
+    return entry
 
 
-def response(outcome: Outcome, warnings: Sequence[str], *, drop_infeasible: bool = False) -> dict[str, Any]:
-    """The JSON response (metasched/schemas/rank-response.json)."""
+def response(
+    outcome: Outcome, warnings: Sequence[str], *, drop_infeasible: bool = False, explain: bool = True
+) -> dict[str, Any]:
+    """The JSON response (metasched/schemas/rank-response.json); entries without ``reasons`` unless
+    ``explain``."""
     order = [r.id for r in outcome.ranked if r.feasible or not drop_infeasible]
     warn = list(warnings)
     dropped = len(outcome.ranked) - len(order)
@@ -206,7 +219,7 @@ def response(outcome: Outcome, warnings: Sequence[str], *, drop_infeasible: bool
     return {
         "schema_version": SCHEMA_VERSION,
         "sorted_destinations": order,
-        "ranked": [_entry(i, r) for i, r in enumerate(outcome.ranked, start=1)],
+        "ranked": [_entry(i, r, explain) for i, r in enumerate(outcome.ranked, start=1)],
         "warnings": warn,
     }
 
@@ -238,4 +251,4 @@ def rank(
     note = record(req, outcome, config, store, now, warn)
     if notes is not None:
         notes.append(note)
-    return response(outcome, warn, drop_infeasible=req.options.drop_infeasible)
+    return response(outcome, warn, drop_infeasible=req.options.drop_infeasible, explain=req.options.explain)

@@ -19,6 +19,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import msgspec
+
 from metasched.app.ranking import rank
 from metasched.cli.report import report
 from metasched.domain.errors import InputError
@@ -73,7 +75,7 @@ def explain_table(result: Mapping[str, Any], notes: Sequence[str] = ()) -> str:
             f"{c['queue_s']:>12,.1f} {c['run_s']:>12,.1f} {c['total_s']:>12,.1f} "
             f"{energy}{c['tpv_score']:>6g} {r['score']:>12,.1f}  {_cell(r['id'])}"
         )
-        lines.extend(f"{'':>6}- {_cell(reason)}" for reason in r["reasons"])
+        lines.extend(f"{'':>6}- {_cell(reason)}" for reason in r.get("reasons", ()))
     lines.extend(f"note: {_cell(n)}" for n in notes)
     lines.extend(f"warning: {_cell(w)}" for w in result["warnings"])
     return "\n".join(lines) + "\n"
@@ -93,6 +95,9 @@ def run(
         logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         req = parse_request_bytes(_read_request(request))  # before the config: a bad request names itself
+        asked = req.options.explain
+        if explain and not asked:  # the table shows the reasons; stdout still answers as asked
+            req = msgspec.structs.replace(req, options=msgspec.structs.replace(req.options, explain=True))
         cfg = load_config(resolve_config_path(config, env), env, read_secrets=False)
         store, warning = open_existing_store(database_url(cfg, database, env))
         notes: list[str] = []
@@ -101,7 +106,13 @@ def run(
         finally:
             if store is not None:
                 store.close()
-        text = json.dumps(result, allow_nan=False) + "\n"
+        answer = result
+        if not asked:
+            answer = {
+                **result,
+                "ranked": [{k: v for k, v in r.items() if k != "reasons"} for r in result["ranked"]],
+            }
+        text = json.dumps(answer, allow_nan=False) + "\n"
     except Exception as exc:
         return report(exc, verbose)
     if explain:

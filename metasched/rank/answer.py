@@ -61,7 +61,10 @@ class RankedOut(Struct, forbid_unknown_fields=True):
     ]
     feasible: bool
     components: ComponentsOut
-    reasons: list[str]
+    reasons: (
+        Annotated[list[str], Meta(description="Why, in words; absent with options.explain false.")]
+        | UnsetType
+    ) = UNSET
 
 
 class RankResponseOut(Struct, forbid_unknown_fields=True):

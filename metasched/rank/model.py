@@ -23,7 +23,7 @@ dataclasses; ``Ranked`` is not ``frozen``: frozen dataclasses set every field th
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -278,36 +278,60 @@ def unknown_factor(stores: Stores, own: str | None, here: tuple[float, float, fl
     return total / len(stores)
 
 
+# Each located destination's distance to every source of a request, in the sources' order (None: the
+# source's location is unknown), by the destination's location: what ``staging`` measures once.
+Distances = MutableMapping[Location, tuple[float | None, ...]]
+
+
+def distances(srcs: Sequence[Source], here: tuple[float, float, float]) -> tuple[float | None, ...]:
+    return tuple(None if src is None else distance_km(src, here) for _, src in srcs)
+
+
 def staging(
-    srcs: Sequence[Source], cand: Candidate, w: Weights, stores: Stores = ()
+    srcs: Sequence[Source],
+    cand: Candidate,
+    w: Weights,
+    stores: Stores = (),
+    explain: bool = True,
+    known: Distances | None = None,
 ) -> tuple[float, float, float, list[str]]:
-    """(seconds, bytes to move, bytes already local, reasons) to bring every input to ``cand``."""
+    """(seconds, bytes to move, bytes already local, reasons) to bring every input to ``cand``;
+    no reasons unless ``explain``. ``known``: distances measured before for the same ``srcs``
+    (locations do not move, so serve keeps them across requests)."""
     seconds = 0.0
     moved = 0.0
     local = 0.0
     far_km = 0.0
     assumed = 0
     loc = cand.location
-    here = None if loc is None else point(loc.latitude, loc.longitude)
+    kms: tuple[float | None, ...] = ()
+    if loc is not None:
+        found = None if known is None else known.get(loc)
+        if found is None:
+            here = point(loc.latitude, loc.longitude)
+            found = distances(srcs, here)
+            if known is not None:
+                known[loc] = found
+        kms = found
     own = cand.object_store_id
     colocated_km, halving_km = w.colocated_km, w.halving_km
     unknown: float | None = None  # unknown_factor, computed on the first dataset of unknown location
     bytes_s = w.bandwidth_mb_s * 1e6  # geo.transfer_s inlined, same arithmetic: this loop runs per pair
-    for group, src in srcs:
+    for i, (group, _) in enumerate(srcs):
         if group.object_store_id is not None and group.object_store_id == own:
             local += group.size_bytes
             continue
-        if here is None:  # priced afterwards, neutrally, by ``neutral_staging``
+        if loc is None:  # priced afterwards, neutrally, by ``neutral_staging``
             moved += group.size_bytes
             continue
-        if src is None:
+        km = kms[i]
+        if km is None:
             assumed += group.count
             if unknown is None:
-                unknown = unknown_factor(stores, own, here, w)
+                unknown = unknown_factor(stores, own, point(loc.latitude, loc.longitude), w)
             moved += group.size_bytes
             seconds += group.size_bytes / bytes_s * unknown
             continue
-        km = distance_km(src, here)
         if km <= colocated_km:
             local += group.size_bytes
             continue
@@ -316,7 +340,9 @@ def staging(
         moved += group.size_bytes
         seconds += group.size_bytes / (bytes_s / (1.0 + (km if km > 0.0 else 0.0) / halving_km))
     reasons: list[str] = []
-    if moved and here is not None:
+    if not explain:
+        return seconds, moved, local, reasons
+    if moved and loc is not None:
         reasons.append(f"stage {fmt_bytes(moved)} (farthest {far_km:,.0f} km): {seconds:,.0f} s")
     if local:
         reasons.append(f"{fmt_bytes(local)} already local (own or co-located object store)")
@@ -346,9 +372,16 @@ def neutral_staging(moved: float, total_bytes: float, located: Sequence[float]) 
     )
 
 
-def run_time(cand: Candidate, tool_median: float | None, w: Weights) -> tuple[float, str]:
+def run_time(
+    cand: Candidate, tool_median: float | None, w: Weights, explain: bool = True
+) -> tuple[float, str]:
     """This tool's median run time here, else across destinations, else the default; never infinite."""
     obs = cand.observed
+    if not explain:
+        known = known_run_s(obs, w)
+        if known is not None:
+            return known, ""
+        return (tool_median, "") if tool_median is not None else (w.default_run_s, "")
     if obs.history_run_s is not None and obs.history_count >= w.min_history:
         return obs.history_run_s, f"run {obs.history_run_s:,.0f} s: median of {obs.history_count} own jobs"
     if obs.metric_run_s is not None:
@@ -369,8 +402,8 @@ def known_run_s(obs: Observed, w: Weights) -> float | None:
     return obs.history_run_s
 
 
-def state_wait(job: JobSpec, obs: Observed, w: Weights) -> tuple[float | None, str]:
-    """Queue wait from the current state, or (None, "") when there is none.
+def state_wait(job: JobSpec, obs: Observed, w: Weights, explain: bool = True) -> tuple[float | None, str]:
+    """Queue wait from the current state, or (None, "") when there is none; why ("" unless ``explain``).
 
     Pending jobs ahead (FIFO/priority) take free cores first: the job starts at once only when it
     fits in what they leave. Otherwise it waits for ``deficit`` cores (queued cores + its own - free
@@ -413,7 +446,7 @@ def state_wait(job: JobSpec, obs: Observed, w: Weights) -> tuple[float | None, s
         deficit = max(0.0, ahead + job.cores - free)
     waits = [deficit * typical / (capacity + 1.0)] if deficit > 0 else []
     shorts: list[str] = []
-    if deficit > 0:
+    if deficit > 0 and explain:
         shorts.append(f"{fmt_num(deficit)} cores to free")
     free_mem, free_gpus = obs.free_mem_mb, obs.free_gpus
     if obs.inflight_jobs:  # the placements' memory and GPUs are taken before this job's
@@ -430,6 +463,8 @@ def state_wait(job: JobSpec, obs: Observed, w: Weights) -> tuple[float | None, s
             waits.append((need - have) / total * typical * capacity / (capacity + 1.0))
         else:
             waits.append(typical / 2)  # cannot size it: one running job must end first
+    if not explain:
+        return w.dispatch_s + max(max(waits), 0.0) if waits else w.dispatch_s, ""
     queue_why = "queue length unknown" if queued is None else f"{fmt_num(ahead)} queued cores ahead"
     free_why = "free cores unknown" if free is None else f"{fmt_num(free)} free"
     where = f"{queue_why}, {free_why} on {fmt_num(capacity)} cores{cap_why}"
@@ -445,26 +480,30 @@ def state_wait(job: JobSpec, obs: Observed, w: Weights) -> tuple[float | None, s
     return seconds, f"waits for running work: {', '.join(shorts)} ({where}; {t_why})"
 
 
-def model_queue(job: JobSpec, obs: Observed, w: Weights) -> tuple[float, str]:
-    """The state-based wait blended with history, and why (the text after "queue N s: "): the queue
-    time before the scheduler's own start estimates (``rank.start_estimate``) may raise it."""
-    state_s, why = state_wait(job, obs, w)
+def model_queue(job: JobSpec, obs: Observed, w: Weights, explain: bool = True) -> tuple[float, str]:
+    """The state-based wait blended with history, and why (the text after "queue N s: "; "" unless
+    ``explain``): the queue time before the scheduler's own start estimates (``rank.start_estimate``)
+    may raise it."""
+    state_s, why = state_wait(job, obs, w, explain)
+    hist_why = ""
     if obs.history_queue_s is not None and (obs.history_count >= w.min_history or obs.metric_queue_s is None):
         hist: float | None = obs.history_queue_s
-        hist_why = f"own median queue {obs.history_queue_s:,.0f} s ({obs.history_count} jobs)"
+        if explain:
+            hist_why = f"own median queue {obs.history_queue_s:,.0f} s ({obs.history_count} jobs)"
     elif obs.metric_queue_s is not None:
         hist = obs.metric_queue_s
-        hist_why = f"metrics median queue {obs.metric_queue_s:,.0f} s"
+        if explain:
+            hist_why = f"metrics median queue {obs.metric_queue_s:,.0f} s"
     else:
-        hist, hist_why = None, ""
+        hist = None
     if state_s is not None and hist is not None:
         h = w.history_weight
-        return (1 - h) * state_s + h * hist, f"{why}; blended with {hist_why}"
+        return (1 - h) * state_s + h * hist, f"{why}; blended with {hist_why}" if explain else ""
     if state_s is not None:
         return state_s, why
     if hist is not None:
-        return hist, f"no current state; {hist_why}"
-    return w.unknown_queue_s, "unknown (no current state or history)"
+        return hist, f"no current state; {hist_why}" if explain else ""
+    return w.unknown_queue_s, "unknown (no current state or history)" if explain else ""
 
 
 class Energy(Struct, frozen=True):

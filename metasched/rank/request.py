@@ -118,6 +118,7 @@ class Options(msgspec.Struct, frozen=True):
     drop_infeasible: bool = False
     max_state_age: float | None = None
     max_metric_age: float | None = None
+    explain: bool = True
 
 
 class RankRequest(msgspec.Struct, frozen=True):
@@ -368,7 +369,7 @@ def _options(o: OptionsIn | None) -> Options:
         return Options()
     w = o.weights
     weights = {} if w is None else {k: v for k in WEIGHT_KEYS if (v := getattr(w, k)) is not msgspec.UNSET}
-    return Options(weights, o.drop_infeasible, o.max_state_age, o.max_metric_age)
+    return Options(weights, o.drop_infeasible, o.max_state_age, o.max_metric_age, o.explain)
 
 
 def _job(job: JobIn) -> JobSpec:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from operator import itemgetter
 
 from metasched.rank.energy import energy_cost, energy_on, median_known
@@ -12,6 +12,7 @@ from metasched.rank.model import (
     MAX_SECONDS,
     Candidate,
     Dataset,
+    Distances,
     Energy,
     JobSpec,
     Location,
@@ -30,6 +31,9 @@ from metasched.rank.model import (
 from metasched.rank.start_estimate import queue_time
 from metasched.settings.weights import Weights
 
+KNOWN_SOURCES = 64  # sets of input locations whose distances are kept (rank_candidates' measured)
+KNOWN_LOCATIONS = 4096  # destination locations per set
+
 
 def rank_candidates(
     job: JobSpec,
@@ -37,8 +41,14 @@ def rank_candidates(
     objectstores: Mapping[str, Location],
     candidates: Sequence[Candidate],
     w: Weights,
+    explain: bool = True,
+    measured: MutableMapping[tuple[object, ...], Distances] | None = None,
 ) -> Outcome:
-    """Score every candidate and order them: feasible first, by score, then TPV score, then input order."""
+    """Score every candidate and order them: feasible first, by score, then TPV score, then input order.
+
+    Without ``explain`` no reason is written (every ``Ranked.reasons`` is empty): formatting them is
+    a large part of a rank, and TPV's hooks only read the order. ``measured`` keeps each destination's
+    distances to the sources of a request by those sources' locations, for the next request."""
     warnings: list[str] = []
     missing = sorted(
         {ds.object_store_id for ds in datasets if ds.object_store_id is not None} - set(objectstores)
@@ -51,7 +61,14 @@ def rank_candidates(
     tool_median = statistics.median(known) if known else None
     srcs = sources(groups, objectstores)
     stores = store_points(objectstores) if any(src is None for _, src in srcs) else []
-    stagings = [staging(srcs, cand, w, stores) for cand in candidates]
+    seen = None
+    if measured is not None:  # bounded: sources and locations come from requests
+        if len(measured) >= KNOWN_SOURCES:
+            measured.clear()
+        seen = measured.setdefault(tuple(p for _, p in srcs), {})
+        if len(seen) >= KNOWN_LOCATIONS:
+            seen.clear()
+    stagings = [staging(srcs, cand, w, stores, explain, seen) for cand in candidates]
     located = [st[0] for cand, st in zip(candidates, stagings, strict=True) if cand.location is not None]
     total_bytes = sum(g.size_bytes for g in groups)
     scored: list[tuple[tuple[bool, float, float, int], Ranked]] = []
@@ -64,9 +81,10 @@ def rank_candidates(
         why_not = infeasibility(job, cand)
         if cand.location is None and moved > 0:
             stage_s, neutral_why = neutral_staging(moved, total_bytes, located)
-            stage_why.insert(0, neutral_why)
-        run_s, run_why = run_time(cand, tool_median, w)
-        queue_s, queue_why = queue_time(job, obs, w)
+            if explain:
+                stage_why.insert(0, neutral_why)
+        run_s, run_why = run_time(cand, tool_median, w, explain)
+        queue_s, queue_why = queue_time(job, obs, w, explain)
         if stage_s > MAX_SECONDS:
             stage_s = MAX_SECONDS
         if queue_s > MAX_SECONDS:
@@ -78,12 +96,14 @@ def rank_candidates(
         if with_energy:
             energy, energy_why = energy_cost(job, run_s, obs, carbon_mid, price_mid, w)
             cost = total + energy.seconds
-            reasons = (*why_not, *obs.reasons, *stage_why, *queue_why, run_why, *energy_why)
+            reasons = (
+                (*why_not, *obs.reasons, *stage_why, *queue_why, run_why, *energy_why) if explain else ()
+            )
         else:
             cost = total
-            reasons = (*why_not, *obs.reasons, *stage_why, *queue_why, run_why)
+            reasons = (*why_not, *obs.reasons, *stage_why, *queue_why, run_why) if explain else ()
         score = cost * (1.0 - discount * tanh(tpv_weight * cand.tpv_score))
-        note = None if obs.status is None else status_note(obs.status)
+        note = None if obs.status is None or not explain else status_note(obs.status)
         if note is not None:
             reasons = (note, *reasons)
         # Positional: keyword construction of a 12-field dataclass costs noticeably per destination.

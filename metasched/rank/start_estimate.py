@@ -56,15 +56,18 @@ def _shape(e: Estimate) -> str:
     return ", ".join(parts)
 
 
-def queue_time(job: JobSpec, obs: Observed, w: Weights) -> tuple[float, list[str]]:
+def queue_time(job: JobSpec, obs: Observed, w: Weights, explain: bool = True) -> tuple[float, list[str]]:
     """Blend of the state-based wait and the historical median queue time of this tool here, raised
-    to the scheduler's own expected start of the pending work the job cannot pass, where it has one."""
-    seconds, why = model_queue(job, obs, w)
+    to the scheduler's own expected start of the pending work the job cannot pass, where it has one;
+    why (nothing unless ``explain``)."""
+    seconds, why = model_queue(job, obs, w, explain)
     est = obs.estimates
     if est is None:
-        return seconds, [f"queue {seconds:,.0f} s: {why}"]
+        return seconds, [f"queue {seconds:,.0f} s: {why}"] if explain else []
     fresh, stale = blocking_start(job, est)
     reasons: list[str] = []
+    if not explain:
+        return (fresh.wait_s if fresh is not None and fresh.wait_s > seconds else seconds), reasons
     if fresh is not None and fresh.wait_s > seconds:
         model_s, seconds = seconds, fresh.wait_s
         reasons.append(

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
+import msgspec
+
 from metasched.domain.destination import DestinationSummary, MetricRow, PlacementEntry, ToolTimes
 from metasched.domain.start_estimates import StartEstimate
 from metasched.rank.model import MB_PER_GB, Observed, StartEstimates, fmt_num
@@ -338,17 +340,6 @@ def observe(
             if inline.price_day_ahead is not None:
                 energy["price_day_ahead"] = inline.price_day_ahead
 
-    inflight = None
-    if placements:  # the ledger's entries that the state used here cannot contain yet
-        seen_at = inline.observed_at if inline is not NO_METRICS and inline.observed_at is not None else None
-        if seen_at is None and summary is not None:
-            seen_at = summary.last_success
-        inflight = inflight_demand(placements, seen_at, job_id)
-        if inflight[0]:
-            reasons.append(
-                f"{inflight[0]} job{'s' if inflight[0] != 1 else ''} ({fmt_num(inflight[1])} cores) "
-                "placed here since the state was observed"
-            )
     counted = history is not None and history.count
     # Positional, in Observed's field order (named in the comments): keyword construction of its
     # 23 fields costs three times as much, for every destination of every request.
@@ -380,11 +371,37 @@ def observe(
     if energy:
         observed.carbon_g_kwh = energy.get("carbon_intensity")
         observed.price_eur_mwh = energy.get("price_day_ahead")
-    if inflight is not None and inflight[0]:
-        jobs, cores, mem_mb, gpus = inflight
-        observed.inflight_jobs, observed.inflight_cores = jobs, cores
-        observed.inflight_mem_mb, observed.inflight_gpus = mem_mb, gpus
     if estimates and summary is not None:  # Slurm's backfill: a floor on the wait (model.queue_time)
         by = _SCHEDULER_NAMES.get(summary.scheduler) or summary.scheduler or "the scheduler"
         observed.estimates = StartEstimates(estimates, now.timestamp(), max_state_age, by)
+    if placements:
+        observed = add_inflight(observed, dest, summary, placements, job_id)
     return observed, state_stale, bool(metrics_stale)
+
+
+def add_inflight(
+    observed: Observed,
+    dest: DestinationRequest,
+    summary: DestinationSummary | None,
+    placements: Sequence[PlacementEntry],
+    job_id: str | None,
+) -> Observed:
+    """``observed`` plus the ledger's placements that the state it was made from cannot hold yet:
+    a new Observed (one without placements may be shared by other requests, serve's memo)."""
+    inline = dest.metrics
+    seen_at = inline.observed_at if inline is not NO_METRICS and inline.observed_at is not None else None
+    if seen_at is None and summary is not None:
+        seen_at = summary.last_success
+    jobs, cores, mem_mb, gpus = inflight_demand(placements, seen_at, job_id)
+    if not jobs:
+        return observed
+    plural = "s" if jobs != 1 else ""
+    why = f"{jobs} job{plural} ({fmt_num(cores)} cores) placed here since the state was observed"
+    return msgspec.structs.replace(
+        observed,
+        reasons=(*observed.reasons, why),
+        inflight_jobs=jobs,
+        inflight_cores=cores,
+        inflight_mem_mb=mem_mb,
+        inflight_gpus=gpus,
+    )

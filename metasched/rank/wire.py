@@ -173,6 +173,13 @@ class OptionsIn(Struct, forbid_unknown_fields=True):
     max_metric_age: Annotated[
         Count | None, Meta(description="Seconds; default config influxdb.max_age (900).")
     ] = None
+    explain: Annotated[
+        bool,
+        Meta(
+            description="false: no `reasons` in the answer, and none written: the order and the components "
+            "are the same, the answer is cheaper (TPV's hooks read only sorted_destinations)."
+        ),
+    ] = True
 
 
 Destinations = Annotated[
