@@ -36,7 +36,6 @@ import yaml
 
 from metasched.app.lock import CollectLock, lock_path
 from metasched.store import Store
-from metasched.store.placements import inflight_placements
 from tests.infra.postgres import create_database, drop_database
 from tests.infra.procs import free_port, wait_for
 from tests.infra.slurm import SlurmCluster
@@ -488,7 +487,7 @@ def test_rank_as_galaxys_user_answers_from_the_wal_store_and_records_the_placeme
         assert reasons["localhost"].startswith("collected "), reasons  # from the stored state
         assert reasons["nowhere"] == "no collected state"
         with Store.open(str(db), readonly=True) as store:
-            placed = inflight_placements(store, ["localhost", "nowhere"], datetime(2000, 1, 1, tzinfo=UTC))
+            placed = store.inflight_placements(["localhost", "nowhere"], datetime(2000, 1, 1, tzinfo=UTC))
         assert [(p.job_id, p.destination) for p in placed] == [("4242", answer["sorted_destinations"][0])]
 
         with galaxy_reader(users, db):

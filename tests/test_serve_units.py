@@ -25,7 +25,7 @@ from metasched.serve.metrics import LoopStats, RequestStats, render
 from metasched.serve.peers import LOOP_REPORT_MAX_AGE_S, LoopReport, Peers
 from metasched.serve.state import Overrides, apply_overrides
 from metasched.settings import load_config
-from metasched.store import Store, rank_reads
+from metasched.store import Store, inflight, rank_reads
 from metasched.store.placements import record_placement
 from metasched.store.rank_reads import SUMMARY_FIELDS
 
@@ -321,6 +321,50 @@ def test_cache_outlives_ledger_writes_but_not_state_changes(
     writer.write_snapshot("a", Snapshot([Node("n", "idle", True, 8)]), run_id="s", started=NOW, finished=NOW)
     assert reader.summaries(["a"])[0].cores_total == 8
     assert reads == [["a"]] * 3 and reader.derived("config") is not memo
+    writer.close()
+    reader.close()
+
+
+def test_cache_keeps_placements_in_flight_up_to_date(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-flight entries a CachingStore hands out are the database's after every kind of write
+    (its own, another connection's, re-placed, resolved, out of the window), reading only what was
+    written since its last look."""
+    db = str(tmp_path / "s.db")
+    writer = Store.open(db)
+    reader = CachingStore.open(db)
+    reads: list[str] = []
+    for name in ("all_inflight", "changed_since"):
+        real = getattr(inflight, name)
+        monkeypatch.setattr(
+            inflight, name, lambda *a, _real=real, _name=name: reads.append(_name) or _real(*a)
+        )
+
+    def entry(job: str, dest: str, s: int, cores: int = 1) -> PlacementEntry:
+        return PlacementEntry(job, dest, "cat1", cores, 100, 0, NOW + timedelta(seconds=s), 0, 1, 2)
+
+    def same(since_s: int = 0) -> None:
+        since = NOW + timedelta(seconds=since_s)
+        ids = ["a", "b", "c"]
+        assert reader.inflight_placements(ids, since) == writer.inflight_placements(ids, since)
+
+    record_placement(writer, entry("1", "a", 1))
+    same()
+    assert reads == ["all_inflight"]
+    same()
+    assert reads == ["all_inflight"]  # nothing committed: no read
+    record_placement(writer, entry("2", "b", 2))  # another connection's
+    record_placement(reader, entry("3", "a", 3))  # its own
+    same()
+    record_placement(writer, entry("1", "b", 4, cores=4))  # ranked again, elsewhere
+    writer.db.fetch("UPDATE placement SET state = 'resolved' WHERE job_id = '2' RETURNING 1", [])
+    same()
+    assert reads == ["all_inflight", "changed_since", "changed_since"]
+    assert [(e.job_id, e.destination) for e in reader.inflight_placements(["a", "b"], NOW)] == [
+        ("3", "a"),
+        ("1", "b"),
+    ]
+    same(since_s=4)  # "3" falls out of the window ...
+    same(since_s=0)  # ... and back in when a request looks further back
     writer.close()
     reader.close()
 

@@ -21,7 +21,7 @@ from metasched.domain.destination import MetricRow, PlacementEntry, ToolTimes
 from metasched.domain.errors import CollectError, ConfigError
 from metasched.domain.jobs import HELD, OTHER, PENDING, RUNNING, Job, Node, Partition, Snapshot
 from metasched.domain.start_estimates import StartEstimate, reduce
-from metasched.store import Store, generation
+from metasched.store import Store, generation, inflight
 from metasched.store.models import SCHEMA_VERSION
 from metasched.store.placements import record_placement
 from metasched.store.rank_reads import tool_times_from_history
@@ -210,6 +210,19 @@ def test_tables_without_version_are_refused(store_url: str) -> None:
         Store.open(store_url)
 
 
+def undo_v8(url: str) -> tuple[str, ...]:
+    """Schema v8's placement.seq: the column, its index and the triggers (and sequence) moving it."""
+    column = ('DROP INDEX "placement_seq"', 'ALTER TABLE "placement" DROP COLUMN "seq"')
+    if url.startswith("postgresql://"):
+        return (
+            'DROP TRIGGER "placement_seq" ON "placement"',
+            "DROP FUNCTION metasched_placement_seq()",
+            'DROP SEQUENCE "placement_seq_counter"',
+            *column,
+        )
+    return ('DROP TRIGGER "placement_insert_seq"', 'DROP TRIGGER "placement_update_seq"', *column)
+
+
 def undo_v7(url: str) -> tuple[str, ...]:
     """Schema v7's state generation: its table and the triggers on the watched tables."""
     if url.startswith("postgresql://"):
@@ -250,6 +263,7 @@ def test_opening_a_v1_database_migrates_it(store_url: str) -> None:
         s.sync_destinations([("old", "slurm", "h")])
     execute_raw(
         store_url,
+        *undo_v8(store_url),
         *undo_v7(store_url),
         *TO_V2,
         'DROP INDEX "finished_job_destination_id_end_time"',
@@ -292,7 +306,11 @@ def test_opening_a_v2_database_migrates_it(store_url: str) -> None:
         write(s, "d", SNAPSHOT, 6)
         write(s, "empty", Snapshot(nodes=[NODES[2]]), 6)  # only a down node
     execute_raw(
-        store_url, *undo_v7(store_url), *TO_V2, "UPDATE setting SET value = '2' WHERE key = 'schema_version'"
+        store_url,
+        *undo_v8(store_url),
+        *undo_v7(store_url),
+        *TO_V2,
+        "UPDATE setting SET value = '2' WHERE key = 'schema_version'",
     )
     with Store.open(store_url) as s:
         assert s.schema_version() == SCHEMA_VERSION
@@ -315,7 +333,11 @@ def test_opening_a_v3_database_fills_the_tool_samples(store_url: str) -> None:
         finish_jobs(s, "e", [("1", "g1_cat1", 5, 6)], 5)
         before = s.tool_times("cat1", ["d", "e"])
     execute_raw(
-        store_url, *undo_v7(store_url), *TO_V3, "UPDATE setting SET value = '3' WHERE key = 'schema_version'"
+        store_url,
+        *undo_v8(store_url),
+        *undo_v7(store_url),
+        *TO_V3,
+        "UPDATE setting SET value = '3' WHERE key = 'schema_version'",
     )
     with Store.open(store_url) as s:
         assert s.schema_version() == SCHEMA_VERSION
@@ -333,22 +355,26 @@ def test_opening_a_v3_database_fills_the_tool_samples(store_url: str) -> None:
 def test_opening_a_v4_database_adds_the_placement_ledger(store_url: str) -> None:
     """v4 -> v5: an empty placement table with rank's and calibration's indexes; the rest untouched."""
     from metasched.domain.destination import PlacementEntry
-    from metasched.store.placements import inflight_placements, record_placement
+    from metasched.store.placements import record_placement
 
     with Store.open(store_url) as s:
         finish_jobs(s, "d", [("1", "g1_cat1_u", 1, 2)], 5)
         before = s.tool_times("cat1", ["d"])
     execute_raw(
-        store_url, *undo_v7(store_url), *TO_V4, "UPDATE setting SET value = '4' WHERE key = 'schema_version'"
+        store_url,
+        *undo_v8(store_url),
+        *undo_v7(store_url),
+        *TO_V4,
+        "UPDATE setting SET value = '4' WHERE key = 'schema_version'",
     )
     assert "placement_state_placed_at" not in index_names(store_url, "placement")
     with Store.open(store_url) as s:
         assert s.schema_version() == SCHEMA_VERSION
         assert s.tool_times("cat1", ["d"]) == before
-        assert inflight_placements(s, ["d"], at(0)) == []
+        assert s.inflight_placements(["d"], at(0)) == []
         entry = PlacementEntry("42", "d", "cat1", 2.0, 4096.0, 0.0, at(10), 1.5, 60.0, 120.0)
         record_placement(s, entry)
-        assert inflight_placements(s, ["d"], at(0)) == [entry]
+        assert s.inflight_placements(["d"], at(0)) == [entry]
     assert {"placement_state_placed_at", "placement_actual_destination_finished_at"} <= index_names(
         store_url, "placement"
     )
@@ -360,7 +386,7 @@ def test_opening_a_v4_database_adds_the_placement_ledger(store_url: str) -> None
         "'2026-03-01 12:11:00', 0, 0, 0)",
     )
     with Store.open(store_url) as s:
-        assert [e.job_id for e in inflight_placements(s, ["d"], at(0))] == ["42", "43"]
+        assert [e.job_id for e in s.inflight_placements(["d"], at(0))] == ["42", "43"]
 
 
 def test_opening_a_v5_database_adds_the_start_estimate_columns(store_url: str) -> None:
@@ -368,7 +394,11 @@ def test_opening_a_v5_database_adds_the_start_estimate_columns(store_url: str) -
     with Store.open(store_url) as s:
         write(s, "d", SNAPSHOT, 0)
     execute_raw(
-        store_url, *undo_v7(store_url), *TO_V5, "UPDATE setting SET value = '5' WHERE key = 'schema_version'"
+        store_url,
+        *undo_v8(store_url),
+        *undo_v7(store_url),
+        *TO_V5,
+        "UPDATE setting SET value = '5' WHERE key = 'schema_version'",
     )
     with Store.open(store_url) as s:
         assert s.schema_version() == SCHEMA_VERSION
@@ -384,7 +414,12 @@ def test_opening_a_v6_database_adds_the_state_generation(store_url: str) -> None
     """v6 -> v7: the counter row and its triggers; what ranking reads moves it, the ledger does not."""
     with Store.open(store_url) as s:
         write(s, "d", SNAPSHOT, 0)
-    execute_raw(store_url, *undo_v7(store_url), "UPDATE setting SET value = '6' WHERE key = 'schema_version'")
+    execute_raw(
+        store_url,
+        *undo_v8(store_url),
+        *undo_v7(store_url),
+        "UPDATE setting SET value = '6' WHERE key = 'schema_version'",
+    )
     with Store.open(store_url) as s:
         assert s.schema_version() == SCHEMA_VERSION
         assert s.jobs("d") == list(JOBS)
@@ -882,3 +917,28 @@ def test_readers_see_whole_snapshots_while_a_writer_runs(store_url: str) -> None
         assert proc.returncode == 0, err
         assert reads > 0
         assert len(reader.runs(limit=10)) == 7
+
+
+def test_opening_a_v7_database_adds_placement_seq(store_url: str) -> None:
+    """v7 -> v8: entries recorded before read as before (seq 0); every later write, the ledger's or
+    reconciliation's, moves the row past every seq before it."""
+    entry = PlacementEntry("42", "d", "t", 1, 100, 0, at(0), 0, 1, 2)
+    with Store.open(store_url) as s:
+        record_placement(s, entry)
+    execute_raw(store_url, *undo_v8(store_url), "UPDATE setting SET value = '7' WHERE key = 'schema_version'")
+    with Store.open(store_url) as s:
+        assert s.schema_version() == SCHEMA_VERSION
+        assert inflight.latest_seq(s.db) == 0
+        assert inflight.all_inflight(s.db, 0) == [entry]
+        assert s.inflight_placements(["d"], at(0)) == [entry]
+        later = PlacementEntry("43", "d", "t", 2, 100, 0, at(5), 0, 1, 2)
+        record_placement(s, later)
+        record_placement(s, entry)  # ranked again: the same row, written anew
+        changed = inflight.changed_since(s.db, 0)  # numbers may skip (a PostgreSQL upsert takes two)
+        assert [(job, e) for _, job, e in changed] == [("43", later), ("42", entry)]
+        last = changed[-1][0]
+        assert last == inflight.latest_seq(s.db) and changed[0][0] < last
+        s.db.fetch('UPDATE "placement" SET "state" = \'resolved\' WHERE "job_id" = \'43\' RETURNING 1', [])
+        [(moved, job, gone)] = inflight.changed_since(s.db, last)
+        assert moved > last and job == "43" and gone is None
+        assert inflight.all_inflight(s.db, inflight.latest_seq(s.db)) == [entry]

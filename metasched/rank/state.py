@@ -24,7 +24,6 @@ from metasched.settings import DestinationConfig
 from metasched.settings.database_url import sqlite_path
 from metasched.store import Store
 from metasched.store.galaxy import versionless
-from metasched.store.placements import inflight_placements
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ def load_state(
     typical = store.typical_run_s(dest_ids)
     placed: dict[str, list[PlacementEntry]] = {}
     if ledger_since is not None:
-        for entry in inflight_placements(store, dest_ids, ledger_since):
+        for entry in store.inflight_placements(dest_ids, ledger_since):
             placed.setdefault(entry.destination, []).append(entry)
     return StoredState(
         summaries=summaries, tool_times=times, metrics=by_dest, typical_run_s=typical, placements=placed

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from metasched.domain.destination import DestinationSummary, MetricRow, ToolTimes
-from metasched.store import Store, generation
+from metasched.domain.destination import DestinationSummary, MetricRow, PlacementEntry, ToolTimes
+from metasched.store import Store, generation, inflight
 from metasched.store.database import Database
 
 MAX_ENTRIES = 1024  # per thread; kinds of read (per tool) between two collects
@@ -37,10 +38,19 @@ class _ThreadCache(threading.local):
     entries: dict[tuple[Any, ...], Any]
     derived: dict[tuple[Any, ...], Any]
     owner: object = None
+    # The placement ledger's in-flight entries (SQLite): by destination and job, read up to placed_seq,
+    # checked again when (data_version, total_changes) moved from placed_version.
+    placed: dict[str, dict[str, PlacementEntry]]
+    placed_where: dict[str, str]  # job id -> its destination in ``placed``
+    placed_seq: int | None = None
+    placed_version: tuple[int, int] | None = None
+    placed_since: datetime | None = None  # entries placed before it were dropped
 
     def __init__(self) -> None:
         self.entries = {}
         self.derived = {}
+        self.placed = {}
+        self.placed_where = {}
 
 
 class CachingStore(Store):
@@ -78,6 +88,48 @@ class CachingStore(Store):
             cache.derived = {}
             cache.owner = owner
         return cache.derived
+
+    def inflight_placements(self, dest_ids: Sequence[str], since: datetime) -> list[PlacementEntry]:
+        """SQLite: the ledger's in-flight entries kept per thread and brought up to date with the rows
+        written since the last look (``placement.seq``), a row or two per answered job instead of
+        every entry of these destinations. PostgreSQL reads them each time (store.inflight)."""
+        if self.is_postgres:
+            return super().inflight_placements(dest_ids, since)
+        cache = self._cache
+        conn = self.db.connection()
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0]), int(conn.total_changes)
+        if cache.placed_since is not None and since < cache.placed_since:  # a wider window than before
+            cache.placed, cache.placed_where, cache.placed_seq, cache.placed_since = {}, {}, None, None
+        if cache.placed_seq is None:
+            seq = inflight.latest_seq(self.db)
+            for e in inflight.all_inflight(self.db, seq):
+                cache.placed.setdefault(e.destination, {})[e.job_id] = e
+                cache.placed_where[e.job_id] = e.destination
+            cache.placed_seq = seq
+        elif version != cache.placed_version:
+            for seq, job_id, entry in inflight.changed_since(self.db, cache.placed_seq):
+                was = cache.placed_where.pop(job_id, None)
+                if was is not None:
+                    del cache.placed[was][job_id]
+                if entry is not None:
+                    cache.placed.setdefault(entry.destination, {})[job_id] = entry
+                    cache.placed_where[job_id] = entry.destination
+                cache.placed_seq = seq
+        cache.placed_version = version
+        out: list[PlacementEntry] = []
+        for dest in dict.fromkeys(dest_ids):
+            jobs = cache.placed.get(dest)
+            if not jobs:
+                continue
+            current = [e for e in jobs.values() if e.placed_at >= since]
+            if len(current) < len(jobs):  # out of the window, which only moves on (else: refilled)
+                for e in [e for e in jobs.values() if e.placed_at < since]:
+                    del jobs[e.job_id]
+                    del cache.placed_where[e.job_id]
+                cache.placed_since = since
+            out.extend(current)
+        out.sort(key=_placed_at)  # as the database orders them
+        return out
 
     def _cached(self, key: tuple[Any, ...]) -> tuple[bool, Any]:
         cache = self._current()
@@ -141,6 +193,10 @@ class CachingStore(Store):
     def typical_run_s(self, dest_ids: Sequence[str]) -> dict[str, float]:
         found = self._by_id(("typical_run_s",), dest_ids, lambda w: Store.typical_run_s(self, w))
         return {i: v for i in dict.fromkeys(dest_ids) if (v := found[i]) is not ABSENT}
+
+
+def _placed_at(entry: PlacementEntry) -> datetime:
+    return entry.placed_at
 
 
 def _metric_order(row: MetricRow) -> tuple[str, str, str, str]:

@@ -22,7 +22,7 @@ from peewee import Database, PostgresqlDatabase
 from playhouse.migrate import PostgresqlMigrator, SchemaMigrator, SqliteMigrator, migrate
 
 from metasched.domain.errors import MetaschedError
-from metasched.store import generation
+from metasched.store import generation, inflight
 from metasched.store.models import SCHEMA_VERSION
 from metasched.store.samples import SAMPLES, end_seconds, pack
 
@@ -194,7 +194,21 @@ def _v6_to_v7(db: Database) -> None:
     generation.install(db)
 
 
-STEPS: dict[int, Step] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7}
+def _v7_to_v8(db: Database) -> None:
+    """placement.seq and the triggers that move it (store.inflight); rows from before start at 0."""
+    _execute(db, 'ALTER TABLE "placement" ADD COLUMN "seq" BIGINT NOT NULL DEFAULT 0')
+    inflight.install(db)
+
+
+STEPS: dict[int, Step] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+    4: _v4_to_v5,
+    5: _v5_to_v6,
+    6: _v6_to_v7,
+    7: _v7_to_v8,
+}
 
 
 def upgrade(db: Database, from_version: int, to_version: int = SCHEMA_VERSION) -> list[int]:

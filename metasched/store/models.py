@@ -9,6 +9,7 @@ from __future__ import annotations
 from peewee import (
     SQL,
     AutoField,
+    BigIntegerField,
     BlobField,
     BooleanField,
     CharField,
@@ -20,7 +21,7 @@ from peewee import (
     TextField,
 )
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class BaseModel(Model):
@@ -242,6 +243,8 @@ class Placement(BaseModel):
     actual_queue_s = FloatField(null=True)
     actual_run_s = FloatField(null=True)
     finished_at = DateTimeField(null=True)
+    # Moved by triggers on every write (schema v8): what changed since a read (metasched.store.inflight).
+    seq = BigIntegerField(default=0, constraints=[SQL("DEFAULT 0")])
 
     class Meta:
         indexes = (

@@ -15,7 +15,7 @@ import peewee
 
 from metasched.domain.errors import ConfigError
 from metasched.settings.database_url import DatabaseURL, parse_url
-from metasched.store import generation, models
+from metasched.store import generation, inflight, models
 from metasched.store.database import Database, one_line
 from metasched.store.kv import get_setting, put_setting
 from metasched.store.models import SCHEMA_VERSION
@@ -142,6 +142,7 @@ def prepare(db: Database) -> None:
                 peewee.SchemaManager(model, database=db.orm).create_all(safe=True)
             postgres_extras(db.orm)
             generation.install(db.orm)
+            inflight.install(db.orm)
             log.info("created store schema v%d in %s", SCHEMA_VERSION, db.url)
         else:
             upgrade(db.orm, version)

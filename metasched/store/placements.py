@@ -1,7 +1,7 @@
 """The placement ledger (schema v5): where rank sent each Galaxy job, and what it predicted.
 
-Rank reads the in-flight entries (one indexed query) to count demand the collected state cannot
-contain yet, and records its answer with one short write transaction of its own: TPV waits for
+Rank reads the in-flight entries (``metasched.store.inflight``) to count demand the collected state
+cannot contain yet, and records its answer with one short write transaction of its own: TPV waits for
 rank, so each attempt gives up after ``busy_timeout_s`` (SQLite busy timeout, PostgreSQL lock and
 statement timeout), a lock held by another writer gets ``WRITE_ATTEMPTS`` attempts in all, and then
 the caller answers anyway, with a warning. Collect resolves and expires entries
@@ -14,17 +14,14 @@ lifts SQLite's ``query_only`` (or starts a ``READ WRITE`` transaction on Postgre
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
 from contextlib import suppress
-from datetime import datetime
 from typing import Any
 
 from metasched.domain.destination import PlacementEntry
 from metasched.domain.errors import MetaschedError
-from metasched.store.convert import aware_from_db
+from metasched.store.inflight import COLUMNS
 from metasched.store.store import Store
 
-INFLIGHT = "inflight"
 RESOLVED = "resolved"
 EXPIRED = "expired"
 MAX_JOB_ID_CHARS = 255  # the column's width on PostgreSQL (VARCHAR(255))
@@ -37,28 +34,12 @@ _SQLITE_BUSY = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes of
 # lock_not_available (lock_timeout), query_canceled (statement_timeout), serialization, deadlock
 _PG_CONTENDED = frozenset({"55P03", "57014", "40001", "40P01"})
 
-_COLUMNS = (
-    "job_id",
-    "destination",
-    "tool_id",
-    "cores",
-    "mem_mb",
-    "gpus",
-    "placed_at",
-    "pred_staging_s",
-    "pred_queue_s",
-    "pred_run_s",
-)
 # Ranking a job id again replaces its entry: a resubmitted job is a new placement, its old outcome goes.
 _UPSERT = (
     'INSERT INTO "placement" ({cols}, "state", "resolved_at", "actual_destination", "actual_queue_s", '
     '"actual_run_s", "finished_at") VALUES ({params}, \'inflight\', NULL, NULL, NULL, NULL, NULL) '
     'ON CONFLICT ("job_id") DO UPDATE SET {updates}, "state" = \'inflight\', "resolved_at" = NULL, '
     '"actual_destination" = NULL, "actual_queue_s" = NULL, "actual_run_s" = NULL, "finished_at" = NULL'
-)
-_SELECT_INFLIGHT = (
-    'SELECT {cols} FROM "placement" WHERE "state" = \'inflight\' AND "placed_at" >= {param} '
-    'AND {dest} ORDER BY "placed_at"'
 )
 
 
@@ -72,9 +53,9 @@ class _Busy(LedgerError):
 
 def _sql(template: str, param: str, **extra: str) -> str:
     return template.format(
-        cols=", ".join(f'"{c}"' for c in _COLUMNS),
-        params=", ".join(param for _ in _COLUMNS),
-        updates=", ".join(f'"{c}" = excluded."{c}"' for c in _COLUMNS[1:]),
+        cols=", ".join(f'"{c}"' for c in COLUMNS),
+        params=", ".join(param for _ in COLUMNS),
+        updates=", ".join(f'"{c}" = excluded."{c}"' for c in COLUMNS[1:]),
         param=param,
         **extra,
     )
@@ -93,7 +74,7 @@ def record_placement(
     """
     if len(entry.job_id) > MAX_JOB_ID_CHARS:
         raise LedgerError(f"job id longer than {MAX_JOB_ID_CHARS} characters")
-    values: list[Any] = [getattr(entry, c) for c in _COLUMNS]
+    values: list[Any] = [getattr(entry, c) for c in COLUMNS]
     values[6] = store.db.dt_in(entry.placed_at)
     for attempt in range(1, max(1, attempts) + 1):
         try:
@@ -174,21 +155,3 @@ def _write_postgres(store: Store, values: list[Any], busy_timeout_s: float) -> N
             with suppress(Exception):  # a dead connection cannot roll back: the server already has
                 cur.execute("ROLLBACK")
             raise
-
-
-def inflight_placements(store: Store, dest_ids: Sequence[str], since: datetime) -> list[PlacementEntry]:
-    """In-flight entries placed at ``since`` or later at any of ``dest_ids``: one query on the
-    (state, placed_at) index. ``placed_at`` comes back aware UTC."""
-    if not dest_ids:
-        return []
-    dest_sql, dest_params = store.db.in_ids('"destination"', list(dest_ids))
-    param = store.db.param
-    sql = _sql(_SELECT_INFLIGHT, param, dest=dest_sql)
-    rows = store.db.fetch(sql, [store.db.dt_in(since), *dest_params])
-    out: list[PlacementEntry] = []
-    for r in rows:
-        placed = aware_from_db(r[6])
-        if placed is None:
-            continue
-        out.append(PlacementEntry(r[0], r[1], r[2], r[3], r[4], r[5], placed, r[7], r[8], r[9]))
-    return out

@@ -31,8 +31,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from metasched.store.convert import naive_from_db
+from metasched.store.inflight import INFLIGHT
 from metasched.store.kv import put_setting
-from metasched.store.placements import EXPIRED, INFLIGHT, RESOLVED
+from metasched.store.placements import EXPIRED, RESOLVED
 from metasched.store.store import Store
 
 CALIBRATION_JOBS = 50  # newest finished resolved jobs per destination behind the prediction error

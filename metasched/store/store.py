@@ -1,5 +1,5 @@
 """``Store``: the one object callers hold. Thin: each method delegates to the module that owns it
-(``snapshots``, ``rank_reads``, ``audit``, ``metric_cache``, ``kv``) over one ``Database``."""
+(``snapshots``, ``rank_reads``, ``inflight``, ``audit``, ``metric_cache``, ``kv``) over one ``Database``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Self
 
-from metasched.domain.destination import DestinationSummary, MetricRow, ToolTimes
+from metasched.domain.destination import DestinationSummary, MetricRow, PlacementEntry, ToolTimes
 from metasched.domain.jobs import Job, Node, Partition, Snapshot
-from metasched.store import audit, kv, metric_cache, opening, rank_reads, snapshots
+from metasched.store import audit, inflight, kv, metric_cache, opening, rank_reads, snapshots
 from metasched.store.audit import FinishedRecord, RunRecord
 from metasched.store.database import Database
 from metasched.store.samples import SAMPLES
@@ -118,6 +118,10 @@ class Store:
 
     def typical_run_s(self, dest_ids: Sequence[str]) -> dict[str, float]:
         return rank_reads.typical_run_s(self.db, dest_ids)
+
+    def inflight_placements(self, dest_ids: Sequence[str], since: datetime) -> list[PlacementEntry]:
+        """The placement ledger's in-flight entries at ``dest_ids`` placed at ``since`` or later."""
+        return inflight.inflight(self.db, dest_ids, since)
 
     # -- status and audit reads (metasched.store.audit) ---------------------------------------
 
