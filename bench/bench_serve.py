@@ -15,7 +15,11 @@ with Debian's `wrk` from another process. Per backend, rounds alternate:
 - `POST /v1/rank`, a mix of --variants requests (default 256) with different tools and different
   50-destination subsets of the 80, so a request often reads what its predecessor did not.
 - the same mix with a Galaxy job id in each request, as TPV's hook sends them: every answer is then
-  written to the placement ledger (and, with several workers, committed beside the others' reads).
+  written to the placement ledger (and, with several workers, committed beside the others' reads);
+- the same mix asking for the reasons (no ``options.explain: false``), as a person would.
+
+The rank requests carry ``options.explain: false`` as the TPV hooks (examples/tpv) send them, since
+they read only the order; the last load shows what the reasons cost.
 
 SQLite is measured once per --workers value (serve.workers: processes sharing the socket, the first
 collecting), PostgreSQL with the first. Prints each round, then per backend and worker count side by
@@ -114,6 +118,7 @@ def request(tool: str, dest_ids: list[int], seed: int) -> dict[str, Any]:
         ],
         "datasets": {str(k): {"object_store_id": f"os{k % 3}", "size": 10**9 * (k + 1)} for k in range(5)},
         "objectstores": {f"os{k}": {"latitude": 50 + k, "longitude": 8 + k} for k in range(3)},
+        "options": {"explain": False},  # as the TPV hooks ask: they read only the order
     }
 
 
@@ -168,7 +173,7 @@ def wrk(url: str, duration: int, connections: int, script: Path | None) -> tuple
 
 
 SERVE = (sys.executable, "-m", "metasched", "serve")
-KINDS = ("ping", "rank, one request", "rank, mix", "rank, mix+ledger")
+KINDS = ("ping", "rank, one request", "rank, mix", "rank, mix+ledger", "rank, mix explained")
 
 
 @dataclass
@@ -256,6 +261,7 @@ def measure(
             "rank, one request": f"{base}/v1/rank",
             "rank, mix": f"{base}/v1/rank",
             "rank, mix+ledger": f"{base}/v1/rank",
+            "rank, mix explained": f"{base}/v1/rank",
         }
         for kind in KINDS:  # warm-up
             wrk(urls[kind], 2, args.connections, scripts[kind])
@@ -264,7 +270,7 @@ def measure(
                 rps, p99 = wrk(urls[kind], args.duration, args.connections, scripts[kind])
                 figures.rounds[kind].append((rps, p99))
                 print(
-                    f"{figures.label:14s} round {n + 1}  {kind:18s} {rps:9,.0f} req/s  p99 {p99:7.2f} ms",
+                    f"{figures.label:14s} round {n + 1}  {kind:19s} {rps:9,.0f} req/s  p99 {p99:7.2f} ms",
                     flush=True,
                 )
     return figures
@@ -383,6 +389,10 @@ def main() -> int:
             # As TPV's hook sends them: with the Galaxy job id, so every answer writes the ledger.
             "rank, mix+ledger": post_script(
                 work, "ledger", [{**r, "job": {**r["job"], "job_id": str(i)}} for i, r in enumerate(mix)]
+            ),
+            # As a person asks (metasched rank, curl): the answer with every destination's reasons.
+            "rank, mix explained": post_script(
+                work, "explained", [{k: v for k, v in r.items() if k != "options"} for r in mix]
             ),
         }
         scripts["one-body"] = work / "one.jsonl"
