@@ -19,6 +19,7 @@ from metasched.cli.admin import parse_until
 from metasched.domain.destination import DestinationSummary, MetricRow, PlacementEntry
 from metasched.domain.errors import ConfigError, InputError
 from metasched.domain.jobs import RUNNING, Job, Node, Snapshot
+from metasched.rank import score
 from metasched.serve.auth import authorized
 from metasched.serve.cache import CachingStore
 from metasched.serve.metrics import LoopStats, RequestStats, render
@@ -442,6 +443,91 @@ def test_memo_adds_each_jobs_own_placements_in_flight(tmp_path: Path) -> None:
         assert sorted(k[0] for k in memo if k != DISTANCES) == ["a", "b"]
     ahead = [why.split()[0] for r in got["ranked"] for why in r["reasons"] if "placed here since" in why]
     assert sum(map(int, ahead)) == 3  # jobs 1-3, spread over a and b; job 4 is not ahead of itself
+    writer.close()
+    reader.close()
+
+
+def test_memo_reads_the_store_only_for_what_it_has_not_observed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request whose destinations were observed earlier in the same second (same tool) reads
+    nothing of their state; one with a new destination or another tool reads only those."""
+    db = str(tmp_path / "s.db")
+    writer = Store.open(db)
+    for dest in ("a", "b", "c"):
+        snap = Snapshot([Node("n", "mixed", True, 8, 6)])
+        writer.write_snapshot(dest, snap, run_id=dest, started=NOW, finished=NOW)
+    cfg = load_config(write(tmp_path, DEST), {})
+    reader = CachingStore.open(db)
+    reads: list[tuple[str, list[str]]] = []
+    for name in ("summaries", "tool_times", "metrics", "typical_run_s"):
+        real = getattr(reader, name)
+
+        def counting(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            ids = args[1] if _name == "tool_times" else args[0]
+            reads.append((_name, list(ids)))
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(reader, name, counting)
+    at = NOW + timedelta(seconds=3, microseconds=250_000)
+    memo = reader.derived(cfg)
+
+    def request(tool: str, *ids: str) -> dict[str, Any]:
+        return {"job": {"tool_id": tool, "cores": 2}, "destinations": [{"id": i} for i in ids]}
+
+    def ranked(req: dict[str, Any]) -> list[str]:
+        reads.clear()
+        got = rank(req, cfg, reader, at, memo=memo)
+        read = sorted({i for _, ids in reads for i in ids})
+        assert got == rank(req, cfg, reader, at.replace(microsecond=0) + timedelta(seconds=1))
+        return read
+
+    assert ranked(request("cat1", "a", "b")) == ["a", "b"]
+    assert ranked(request("cat1", "b", "a")) == []
+    assert ranked(request("cat1", "a", "c")) == ["c"]
+    assert ranked(request("cat2", "a")) == ["a"]
+    writer.close()
+    reader.close()
+
+
+def test_memo_computes_a_job_shapes_terms_once_per_observation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Infeasibility and queue time are worked out once per destination and job shape in a second,
+    apart for each set of weights and for explained answers; every answer is the one without memo."""
+    db = str(tmp_path / "s.db")
+    writer = Store.open(db)
+    for dest in ("a", "b"):
+        snap = Snapshot([Node("n", "mixed", True, 8, 6)])
+        writer.write_snapshot(dest, snap, run_id=dest, started=NOW, finished=NOW)
+    cfg = load_config(write(tmp_path, DEST), {})
+    reader = CachingStore.open(db)
+    worked: list[float] = []
+    real = score.queue_time
+    monkeypatch.setattr(score, "queue_time", lambda job, *a: worked.append(job.cores) or real(job, *a))
+    at = NOW + timedelta(seconds=3, microseconds=250_000)
+    memo = reader.derived(cfg)
+
+    def request(cores: int, **options: Any) -> dict[str, Any]:
+        dests = [{"id": "a"}, {"id": "b", "max_accepted_cores": 2}]
+        return {"job": {"tool_id": "cat1", "cores": cores}, "destinations": dests, "options": options}
+
+    asked = [
+        request(1),
+        request(4),
+        request(1),
+        request(4),
+        request(1, explain=False),
+        request(1, weights={"dispatch_s": 30}),
+        request(1, explain=False),
+        request(1, weights={"dispatch_s": 30}),
+    ]
+    for i, req in enumerate(asked):
+        worked.clear()
+        got = rank(req, cfg, reader, at, memo=memo)
+        assert worked == ([] if i in (2, 3, 6, 7) else [req["job"]["cores"]] * 2), i
+        assert got == rank(req, cfg, reader, at.replace(microsecond=0) + timedelta(seconds=1)), i
+    assert not rank(request(4), cfg, reader, at, memo=memo)["ranked"][1]["feasible"]  # b: max 2 cores
     writer.close()
     reader.close()
 

@@ -23,6 +23,7 @@ from datetime import datetime
 from metasched.domain.destination import DestinationSummary
 from metasched.policy import ActivePolicy, active_policies, weights
 from metasched.rank.model import Outcome, Ranked
+from metasched.rank.score import order
 from metasched.settings import Config
 from metasched.store import Store
 
@@ -105,7 +106,7 @@ def adjust(outcome: Outcome, policies: Sequence[ActivePolicy], usage: Mapping[st
                     factor *= dyn
                     why = f"{why}; {dyn_why} (x{dyn:.2f})"
                 by_id[d] = _scale(by_id[d], factor, why)
-    ranked = sorted(by_id.values(), key=lambda r: (not r.feasible, round(r.score, 6), -r.tpv_score, r.index))
+    ranked = sorted(by_id.values(), key=lambda r: order(r.feasible, r.score, r.tpv_score, r.index))
     for policy in policies:
         if policy.name == "best_effort":
             ranked = _best_effort(ranked, policy)

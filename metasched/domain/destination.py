@@ -3,8 +3,8 @@ the placements rank made there."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from metasched.domain.start_estimates import StartEstimate
 
@@ -83,3 +83,10 @@ class PlacementEntry:
     pred_staging_s: float
     pred_queue_s: float
     pred_run_s: float
+    # When the job reaches the scheduler's queue (Pulsar stages before it submits): placed_at plus
+    # the predicted staging. Derived once, as rank compares it for every placement of every request.
+    arrives_at: datetime = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        arrives = self.placed_at + timedelta(seconds=max(self.pred_staging_s, 0.0))
+        object.__setattr__(self, "arrives_at", arrives)

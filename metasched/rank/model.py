@@ -25,6 +25,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from msgspec import Struct
@@ -116,6 +117,11 @@ class Observed(Struct):
     estimates: StartEstimates | None = None
 
 
+# What a job of one shape gets from an observation, whatever its inputs: (why it cannot run there,
+# queue seconds, why that queue): rank_candidates' part of the work a memo may keep.
+Terms = tuple[tuple[str, ...], float, tuple[str, ...]]
+
+
 class Candidate(Struct):
     id: str
     index: int  # position in the request: the last tie-breaker
@@ -126,6 +132,9 @@ class Candidate(Struct):
     max_mem_mb: float | None = None
     max_gpus: float | None = None
     observed: Observed = msgspec.field(default_factory=Observed)
+    # The job-shape terms computed from ``observed`` before, by shape (rank_candidates): serve keeps
+    # one per shared observation, so a burst of one tool's jobs computes them once per destination.
+    terms: MutableMapping[Any, Terms] | None = None
 
 
 @dataclass(slots=True)

@@ -33,6 +33,13 @@ from metasched.settings.weights import Weights
 
 KNOWN_SOURCES = 64  # sets of input locations whose distances are kept (rank_candidates' measured)
 KNOWN_LOCATIONS = 4096  # destination locations per set
+KNOWN_SHAPES = 256  # job shapes per observation (Candidate.terms)
+
+
+def order(feasible: bool, score: float, tpv_score: float, index: int) -> tuple[bool, int, float, int]:
+    """Where a destination ranks: feasible first, then by score (equal to the millionth is a tie),
+    then higher TPV score, then the request's order."""
+    return (not feasible, round(score * 1e6), -tpv_score, index)
 
 
 def rank_candidates(
@@ -48,7 +55,9 @@ def rank_candidates(
 
     Without ``explain`` no reason is written (every ``Ranked.reasons`` is empty): formatting them is
     a large part of a rank, and TPV's hooks only read the order. ``measured`` keeps each destination's
-    distances to the sources of a request by those sources' locations, for the next request."""
+    distances to the sources of a request by those sources' locations, for the next request. A
+    candidate's ``terms`` keep what its observation gives a job of this shape, computed once (the
+    caller keeps one per weights and ``explain``)."""
     warnings: list[str] = []
     missing = sorted(
         {ds.object_store_id for ds in datasets if ds.object_store_id is not None} - set(objectstores)
@@ -71,20 +80,30 @@ def rank_candidates(
     stagings = [staging(srcs, cand, w, stores, explain, seen) for cand in candidates]
     located = [st[0] for cand, st in zip(candidates, stagings, strict=True) if cand.location is not None]
     total_bytes = sum(g.size_bytes for g in groups)
-    scored: list[tuple[tuple[bool, float, float, int], Ranked]] = []
+    scored: list[tuple[tuple[bool, int, float, int], Ranked]] = []
     discount, tpv_weight, tanh = w.tpv_max_discount, w.tpv_weight, math.tanh
     with_energy = energy_on(w)
     carbon_mid = median_known([c.observed.carbon_g_kwh for c in candidates]) if with_energy else None
     price_mid = median_known([c.observed.price_eur_mwh for c in candidates]) if with_energy else None
+    cores, mem_mb, gpus = job.cores, job.mem_mb, job.gpus
     for cand, (stage_s, moved, local, stage_why) in zip(candidates, stagings, strict=True):
         obs = cand.observed
-        why_not = infeasibility(job, cand)
+        kept = cand.terms
+        shape = (cores, mem_mb, gpus, cand.max_cores, cand.max_mem_mb, cand.max_gpus)
+        terms = None if kept is None else kept.get(shape)
+        if terms is None:
+            queue_s, queue_list = queue_time(job, obs, w, explain)
+            terms = (tuple(infeasibility(job, cand)), queue_s, tuple(queue_list))
+            if kept is not None:
+                if len(kept) >= KNOWN_SHAPES:
+                    kept.clear()
+                kept[shape] = terms
+        why_not, queue_s, queue_why = terms
         if cand.location is None and moved > 0:
             stage_s, neutral_why = neutral_staging(moved, total_bytes, located)
             if explain:
                 stage_why.insert(0, neutral_why)
         run_s, run_why = run_time(cand, tool_median, w, explain)
-        queue_s, queue_why = queue_time(job, obs, w, explain)
         if stage_s > MAX_SECONDS:
             stage_s = MAX_SECONDS
         if queue_s > MAX_SECONDS:
@@ -122,6 +141,6 @@ def rank_candidates(
             reasons,
             energy,
         )
-        scored.append(((bool(why_not), round(score, 6), -cand.tpv_score, cand.index), ranked))
+        scored.append((order(not why_not, score, cand.tpv_score, cand.index), ranked))
     scored.sort(key=itemgetter(0))
     return Outcome(ranked=tuple(t[1] for t in scored), warnings=tuple(warnings))

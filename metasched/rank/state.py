@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import MappingProxyType
 
 import msgspec
@@ -110,19 +110,29 @@ def load_state(
     for row in store.metrics(dest_ids, tool_id):
         by_dest.setdefault(row.destination_id, []).append(row)
     typical = store.typical_run_s(dest_ids)
-    placed: dict[str, list[PlacementEntry]] = {}
-    if ledger_since is not None:
-        for entry in store.inflight_placements(dest_ids, ledger_since):
-            placed.setdefault(entry.destination, []).append(entry)
+    placed = {} if ledger_since is None else load_placements(store, dest_ids, ledger_since)
     return StoredState(
         summaries=summaries, tool_times=times, metrics=by_dest, typical_run_s=typical, placements=placed
     )
 
 
+def load_placements(
+    store: Store, dest_ids: Sequence[str], since: datetime
+) -> dict[str, list[PlacementEntry]]:
+    """The ledger's in-flight placements recorded since ``since``, by destination."""
+    placed: dict[str, list[PlacementEntry]] = {}
+    for entry in store.inflight_placements(dest_ids, since):
+        placed.setdefault(entry.destination, []).append(entry)
+    return placed
+
+
+Demand = tuple[int, float, float, float]  # in-flight (jobs, cores, memory MB, GPUs)
+
+
 def inflight_demand(
-    entries: Sequence[PlacementEntry], observed_at: datetime | None, job_id: str | None
-) -> tuple[int, float, float, float]:
-    """(jobs, cores, memory MB, GPUs) of the placements the observation at ``observed_at`` cannot hold
+    entries: Sequence[PlacementEntry], seen_at: datetime | None, job_id: str | None
+) -> Demand:
+    """(jobs, cores, memory MB, GPUs) of the placements the observation at ``seen_at`` cannot hold
     yet (None: nothing observed, all count), leaving out ``job_id`` itself: a job ranked again is not
     queued ahead of itself.
 
@@ -133,8 +143,7 @@ def inflight_demand(
     jobs = 0
     cores = mem = gpus = 0.0
     for e in entries:
-        arrives = e.placed_at + timedelta(seconds=max(e.pred_staging_s, 0.0))
-        if (observed_at is None or arrives > observed_at) and e.job_id != job_id:
+        if (seen_at is None or e.arrives_at > seen_at) and e.job_id != job_id:
             jobs += 1
             cores += e.cores
             mem += e.mem_mb
@@ -378,20 +387,20 @@ def observe(
     return observed, state_stale, bool(metrics_stale)
 
 
-def add_inflight(
-    observed: Observed,
-    dest: DestinationRequest,
-    summary: DestinationSummary | None,
-    placements: Sequence[PlacementEntry],
-    job_id: str | None,
-) -> Observed:
-    """``observed`` plus the ledger's placements that the state it was made from cannot hold yet:
-    a new Observed (one without placements may be shared by other requests, serve's memo)."""
+def observed_at(dest: DestinationRequest, summary: DestinationSummary | None) -> datetime | None:
+    """When the state behind a destination's observation was seen: the request's inline metrics' time,
+    else the last successful collect (None: never)."""
     inline = dest.metrics
     seen_at = inline.observed_at if inline is not NO_METRICS and inline.observed_at is not None else None
     if seen_at is None and summary is not None:
         seen_at = summary.last_success
-    jobs, cores, mem_mb, gpus = inflight_demand(placements, seen_at, job_id)
+    return seen_at
+
+
+def with_inflight(observed: Observed, demand: Demand) -> Observed:
+    """``observed`` plus the in-flight ``demand`` (a new Observed: the one without it may be shared by
+    other requests, serve's memo); ``observed`` itself when nothing is in flight."""
+    jobs, cores, mem_mb, gpus = demand
     if not jobs:
         return observed
     plural = "s" if jobs != 1 else ""
@@ -404,3 +413,14 @@ def add_inflight(
         inflight_mem_mb=mem_mb,
         inflight_gpus=gpus,
     )
+
+
+def add_inflight(
+    observed: Observed,
+    dest: DestinationRequest,
+    summary: DestinationSummary | None,
+    placements: Sequence[PlacementEntry],
+    job_id: str | None,
+) -> Observed:
+    """``observed`` plus the ledger's placements that the state it was made from cannot hold yet."""
+    return with_inflight(observed, inflight_demand(placements, observed_at(dest, summary), job_id))
