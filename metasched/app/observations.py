@@ -130,27 +130,30 @@ def observe_candidates(
             state, placements, memo = StoredState(), {}, None
             keys, found = [None] * len(keys), [None] * len(found)
 
-    out = Observations([], {}, unreadable=unreadable)
-    configured = {d.id: d for d in config.destinations}
+    candidates: list[Candidate] = []
+    summaries: dict[str, DestinationSummary] = {}
+    stale_state = stale_metrics = 0
+    configured = {d.id: d for d in config.destinations} if config.destinations else {}
     for dest, key, seen in zip(req.destinations, keys, found, strict=True):
-        conf = configured.get(dest.id)
-        placed = placements.get(dest.id, ())
+        dest_id = dest.id
+        conf = configured.get(dest_id) if configured else None
+        placed = placements.get(dest_id) if placements else None
         terms = None
         if seen is None:
-            summary = state.summaries.get(dest.id)
+            summary = state.summaries.get(dest_id)
             observed, s_stale, m_stale = observe(
                 dest,
                 summary,
-                state.tool_times.get(dest.id),
-                state.metrics.get(dest.id, ()),
+                state.tool_times.get(dest_id),
+                state.metrics.get(dest_id, ()),
                 conf,
                 tool_id=tool_id,
                 now=now,
                 max_state_age=ages.state,
                 max_metric_age=ages.metrics,
-                typical_run_s=state.typical_run_s.get(dest.id),
+                typical_run_s=state.typical_run_s.get(dest_id),
                 carbon_max_age=ages.carbon,
-                placements=() if key is not None else placed,
+                placements=(placed or ()) if key is None else (),
                 job_id=job_id,
             )
             if key is not None:
@@ -165,24 +168,41 @@ def observe_candidates(
             if terms is None:
                 terms = seen.terms[terms_key] = {}
         if summary is not None:
-            out.summaries[dest.id] = summary
-        out.stale_state += s_stale
-        out.stale_metrics += m_stale
-        out.candidates.append(_candidate(dest, conf, observed, terms))
-    return out
+            summaries[dest_id] = summary
+        stale_state += s_stale
+        stale_metrics += m_stale
+        if conf is None:  # the request says all there is: the common case, no detour
+            candidates.append(
+                Candidate(
+                    dest_id,
+                    dest.index,
+                    dest.tpv_score,
+                    dest.location,
+                    dest.object_store_id,
+                    dest.max_cores,
+                    dest.max_mem_mb,
+                    dest.max_gpus,
+                    observed,
+                    terms,
+                )
+            )
+        else:
+            candidates.append(_candidate(dest, conf, observed, terms))
+    return Observations(candidates, summaries, stale_state, stale_metrics, unreadable)
 
 
 def _candidate(
     dest: DestinationRequest,
-    conf: DestinationConfig | None,
+    conf: DestinationConfig,
     observed: Observed,
     terms: dict[Any, Terms] | None,
 ) -> Candidate:
+    """The request's candidate, with the config's coordinates and object store where it gives none."""
     location = dest.location
-    if location is None and conf is not None and conf.latitude is not None and conf.longitude is not None:
+    if location is None and conf.latitude is not None and conf.longitude is not None:
         location = Location(conf.latitude, conf.longitude)
     store_id = dest.object_store_id
-    if store_id is None and conf is not None:
+    if store_id is None:
         store_id = conf.object_store
     return Candidate(  # positional (id, index, tpv_score, location, object_store_id, max_*): hot path
         dest.id,

@@ -74,6 +74,7 @@ def rank_outcome(
     objectstores.update(req.objectstores)
     carbon_max_age = weights.carbon_max_age_s if energy_on(weights) else None
     seen_at = now if memo is None or not now.microsecond else now.replace(microsecond=0) + ONE_SECOND
+    explain = req.options.explain
     seen = observe_candidates(
         req,
         config,
@@ -83,7 +84,7 @@ def rank_outcome(
         ledger_since=now - timedelta(seconds=config.rank.ledger_ttl) if config.rank.ledger else None,
         job_id=job_key(req),
         memo=memo,
-        terms_key=(tuple(req.options.weights.items()), req.options.explain),
+        terms_key=(tuple(req.options.weights.items()), explain) if req.options.weights else explain,
     )
     if seen.unreadable is not None:
         memo = None

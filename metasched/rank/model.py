@@ -382,12 +382,12 @@ def neutral_staging(moved: float, total_bytes: float, located: Sequence[float]) 
 
 
 def run_time(
-    cand: Candidate, tool_median: float | None, w: Weights, explain: bool = True
+    cand: Candidate, known: float | None, tool_median: float | None, w: Weights, explain: bool = True
 ) -> tuple[float, str]:
-    """This tool's median run time here, else across destinations, else the default; never infinite."""
+    """This tool's median run time here (``known``: ``known_run_s`` of it), else across destinations,
+    else the default; never infinite."""
     obs = cand.observed
     if not explain:
-        known = known_run_s(obs, w)
         if known is not None:
             return known, ""
         return (tool_median, "") if tool_median is not None else (w.default_run_s, "")

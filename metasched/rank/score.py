@@ -66,7 +66,8 @@ def rank_candidates(
         shown = ", ".join(repr(m) for m in missing[:5])
         warnings.append(f"object store(s) without a known location: {shown}")
     groups = group_inputs(datasets)
-    known = [r for r in (known_run_s(c.observed, w) for c in candidates) if r is not None]
+    runs = [known_run_s(c.observed, w) for c in candidates]
+    known = [r for r in runs if r is not None]
     tool_median = statistics.median(known) if known else None
     srcs = sources(groups, objectstores)
     stores = store_points(objectstores) if any(src is None for _, src in srcs) else []
@@ -78,7 +79,7 @@ def rank_candidates(
         if len(seen) >= KNOWN_LOCATIONS:
             seen.clear()
     stagings = [staging(srcs, cand, w, stores, explain, seen) for cand in candidates]
-    located = [st[0] for cand, st in zip(candidates, stagings, strict=True) if cand.location is not None]
+    located: list[float] | None = None  # the located ones' staging: needed only for one without
     total_bytes = sum(g.size_bytes for g in groups)
     scored: list[tuple[tuple[bool, int, float, int], Ranked]] = []
     discount, tpv_weight, tanh = w.tpv_max_discount, w.tpv_weight, math.tanh
@@ -86,7 +87,7 @@ def rank_candidates(
     carbon_mid = median_known([c.observed.carbon_g_kwh for c in candidates]) if with_energy else None
     price_mid = median_known([c.observed.price_eur_mwh for c in candidates]) if with_energy else None
     cores, mem_mb, gpus = job.cores, job.mem_mb, job.gpus
-    for cand, (stage_s, moved, local, stage_why) in zip(candidates, stagings, strict=True):
+    for cand, (stage_s, moved, local, stage_why), own_run_s in zip(candidates, stagings, runs, strict=True):
         obs = cand.observed
         kept = cand.terms
         shape = (cores, mem_mb, gpus, cand.max_cores, cand.max_mem_mb, cand.max_gpus)
@@ -100,10 +101,14 @@ def rank_candidates(
                 kept[shape] = terms
         why_not, queue_s, queue_why = terms
         if cand.location is None and moved > 0:
+            if located is None:
+                located = [
+                    st[0] for c, st in zip(candidates, stagings, strict=True) if c.location is not None
+                ]
             stage_s, neutral_why = neutral_staging(moved, total_bytes, located)
             if explain:
                 stage_why.insert(0, neutral_why)
-        run_s, run_why = run_time(cand, tool_median, w, explain)
+        run_s, run_why = run_time(cand, own_run_s, tool_median, w, explain)
         if stage_s > MAX_SECONDS:
             stage_s = MAX_SECONDS
         if queue_s > MAX_SECONDS:
