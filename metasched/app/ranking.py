@@ -38,11 +38,14 @@ log = logging.getLogger(__name__)
 
 
 def _weights(config: Config, req: RankRequest) -> Weights:
+    """The config's weights (a bad one is the config's problem), with the request's on top."""
     try:
-        make_weights(("rank.weights", config.rank.weights))
+        configured = make_weights(("rank.weights", config.rank.weights))
     except InputError as exc:
         where = str(config.path) if config.path is not None else "config"
         raise ConfigError([f"{where}: {exc}"]) from None
+    if not req.options.weights:
+        return configured
     return make_weights(("rank.weights", config.rank.weights), ("options.weights", req.options.weights))
 
 
