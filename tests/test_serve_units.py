@@ -532,6 +532,37 @@ def test_memo_computes_a_job_shapes_terms_once_per_observation(
     reader.close()
 
 
+def test_memo_carries_terms_into_the_next_second_while_the_values_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next second observes again (ages move on), but a job shape's terms are taken over from
+    the second before when the observation's values did not change; once they do (the state turned
+    stale), they are worked out again. Every answer is the one without memo."""
+    db = str(tmp_path / "s.db")
+    writer = Store.open(db)
+    snap = Snapshot([Node("n", "mixed", True, 8, 6)])
+    writer.write_snapshot("a", snap, run_id="a", started=NOW, finished=NOW)
+    cfg = load_config(write(tmp_path, DEST), {})
+    reader = CachingStore.open(db)
+    worked: list[float] = []
+    real = score.queue_time
+    monkeypatch.setattr(score, "queue_time", lambda job, *a: worked.append(job.cores) or real(job, *a))
+    memo = reader.derived(cfg)
+    req = {
+        "job": {"tool_id": "cat1", "cores": 2},
+        "destinations": [{"id": "a"}],
+        "options": {"max_state_age": 4},
+    }
+    for second, works in ((1, True), (2, False), (3, False), (4, False), (5, True), (6, False)):  # 5: stale
+        at = NOW + timedelta(seconds=second - 1, microseconds=500_000)
+        worked.clear()
+        got = rank(req, cfg, reader, at, memo=memo)
+        assert worked == ([2.0] if works else []), second
+        assert got == rank(req, cfg, reader, NOW + timedelta(seconds=second)), second
+    writer.close()
+    reader.close()
+
+
 def test_memo_keeps_distances_by_the_requests_input_locations(tmp_path: Path) -> None:
     """Each destination's distances to a request's input stores are measured once for every later
     request whose inputs lie in the same stores, whatever their sizes; answers are those without."""

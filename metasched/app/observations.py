@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from metasched.domain.destination import DestinationSummary, PlacementEntry
-from metasched.rank.model import Candidate, Location, Observed, Terms
+from metasched.rank.model import Candidate, Location, Observed, Terms, same_terms
 from metasched.rank.request import NO_METRICS, DestinationRequest, RankRequest
 from metasched.rank.state import (
     Demand,
@@ -35,6 +35,7 @@ from metasched.store import Store
 
 __all__ = ["Ages", "Observations", "Seen", "observe_candidates"]
 
+ONE_SECOND = timedelta(seconds=1)
 MAX_DEMANDS = 64  # in-flight demands kept per observation; a burst adds one per placement
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ class Seen:
     summary: DestinationSummary | None  # placements count from its last collect; policies read it
     terms: dict[Hashable, dict[Any, Terms]] = field(default_factory=dict)  # per (weights, explain)
     inflight: dict[Demand, Seen] = field(default_factory=dict)  # with that demand in flight added
+    # The terms of the second before's observations with a demand in flight, when it had the same
+    # values as this one (carry_over): those with this demand have them too.
+    inherited: dict[Demand, dict[Hashable, dict[Any, Terms]]] = field(default_factory=dict)
 
     def plus(self, demand: Demand) -> Seen:
         """This observation with ``demand`` in flight (itself without any), kept for the next job."""
@@ -70,8 +74,18 @@ class Seen:
                 self.inflight.clear()
             observed = with_inflight(self.observed, demand)
             kept = Seen(observed, self.state_stale, self.metrics_stale, self.summary)
+            terms = self.inherited.get(demand)
+            if terms is not None:
+                kept.terms = terms
             self.inflight[demand] = kept
         return kept
+
+    def carry_over(self, before: Seen) -> None:
+        """Take the job-shape terms of ``before`` (the same destination and tool a second earlier)
+        when its values are this one's: the second moved on, the state did not."""
+        if same_terms(self.observed, before.observed):
+            self.terms = before.terms
+            self.inherited = {demand: seen.terms for demand, seen in before.inflight.items()}
 
 
 @dataclass(slots=True)
@@ -158,6 +172,9 @@ def observe_candidates(
             )
             if key is not None:
                 seen = memo[key] = Seen(observed, s_stale, m_stale, summary)  # type: ignore[index]
+                before = memo.get((dest_id, tool_id, now - ONE_SECOND, *key[3:]))  # type: ignore[union-attr]
+                if before is not None:
+                    seen.carry_over(before)
         else:
             summary = seen.summary
         if seen is not None:

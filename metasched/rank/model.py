@@ -122,6 +122,12 @@ class Observed(Struct):
 Terms = tuple[tuple[str, ...], float, tuple[str, ...]]
 
 
+def same_terms(a: Observed, b: Observed) -> bool:
+    """Whether every job gets the same Terms from ``a`` as from ``b``: all values equal, whatever
+    their reasons say. Start estimates are judged at their own time, so neither may have any."""
+    return a.estimates is None and b.estimates is None and msgspec.structs.replace(a, reasons=b.reasons) == b
+
+
 class Candidate(Struct):
     id: str
     index: int  # position in the request: the last tie-breaker
