@@ -15,7 +15,8 @@ from metasched.app.ranking import rank
 from metasched.domain.destination import PlacementEntry
 from metasched.rank.geo import haversine_km, transfer_s
 from metasched.rank.model import Candidate, Dataset, JobSpec, Location, Observed, state_wait
-from metasched.rank.score import rank_candidates
+from metasched.rank.request import parse_request
+from metasched.rank.score import order, rank_candidates
 from metasched.rank.state import inflight_demand
 from metasched.settings import Config, SSHSettings
 from metasched.settings.weights import Weights
@@ -198,6 +199,17 @@ def test_sorted_destinations_is_a_permutation_of_the_input(req: dict[str, Any]) 
 @given(request())
 def test_ranking_is_deterministic(req: dict[str, Any]) -> None:
     assert rank(req, EMPTY, None, NOW) == rank(req, EMPTY, None, NOW)
+
+
+@given(request())
+def test_ranked_in_the_order_policies_rank_in(req: dict[str, Any]) -> None:
+    """rank_candidates writes score.order's key inline; policy re-ranking calls it: the same order."""
+    parsed = parse_request(req)
+    cands = [
+        Candidate(d.id, d.index, d.tpv_score, d.location, d.object_store_id) for d in parsed.destinations
+    ]
+    got = rank_candidates(parsed.job, parsed.datasets, parsed.objectstores, cands, Weights(), False).ranked
+    assert list(got) == sorted(got, key=lambda r: order(r.feasible, r.score, r.tpv_score, r.index))
 
 
 def test_sqlite_path_reads_urls_like_the_store() -> None:

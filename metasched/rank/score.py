@@ -87,6 +87,7 @@ def rank_candidates(
     carbon_mid = median_known([c.observed.carbon_g_kwh for c in candidates]) if with_energy else None
     price_mid = median_known([c.observed.price_eur_mwh for c in candidates]) if with_energy else None
     cores, mem_mb, gpus = job.cores, job.mem_mb, job.gpus
+    fallback_run_s = tool_median if tool_median is not None else w.default_run_s
     for cand, (stage_s, moved, local, stage_why), own_run_s in zip(candidates, stagings, runs, strict=True):
         obs = cand.observed
         kept = cand.terms
@@ -108,7 +109,10 @@ def rank_candidates(
             stage_s, neutral_why = neutral_staging(moved, total_bytes, located)
             if explain:
                 stage_why.insert(0, neutral_why)
-        run_s, run_why = run_time(cand, own_run_s, tool_median, w, explain)
+        if explain:
+            run_s, run_why = run_time(cand, own_run_s, tool_median, w)
+        else:  # run_time's value without its reason, inline: this loop runs per destination
+            run_s, run_why = (own_run_s if own_run_s is not None else fallback_run_s), ""
         if stage_s > MAX_SECONDS:
             stage_s = MAX_SECONDS
         if queue_s > MAX_SECONDS:
@@ -146,6 +150,7 @@ def rank_candidates(
             reasons,
             energy,
         )
-        scored.append((order(not why_not, score, cand.tpv_score, cand.index), ranked))
+        # order()'s key, inline: this loop runs per destination.
+        scored.append(((bool(why_not), round(score * 1e6), -cand.tpv_score, cand.index), ranked))
     scored.sort(key=itemgetter(0))
     return Outcome(ranked=tuple(t[1] for t in scored), warnings=tuple(warnings))
