@@ -14,12 +14,14 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from metasched.app.observations import Seen
 from metasched.app.ranking import DISTANCES, rank
 from metasched.cli.admin import parse_until
 from metasched.domain.destination import DestinationSummary, MetricRow, PlacementEntry
 from metasched.domain.errors import ConfigError, InputError
 from metasched.domain.jobs import RUNNING, Job, Node, Snapshot
 from metasched.rank import score
+from metasched.rank.model import Observed
 from metasched.serve.auth import authorized
 from metasched.serve.cache import CachingStore
 from metasched.serve.metrics import LoopStats, RequestStats, render
@@ -347,6 +349,8 @@ def test_cache_keeps_placements_in_flight_up_to_date(tmp_path: Path, monkeypatch
         since = NOW + timedelta(seconds=since_s)
         ids = ["a", "b", "c"]
         assert reader.inflight_placements(ids, since) == writer.inflight_placements(ids, since)
+        by_dest = reader.inflight_by_destination(ids, since)
+        assert {d: list(v) for d, v in by_dest.items()} == writer.inflight_by_destination(ids, since)
 
     record_placement(writer, entry("1", "a", 1))
     same()
@@ -366,6 +370,12 @@ def test_cache_keeps_placements_in_flight_up_to_date(tmp_path: Path, monkeypatch
     ]
     same(since_s=4)  # "3" falls out of the window ...
     same(since_s=0)  # ... and back in when a request looks further back
+    handed = reader.inflight_by_destination(["a", "b"], NOW)
+    assert reader.inflight_by_destination(["a", "b"], NOW)["a"] is handed["a"]  # unchanged: the same
+    record_placement(writer, entry("4", "a", 5))
+    again = reader.inflight_by_destination(["a", "b"], NOW)
+    assert again["a"] is not handed["a"] and again["b"] is handed["b"]  # only what changed is new
+    same()
     writer.close()
     reader.close()
 
@@ -561,6 +571,23 @@ def test_memo_carries_terms_into_the_next_second_while_the_values_stay(
         assert got == rank(req, cfg, reader, NOW + timedelta(seconds=second)), second
     writer.close()
     reader.close()
+
+
+def test_kept_observation_sums_the_same_placements_once_but_never_a_job_ahead_of_itself() -> None:
+    """Seen.demand keeps the sum of entries it was handed before (serve's cache hands out the same
+    object until they change) for jobs not among them; one among them is left out of its own."""
+    seen = Seen(Observed(), False, False, None)
+    at = NOW - timedelta(seconds=1)
+    placed = tuple(PlacementEntry(j, "a", "cat1", 2, 100, 0, NOW, 0, 1, 2) for j in ("1", "2"))
+    assert seen.demand(placed, at, None) == (2, 4.0, 200.0, 0.0)
+    assert seen.demand(placed, at, "9") == (2, 4.0, 200.0, 0.0)
+    assert seen.demand(placed, at, "2") == (1, 2.0, 100.0, 0.0)
+    assert seen.placed_demand is not None and seen.placed_demand[0] is placed
+    kept = seen.placed_demand
+    assert seen.demand(placed, at, "1") == (1, 2.0, 100.0, 0.0) and seen.placed_demand is kept
+    fewer = placed[:1]
+    assert seen.demand(fewer, at, None) == (1, 2.0, 100.0, 0.0)  # other entries: summed again
+    assert seen.placed_demand is not kept
 
 
 def test_memo_keeps_distances_by_the_requests_input_locations(tmp_path: Path) -> None:

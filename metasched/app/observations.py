@@ -12,7 +12,7 @@ every kept observation carries a place for the model's job-shape terms (``Candid
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, MutableMapping
+from collections.abc import Hashable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -63,6 +63,21 @@ class Seen:
     # The terms of the second before's observations with a demand in flight, when it had the same
     # values as this one (carry_over): those with this demand have them too.
     inherited: dict[Demand, dict[Hashable, dict[Any, Terms]]] = field(default_factory=dict)
+    # (entries, their demand for a job not among them, those jobs): serve's cache hands out the same
+    # entries object until they change, so most requests of a second reuse the sum.
+    placed_demand: tuple[Sequence[PlacementEntry], Demand, frozenset[str]] | None = None
+
+    def demand(
+        self, placed: Sequence[PlacementEntry], seen_at: datetime | None, job_id: str | None
+    ) -> Demand:
+        """``inflight_demand`` of ``placed`` for ``job_id``; the last sum while ``placed`` stays."""
+        kept = self.placed_demand
+        if kept is None or kept[0] is not placed:
+            kept = (placed, inflight_demand(placed, seen_at, None), frozenset(e.job_id for e in placed))
+            self.placed_demand = kept
+        if job_id is not None and job_id in kept[2]:  # ranked again: not queued ahead of itself
+            return inflight_demand(placed, seen_at, job_id)
+        return kept[1]
 
     def plus(self, demand: Demand) -> Seen:
         """This observation with ``demand`` in flight (itself without any), kept for the next job."""
@@ -130,7 +145,7 @@ def observe_candidates(
             missing.append(dest.id)
 
     state = StoredState()
-    placements: Mapping[str, list[PlacementEntry]] = {}
+    placements: Mapping[str, Sequence[PlacementEntry]] = {}
     unreadable = None
     if store is not None:
         try:
@@ -179,7 +194,7 @@ def observe_candidates(
             summary = seen.summary
         if seen is not None:
             if placed:
-                seen = seen.plus(inflight_demand(placed, observed_at(dest, summary), job_id))
+                seen = seen.plus(seen.demand(placed, observed_at(dest, summary), job_id))
             observed, s_stale, m_stale = seen.observed, seen.state_stale, seen.metrics_stale
             terms = seen.terms.get(terms_key)
             if terms is None:

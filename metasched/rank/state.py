@@ -118,12 +118,9 @@ def load_state(
 
 def load_placements(
     store: Store, dest_ids: Sequence[str], since: datetime
-) -> dict[str, list[PlacementEntry]]:
+) -> Mapping[str, Sequence[PlacementEntry]]:
     """The ledger's in-flight placements recorded since ``since``, by destination."""
-    placed: dict[str, list[PlacementEntry]] = {}
-    for entry in store.inflight_placements(dest_ids, since):
-        placed.setdefault(entry.destination, []).append(entry)
-    return placed
+    return store.inflight_by_destination(dest_ids, since)
 
 
 Demand = tuple[int, float, float, float]  # in-flight (jobs, cores, memory MB, GPUs)

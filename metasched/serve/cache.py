@@ -42,6 +42,9 @@ class _ThreadCache(threading.local):
     # checked again when (data_version, total_changes) moved from placed_version.
     placed: dict[str, dict[str, PlacementEntry]]
     placed_where: dict[str, str]  # job id -> its destination in ``placed``
+    # A destination's entries as handed out, oldest first: the same tuple until they change, so
+    # ranking may keep what it computed from them (app.observations.Seen.demand).
+    placed_lists: dict[str, tuple[PlacementEntry, ...]]
     placed_seq: int | None = None
     placed_version: tuple[int, int] | None = None
     placed_since: datetime | None = None  # entries placed before it were dropped
@@ -51,6 +54,7 @@ class _ThreadCache(threading.local):
         self.derived = {}
         self.placed = {}
         self.placed_where = {}
+        self.placed_lists = {}
 
 
 class CachingStore(Store):
@@ -90,45 +94,67 @@ class CachingStore(Store):
         return cache.derived
 
     def inflight_placements(self, dest_ids: Sequence[str], since: datetime) -> list[PlacementEntry]:
+        if self.is_postgres:
+            return super().inflight_placements(dest_ids, since)
+        by_dest = self.inflight_by_destination(dest_ids, since)
+        out = [e for dest in dict.fromkeys(dest_ids) for e in by_dest.get(dest, ())]
+        out.sort(key=_placed_at)  # as the database orders them
+        return out
+
+    def inflight_by_destination(
+        self, dest_ids: Sequence[str], since: datetime
+    ) -> Mapping[str, Sequence[PlacementEntry]]:
         """SQLite: the ledger's in-flight entries kept per thread and brought up to date with the rows
         written since the last look (``placement.seq``), a row or two per answered job instead of
         every entry of these destinations. PostgreSQL reads them each time (store.inflight)."""
         if self.is_postgres:
-            return super().inflight_placements(dest_ids, since)
+            return super().inflight_by_destination(dest_ids, since)
         cache = self._cache
         conn = self.db.connection()
         version = int(conn.execute("PRAGMA data_version").fetchone()[0]), int(conn.total_changes)
         if cache.placed_since is not None and since < cache.placed_since:  # a wider window than before
             cache.placed, cache.placed_where, cache.placed_seq, cache.placed_since = {}, {}, None, None
         if cache.placed_seq is None:
+            cache.placed_lists = {}
             seq = inflight.latest_seq(self.db)
             for e in inflight.all_inflight(self.db, seq):
                 cache.placed.setdefault(e.destination, {})[e.job_id] = e
                 cache.placed_where[e.job_id] = e.destination
             cache.placed_seq = seq
         elif version != cache.placed_version:
+            lists = cache.placed_lists
             for seq, job_id, entry in inflight.changed_since(self.db, cache.placed_seq):
                 was = cache.placed_where.pop(job_id, None)
                 if was is not None:
                     del cache.placed[was][job_id]
+                    lists.pop(was, None)
                 if entry is not None:
                     cache.placed.setdefault(entry.destination, {})[job_id] = entry
                     cache.placed_where[job_id] = entry.destination
+                    lists.pop(entry.destination, None)
                 cache.placed_seq = seq
         cache.placed_version = version
-        out: list[PlacementEntry] = []
-        for dest in dict.fromkeys(dest_ids):
-            jobs = cache.placed.get(dest)
-            if not jobs:
-                continue
-            current = [e for e in jobs.values() if e.placed_at >= since]
-            if len(current) < len(jobs):  # out of the window, which only moves on (else: refilled)
-                for e in [e for e in jobs.values() if e.placed_at < since]:
-                    del jobs[e.job_id]
-                    del cache.placed_where[e.job_id]
+        out: dict[str, tuple[PlacementEntry, ...]] = {}
+        for dest in dest_ids:
+            got = cache.placed_lists.get(dest)
+            if got is None:
+                jobs = cache.placed.get(dest)
+                if not jobs:
+                    continue
+                got = cache.placed_lists[dest] = tuple(sorted(jobs.values(), key=_placed_at))
+            if got[0].placed_at < since:  # out of the window, which only moves on (else: refilled)
+                jobs = cache.placed[dest]
+                for e in got:
+                    if e.placed_at < since:
+                        del jobs[e.job_id]
+                        del cache.placed_where[e.job_id]
                 cache.placed_since = since
-            out.extend(current)
-        out.sort(key=_placed_at)  # as the database orders them
+                got = tuple(e for e in got if e.placed_at >= since)
+                if not got:
+                    del cache.placed_lists[dest]
+                    continue
+                cache.placed_lists[dest] = got
+            out[dest] = got
         return out
 
     def _cached(self, key: tuple[Any, ...]) -> tuple[bool, Any]:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Self
 
@@ -122,6 +122,15 @@ class Store:
     def inflight_placements(self, dest_ids: Sequence[str], since: datetime) -> list[PlacementEntry]:
         """The placement ledger's in-flight entries at ``dest_ids`` placed at ``since`` or later."""
         return inflight.inflight(self.db, dest_ids, since)
+
+    def inflight_by_destination(
+        self, dest_ids: Sequence[str], since: datetime
+    ) -> Mapping[str, Sequence[PlacementEntry]]:
+        """``inflight_placements`` by destination (those with none left out), each oldest first."""
+        placed: dict[str, list[PlacementEntry]] = {}
+        for entry in self.inflight_placements(dest_ids, since):
+            placed.setdefault(entry.destination, []).append(entry)
+        return placed
 
     # -- status and audit reads (metasched.store.audit) ---------------------------------------
 
