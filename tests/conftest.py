@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.infra.postgres",
     "tests.infra.influx",
     "tests.infra.sge",
+    "tests.infra.serve",
 ]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_serve import Serve, base_env, cli, metric_values, start_serve, write_config
+from tests.infra.serve import Serve, base_env, cli, metric_values, start_serve, write_config
 
 CONFIG = {
     "collect": {"interval": 3600, "jitter": 0},

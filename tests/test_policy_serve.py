@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.test_serve import Serve, base_env, cli, servers, start_serve, write_config  # noqa: F401
+from tests.infra.serve import Serve, base_env, cli, start_serve, write_config
 
 GROUP: dict[str, Any] = {
     "destinations": [
@@ -28,7 +28,7 @@ def _config(tmp_path: Path, token: str | None) -> Path:
     return write_config(tmp_path / "config.yml", data)
 
 
-def test_put_policy_needs_the_token_and_persists(tmp_path: Path, servers: list[Serve]) -> None:  # noqa: F811
+def test_put_policy_needs_the_token_and_persists(tmp_path: Path, servers: list[Serve]) -> None:
     config = _config(tmp_path, "s3cret")
     server = start_serve(tmp_path, config, "--no-collect")
     servers.append(server)
@@ -68,7 +68,7 @@ def test_put_policy_needs_the_token_and_persists(tmp_path: Path, servers: list[S
     assert json.loads(shown.stdout)["policies"][0]["source"] == "runtime"
 
 
-def test_put_policy_refused_without_a_configured_token(tmp_path: Path, servers: list[Serve]) -> None:  # noqa: F811
+def test_put_policy_refused_without_a_configured_token(tmp_path: Path, servers: list[Serve]) -> None:
     server = start_serve(tmp_path, _config(tmp_path, None), "--no-collect", env=base_env(tmp_path))
     servers.append(server)
     with server.client() as http:

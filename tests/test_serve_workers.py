@@ -18,9 +18,7 @@ import httpx
 
 from metasched.serve.peers import PUBLISH_EVERY_S
 from tests.infra.procs import wait_for
-from tests.test_serve import Serve, metric_values, servers, start_serve, write_config
-
-__all__ = ["servers"]  # the fixture, shared with test_serve
+from tests.infra.serve import Serve, metric_values, start_serve, write_config
 
 PINGS = ("metasched_http_requests_total", (("code", "200"), ("method", "GET"), ("path", "/ping")))
 
