@@ -5,6 +5,7 @@ another connection, and the per-destination memo ranking keeps in it."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -588,6 +589,42 @@ def test_kept_observation_sums_the_same_placements_once_but_never_a_job_ahead_of
     fewer = placed[:1]
     assert seen.demand(fewer, at, None) == (1, 2.0, 100.0, 0.0)  # other entries: summed again
     assert seen.placed_demand is not kept
+
+
+def test_memo_is_not_used_when_the_store_cannot_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store read that fails in serve ranks from the request alone, as the CLI does, with its
+    warning: what the memo kept from earlier reads is not mixed into that answer."""
+    db = str(tmp_path / "s.db")
+    writer = Store.open(db)
+    for dest in ("a", "b"):
+        snap = Snapshot([Node("n", "mixed", True, 8, 6)])
+        writer.write_snapshot(dest, snap, run_id=dest, started=NOW, finished=NOW)
+    cfg = load_config(write(tmp_path, DEST), {})
+    reader = CachingStore.open(db)
+    at = NOW + timedelta(seconds=3, microseconds=250_000)
+    memo = reader.derived(cfg)
+    req = {"job": {"tool_id": "cat1", "cores": 2}, "destinations": [{"id": "a"}, {"id": "b"}]}
+    rank(req, cfg, reader, at, memo=memo)  # both observed and kept
+
+    def broken(*_: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+    alone = rank(req, cfg, None, at)["ranked"]
+    for name, asked in (
+        ("inflight_by_destination", req),
+        ("summaries", {**req, "destinations": [{"id": "c"}]}),
+    ):
+        monkeypatch.setattr(reader, name, broken)
+        got = rank(asked, cfg, reader, at, memo=memo)
+        assert any(
+            "state store unreadable (OperationalError: database is locked)" in w for w in got["warnings"]
+        )
+        assert got["ranked"] == (alone if asked is req else rank(asked, cfg, None, at)["ranked"]), name
+        monkeypatch.undo()
+    writer.close()
+    reader.close()
 
 
 def test_memo_keeps_distances_by_the_requests_input_locations(tmp_path: Path) -> None:
