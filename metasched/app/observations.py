@@ -24,7 +24,6 @@ from metasched.rank.state import (
     Demand,
     StoredState,
     inflight_demand,
-    load_placements,
     load_state,
     observe,
     observed_at,
@@ -152,7 +151,7 @@ def observe_candidates(
             if missing:
                 state = load_state(store, missing, tool_id)
             if ledger_since is not None:
-                placements = load_placements(store, [d.id for d in req.destinations], ledger_since)
+                placements = store.inflight_by_destination([d.id for d in req.destinations], ledger_since)
         except Exception as exc:  # a locked or broken store degrades the answer, it never fails the job
             log.debug("reading the store failed", exc_info=True)
             unreadable = f"state store unreadable ({type(exc).__name__}: {exc}): ranking from the request"

@@ -387,16 +387,10 @@ def neutral_staging(moved: float, total_bytes: float, located: Sequence[float]) 
     )
 
 
-def run_time(
-    cand: Candidate, known: float | None, tool_median: float | None, w: Weights, explain: bool = True
-) -> tuple[float, str]:
-    """This tool's median run time here (``known``: ``known_run_s`` of it), else across destinations,
-    else the default; never infinite."""
+def run_time(cand: Candidate, tool_median: float | None, w: Weights) -> tuple[float, str]:
+    """This tool's median run time here (``known_run_s``), else across destinations, else the
+    default, and why; never infinite. Unexplained ranks take the value alone (rank_candidates)."""
     obs = cand.observed
-    if not explain:
-        if known is not None:
-            return known, ""
-        return (tool_median, "") if tool_median is not None else (w.default_run_s, "")
     if obs.history_run_s is not None and obs.history_count >= w.min_history:
         return obs.history_run_s, f"run {obs.history_run_s:,.0f} s: median of {obs.history_count} own jobs"
     if obs.metric_run_s is not None:

@@ -110,8 +110,8 @@ def rank_candidates(
             if explain:
                 stage_why.insert(0, neutral_why)
         if explain:
-            run_s, run_why = run_time(cand, own_run_s, tool_median, w)
-        else:  # run_time's value without its reason, inline: this loop runs per destination
+            run_s, run_why = run_time(cand, tool_median, w)
+        else:  # run_time's value without its reason: the destination's own, else the fallback
             run_s, run_why = (own_run_s if own_run_s is not None else fallback_run_s), ""
         if stage_s > MAX_SECONDS:
             stage_s = MAX_SECONDS

@@ -110,17 +110,10 @@ def load_state(
     for row in store.metrics(dest_ids, tool_id):
         by_dest.setdefault(row.destination_id, []).append(row)
     typical = store.typical_run_s(dest_ids)
-    placed = {} if ledger_since is None else load_placements(store, dest_ids, ledger_since)
+    placed = {} if ledger_since is None else store.inflight_by_destination(dest_ids, ledger_since)
     return StoredState(
         summaries=summaries, tool_times=times, metrics=by_dest, typical_run_s=typical, placements=placed
     )
-
-
-def load_placements(
-    store: Store, dest_ids: Sequence[str], since: datetime
-) -> Mapping[str, Sequence[PlacementEntry]]:
-    """The ledger's in-flight placements recorded since ``since``, by destination."""
-    return store.inflight_by_destination(dest_ids, since)
 
 
 Demand = tuple[int, float, float, float]  # in-flight (jobs, cores, memory MB, GPUs)
