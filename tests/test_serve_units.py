@@ -28,7 +28,7 @@ from metasched.serve.cache import CachingStore
 from metasched.serve.metrics import LoopStats, RequestStats, render
 from metasched.serve.peers import LOOP_REPORT_MAX_AGE_S, LoopReport, Peers
 from metasched.serve.state import Overrides, apply_overrides
-from metasched.settings import load_config
+from metasched.settings import Config, load_config
 from metasched.store import Store, inflight, rank_reads
 from metasched.store.placements import record_placement
 from metasched.store.rank_reads import SUMMARY_FIELDS
@@ -432,16 +432,21 @@ def test_memo_gives_the_answer_at_the_end_of_the_second(tmp_path: Path) -> None:
     reader.close()
 
 
+def collected(tmp_path: Path, *dests: str) -> tuple[Store, CachingStore, Config]:
+    """A store where each of ``dests`` was collected at NOW (one node, 6 of its 8 cores free), serve's
+    caching reader on it, and a config: what the memo tests rank against."""
+    db = str(tmp_path / "s.db")
+    writer = Store.open(db)
+    for dest in dests:
+        snap = Snapshot([Node("n", "mixed", True, 8, 6)])
+        writer.write_snapshot(dest, snap, run_id=dest, started=NOW, finished=NOW)
+    return writer, CachingStore.open(db), load_config(write(tmp_path, DEST), {})
+
+
 def test_memo_adds_each_jobs_own_placements_in_flight(tmp_path: Path) -> None:
     """With the ledger's placements in flight, the memo still observes each destination once; every
     job sees the others' placements, not its own, as ranking without the memo does."""
-    db = str(tmp_path / "s.db")
-    writer = Store.open(db)
-    for dest in ("a", "b"):
-        snap = Snapshot([Node("n", "mixed", True, 8, 6)])
-        writer.write_snapshot(dest, snap, run_id=dest, started=NOW, finished=NOW)
-    cfg = load_config(write(tmp_path, DEST), {})
-    reader = CachingStore.open(db)
+    writer, reader, cfg = collected(tmp_path, "a", "b")
     at = NOW + timedelta(seconds=3, microseconds=250_000)
     memo = reader.derived(cfg)
     for job in range(1, 5):
@@ -463,13 +468,7 @@ def test_memo_reads_the_store_only_for_what_it_has_not_observed(
 ) -> None:
     """A request whose destinations were observed earlier in the same second (same tool) reads
     nothing of their state; one with a new destination or another tool reads only those."""
-    db = str(tmp_path / "s.db")
-    writer = Store.open(db)
-    for dest in ("a", "b", "c"):
-        snap = Snapshot([Node("n", "mixed", True, 8, 6)])
-        writer.write_snapshot(dest, snap, run_id=dest, started=NOW, finished=NOW)
-    cfg = load_config(write(tmp_path, DEST), {})
-    reader = CachingStore.open(db)
+    writer, reader, cfg = collected(tmp_path, "a", "b", "c")
     reads: list[tuple[str, list[str]]] = []
     for name in ("summaries", "tool_times", "metrics", "typical_run_s"):
         real = getattr(reader, name)
@@ -506,13 +505,7 @@ def test_memo_computes_a_job_shapes_terms_once_per_observation(
 ) -> None:
     """Infeasibility and queue time are worked out once per destination and job shape in a second,
     apart for each set of weights and for explained answers; every answer is the one without memo."""
-    db = str(tmp_path / "s.db")
-    writer = Store.open(db)
-    for dest in ("a", "b"):
-        snap = Snapshot([Node("n", "mixed", True, 8, 6)])
-        writer.write_snapshot(dest, snap, run_id=dest, started=NOW, finished=NOW)
-    cfg = load_config(write(tmp_path, DEST), {})
-    reader = CachingStore.open(db)
+    writer, reader, cfg = collected(tmp_path, "a", "b")
     worked: list[float] = []
     real = score.queue_time
     monkeypatch.setattr(score, "queue_time", lambda job, *a: worked.append(job.cores) or real(job, *a))
@@ -549,12 +542,7 @@ def test_memo_carries_terms_into_the_next_second_while_the_values_stay(
     """The next second observes again (ages move on), but a job shape's terms are taken over from
     the second before when the observation's values did not change; once they do (the state turned
     stale), they are worked out again. Every answer is the one without memo."""
-    db = str(tmp_path / "s.db")
-    writer = Store.open(db)
-    snap = Snapshot([Node("n", "mixed", True, 8, 6)])
-    writer.write_snapshot("a", snap, run_id="a", started=NOW, finished=NOW)
-    cfg = load_config(write(tmp_path, DEST), {})
-    reader = CachingStore.open(db)
+    writer, reader, cfg = collected(tmp_path, "a")
     worked: list[float] = []
     real = score.queue_time
     monkeypatch.setattr(score, "queue_time", lambda job, *a: worked.append(job.cores) or real(job, *a))
@@ -596,13 +584,7 @@ def test_memo_is_not_used_when_the_store_cannot_be_read(
 ) -> None:
     """A store read that fails in serve ranks from the request alone, as the CLI does, with its
     warning: what the memo kept from earlier reads is not mixed into that answer."""
-    db = str(tmp_path / "s.db")
-    writer = Store.open(db)
-    for dest in ("a", "b"):
-        snap = Snapshot([Node("n", "mixed", True, 8, 6)])
-        writer.write_snapshot(dest, snap, run_id=dest, started=NOW, finished=NOW)
-    cfg = load_config(write(tmp_path, DEST), {})
-    reader = CachingStore.open(db)
+    writer, reader, cfg = collected(tmp_path, "a", "b")
     at = NOW + timedelta(seconds=3, microseconds=250_000)
     memo = reader.derived(cfg)
     req = {"job": {"tool_id": "cat1", "cores": 2}, "destinations": [{"id": "a"}, {"id": "b"}]}
