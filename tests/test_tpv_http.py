@@ -36,6 +36,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.infra.procs import free_port, wait_for
+from tests.infra.serve import wait_listening
 from tests.infra.sshd import SSHServer
 from tests.infra.tpv import (
     BUSY,
@@ -196,15 +197,8 @@ def start_serve(config: Path, log: Path) -> Serve:
             start_new_session=True,
         )
     serve = Serve(proc, port, log)
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited {proc.returncode}:\n{log.read_text()}")
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-
     try:
-        wait_for(up, 30, "serve to listen")
+        wait_listening(proc, port, log)
     except BaseException:
         serve.stop()
         raise

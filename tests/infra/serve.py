@@ -76,16 +76,20 @@ def start_serve(tmp_path: Path, config: Path, *args: str, env: dict[str, str] | 
         stderr=subprocess.STDOUT,
         env=env or base_env(tmp_path),
     )
-    server = Serve(proc, port, log)
+    wait_listening(proc, port, log)
+    return Serve(proc, port, log)
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 30) -> None:
+    """Until the started serve accepts connections on ``port``; its log in the error if it exits."""
 
     def up() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"serve exited {proc.returncode}:\n{server.text()}")
+            raise AssertionError(f"serve exited {proc.returncode}:\n{log.read_text(errors='replace')}")
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True
 
-    wait_for(up, 30, "serve to listen")
-    return server
+    wait_for(up, timeout, "serve to listen")
 
 
 @pytest.fixture
